@@ -1,0 +1,159 @@
+"""X.509 for attestation: load certificates in any form and verify chains to pinned roots.
+
+Vendor attestation chains are short and fixed (AMD: VCEK, ASK, ARK; Intel: PCK leaf, platform
+CA, root; NVIDIA: five device certificates), so verification is explicit rather than a path
+search: each certificate must be directly issued by the next one, the last must be self-signed
+and its fingerprint pinned, and every certificate must be valid at the verification time.
+Signatures, including AMD's RSA-PSS with SHA-384 and salt 48, are checked by ``cryptography``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
+
+from jupyter_cc.attest.roots import TrustAnchor, TrustStore
+from jupyter_cc.errors import ChainError, InputError
+
+__all__ = [
+    "describe",
+    "fingerprint",
+    "load_certificate",
+    "load_certificates",
+    "utcnow",
+    "verify_chain",
+]
+
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware; verifiers take ``at`` so tests can pin it."""
+    return datetime.now(timezone.utc)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER certificate, lower-case hex, as roots are pinned."""
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def describe(cert: x509.Certificate) -> str:
+    """A short name for messages: the subject CN, or the whole subject when there is none."""
+    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if cns:
+        value = cns[0].value
+        return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return cert.subject.rfc4514_string() or "certificate without subject"
+
+
+def _load_der(data: bytes) -> x509.Certificate:
+    # Real AMD VCEKs carry serial number 0, which RFC 5280 forbids; cryptography warns but
+    # parses them. The warning is expected here and says nothing about authenticity.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return x509.load_der_x509_certificate(data)
+
+
+def load_certificates(data: bytes, *, what: str = "certificate file") -> list[x509.Certificate]:
+    """Every certificate in ``data``: one or more PEM blocks, or a single DER certificate.
+
+    Raises:
+        InputError: nothing in ``data`` parses as a certificate.
+    """
+    data = data.rstrip(b"\x00")
+    try:
+        if _PEM_BEGIN in data:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                certs = x509.load_pem_x509_certificates(data)
+        else:
+            certs = [_load_der(data)]
+    except ValueError as exc:
+        raise InputError(
+            f"{what} does not hold a readable X.509 certificate ({str(exc).rstrip('.')})",
+            hint="pass PEM (one or several certificates) or a single DER certificate",
+        ) from None
+    if not certs:
+        raise InputError(f"{what} holds no certificate")
+    return certs
+
+
+def load_certificate(data: bytes, *, what: str = "certificate file") -> x509.Certificate:
+    """The first certificate in ``data`` (see :func:`load_certificates`)."""
+    return load_certificates(data, what=what)[0]
+
+
+def _check_validity(cert: x509.Certificate, at: datetime) -> None:
+    if at < cert.not_valid_before_utc:
+        raise ChainError(
+            f"certificate '{describe(cert)}' is not valid before {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
+            f" (verification time {at:%Y-%m-%dT%H:%M:%SZ})",
+            hint="check the clock or pass --at with the time the evidence was produced",
+        )
+    if at > cert.not_valid_after_utc:
+        raise ChainError(
+            f"certificate '{describe(cert)}' expired at {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+            f" (verification time {at:%Y-%m-%dT%H:%M:%SZ})",
+            hint="fetch a current certificate, or pass --at to verify as of a past time",
+        )
+
+
+def _check_issued_by(child: x509.Certificate, issuer: x509.Certificate) -> None:
+    try:
+        constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and not constraints.ca:
+        raise ChainError(f"certificate '{describe(issuer)}' is not a CA but issued '{describe(child)}'")
+    try:
+        child.verify_directly_issued_by(issuer)
+    except ValueError:
+        raise ChainError(
+            f"certificate '{describe(child)}' names issuer '{child.issuer.rfc4514_string()}', "
+            f"not '{issuer.subject.rfc4514_string()}'",
+            hint="pass the chain for this certificate's product, in order from leaf to root",
+        ) from None
+    except (InvalidSignature, TypeError, UnsupportedAlgorithm):
+        raise ChainError(
+            f"certificate '{describe(child)}' is not signed by '{describe(issuer)}'",
+            hint="pass the issuer chain that belongs to this certificate",
+        ) from None
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate], *, roots: TrustStore, at: datetime
+) -> TrustAnchor:
+    """Check ``chain`` (leaf first, root last) and return the pinned anchor it ends at.
+
+    Raises:
+        ChainError: a link is missing or mis-signed, a certificate is outside its validity at
+            ``at``, or the root is not pinned, whatever its subject says.
+    """
+    if not chain:
+        raise ChainError("no certificates to verify")
+    for cert in chain:
+        _check_validity(cert, at)
+    for child, issuer in zip(chain, chain[1:]):
+        _check_issued_by(child, issuer)
+    root = chain[-1]
+    if root.issuer != root.subject:
+        raise ChainError(
+            f"the chain ends at '{describe(root)}', which is not a self-signed root",
+            hint="include the root certificate (for AMD the ARK, for Intel the SGX Root CA) in the chain file",
+        )
+    _check_issued_by(root, root)
+    anchor = roots.find(fingerprint(root))
+    if anchor is None:
+        raise ChainError(
+            f"the chain ends at a root named '{describe(root)}' whose SHA-256 fingerprint "
+            f"{fingerprint(root)} is not pinned (pinned: {', '.join(roots.names()) or 'none'})",
+            hint="evidence must chain to a genuine vendor root",
+        )
+    return anchor
