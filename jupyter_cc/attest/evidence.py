@@ -1,0 +1,317 @@
+"""One entry point for every evidence kind, and the guest agent's evidence bundle.
+
+:class:`Evidence` gathers what one verification needs (the report and whichever certificates,
+collateral or keys its kind uses); :func:`verify` sends it to the kind's verifier and returns
+:class:`Claims`. The CLI fills an ``Evidence`` from files, the provisioner from the bundle the
+guest agent returns (:func:`parse_bundle`), so both run the same checks.
+
+Bundle format (JSON, version 1)::
+
+    {"format": "jupyter-cc-evidence", "version": 1, "kind": "sim-snp",
+     "nonce": "<64 hex>", "host_key_sha256": "<64 hex>", "source": "...", "collected_at": "...",
+     "evidence": {"report": "<base64>", "vcek": "<PEM>", "chain": "<PEM>", ...},
+     "gpus": [{"kind": "nvidia", "report": "<base64>", "chain": "<PEM>"}]}
+
+Binary fields are base64 (either alphabet), certificates PEM. ``evidence`` keys by kind:
+``report`` (SNP report, TD quote, or HCL report for Azure kinds), ``vcek``, ``chain``,
+``td_quote``, ``tpm_quote``, ``tpm_sig``, ``tcb_info``, ``qe_identity``, ``collateral_chain``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+
+from jupyter_cc.attest import snp
+from jupyter_cc.attest.binding import check_report_data, expected_report_data
+from jupyter_cc.attest.certs import load_certificates
+from jupyter_cc.attest.claims import REAL_KINDS, SIMULATED_KINDS, Claims
+from jupyter_cc.attest.roots import TrustStore
+from jupyter_cc.encoding import b64decode_any, decode_hex
+from jupyter_cc.errors import FormatError, InputError
+
+__all__ = ["BUNDLE_FORMAT", "KINDS", "Bundle", "Evidence", "parse_bundle", "verify", "verify_bundle"]
+
+KINDS = (*REAL_KINDS, *SIMULATED_KINDS)
+BUNDLE_FORMAT = "jupyter-cc-evidence"
+_MAX_BUNDLE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything one verification needs; which fields matter depends on ``kind``."""
+
+    kind: str
+    report: bytes | str
+    vek: x509.Certificate | None = None
+    chain: tuple[x509.Certificate, ...] = ()
+    chain_pem: bytes | None = None
+    td_quote: bytes | None = None
+    tpm_quote: bytes | None = None
+    tpm_sig: bytes | None = None
+    tcb_info: bytes | None = None
+    qe_identity: bytes | None = None
+    collateral_chain: bytes | None = None
+    crls: tuple[bytes, ...] = ()
+    jwks: bytes | None = None
+    issuer: str | None = None
+    nonce: bytes | None = None
+    gpus: tuple[Evidence, ...] = ()
+
+
+def _need(value: Any, what: str, kind: str, hint: str) -> Any:
+    if value is None:
+        raise InputError(f"verifying {kind} evidence needs {what}", hint=hint)
+    return value
+
+
+def _bytes(report: bytes | str, kind: str) -> bytes:
+    if isinstance(report, str):
+        raise InputError(f"{kind} evidence is binary, not text")
+    return report
+
+
+def _verify_snp_like(ev: Evidence, at: datetime, roots: TrustStore | None) -> Claims:
+    report = snp.parse_report(_bytes(ev.report, ev.kind))
+    if ev.kind == "sim-snp":
+        from jupyter_cc.attest.sim import SimulatedTee
+
+        tee = SimulatedTee.load()
+        return tee.verify(report.raw, at=at)
+    vek = _need(ev.vek, "the VCEK or VLEK certificate", ev.kind, "pass --vcek with the certificate from AMD KDS")
+    return snp.verify_report(report, vek, list(ev.chain), at=at, roots=roots)
+
+
+def _verify_one(ev: Evidence, at: datetime, roots: TrustStore | None) -> Claims:
+    kind = ev.kind
+    if kind in ("snp", "sim-snp"):
+        return _verify_snp_like(ev, at, roots)
+    if kind == "tdx":
+        from jupyter_cc.attest import tdx
+
+        return tdx.verify_tdx(
+            _bytes(ev.report, kind),
+            at=at,
+            roots=roots,
+            tcb_info=ev.tcb_info,
+            qe_identity=ev.qe_identity,
+            collateral_chain=ev.collateral_chain,
+            crls=ev.crls,
+        )
+    if kind == "az-snp-vtpm":
+        from jupyter_cc.attest import azure
+
+        vek = _need(ev.vek, "the VCEK certificate", kind, "pass --vcek (Azure serves it from IMDS THIM)")
+        return azure.verify_az_snp_vtpm(
+            _bytes(ev.report, kind),
+            vek_cert=vek,
+            chain=list(ev.chain),
+            at=at,
+            roots=roots,
+            tpm_quote=ev.tpm_quote,
+            tpm_sig=ev.tpm_sig,
+            nonce=ev.nonce,
+        )
+    if kind == "az-tdx-vtpm":
+        from jupyter_cc.attest import azure
+
+        quote = _need(ev.td_quote, "the TD quote", kind, "pass --quote with the quote from IMDS /acc/tdquote")
+        return azure.verify_az_tdx_vtpm(
+            _bytes(ev.report, kind),
+            td_quote=quote,
+            at=at,
+            roots=roots,
+            tcb_info=ev.tcb_info,
+            qe_identity=ev.qe_identity,
+            collateral_chain=ev.collateral_chain,
+            crls=ev.crls,
+        )
+    if kind == "maa":
+        from jupyter_cc.attest import maa
+
+        token = ev.report.decode("ascii", "replace") if isinstance(ev.report, bytes) else ev.report
+        jwks = _need(ev.jwks, "the issuer's JWKS", kind, "pass --jwks with the keys the MAA instance serves at /certs")
+        return maa.verify_maa(token.strip(), jwks, at=at, issuer=ev.issuer)
+    if kind == "nvidia":
+        from jupyter_cc.attest import nvidia
+
+        chain = _need(ev.chain_pem, "the GPU certificate chain", kind, "pass --chain with the chain NVML returned")
+        return nvidia.verify_nvidia(_bytes(ev.report, kind), chain, at=at, roots=roots, nonce=ev.nonce)
+    raise InputError(f"unknown evidence kind '{kind}'", hint=f"use one of {', '.join(KINDS)}")
+
+
+def verify(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:
+    """Verify ``ev`` and any GPU evidence beside it; return the CPU claims with ``gpu`` set.
+
+    Raises:
+        EvidenceError: a check failed (its subclass names which).
+        InputError: something ``ev.kind`` needs is missing.
+    """
+    claims = _verify_one(ev, at, roots)
+    if ev.gpus:
+        gpu_claims = [_verify_one(g, at, roots) for g in ev.gpus]
+        claims = replace(claims, gpu=gpu_claims[0])
+    return claims
+
+
+# --- bundles ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A parsed evidence bundle: the evidence and what its REPORT_DATA must bind."""
+
+    evidence: Evidence
+    nonce: bytes
+    host_key_sha256: bytes
+    source: str = ""
+    collected_at: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def report_data(self) -> bytes:
+        return expected_report_data(self.nonce, self.host_key_sha256)
+
+
+def _field_bytes(evidence: Mapping[str, Any], key: str) -> bytes | None:
+    value = evidence.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise FormatError(f"evidence bundle field '{key}' must be a base64 string")
+    return b64decode_any(value, what=f"evidence bundle field '{key}'")
+
+
+def _field_certs(evidence: Mapping[str, Any], key: str) -> tuple[x509.Certificate, ...]:
+    value = evidence.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, str):
+        raise FormatError(f"evidence bundle field '{key}' must be PEM text")
+    return tuple(load_certificates(value.encode("ascii", "replace"), what=f"evidence bundle field '{key}'"))
+
+
+def _evidence_from(kind: str, evidence: Mapping[str, Any], nonce: bytes | None) -> Evidence:
+    if kind not in KINDS:
+        raise FormatError(f"evidence bundle names unknown kind '{kind}' (known: {', '.join(KINDS)})")
+    if not isinstance(evidence, Mapping):
+        raise FormatError("evidence bundle field 'evidence' must be an object")
+    report = _field_bytes(evidence, "report")
+    if report is None:
+        raise FormatError(f"evidence bundle for {kind} has no 'report'")
+    vek = _field_certs(evidence, "vcek")
+    chain_pem = evidence.get("chain")
+    return Evidence(
+        kind=kind,
+        report=report,
+        vek=vek[0] if vek else None,
+        chain=_field_certs(evidence, "chain"),
+        chain_pem=chain_pem.encode("ascii", "replace") if isinstance(chain_pem, str) else None,
+        td_quote=_field_bytes(evidence, "td_quote"),
+        tpm_quote=_field_bytes(evidence, "tpm_quote"),
+        tpm_sig=_field_bytes(evidence, "tpm_sig"),
+        tcb_info=_field_bytes(evidence, "tcb_info"),
+        qe_identity=_field_bytes(evidence, "qe_identity"),
+        collateral_chain=_field_bytes(evidence, "collateral_chain"),
+        nonce=nonce,
+    )
+
+
+def parse_bundle(data: bytes) -> Bundle:
+    """Parse the guest agent's evidence bundle (JSON); :class:`FormatError` on any deviation."""
+    if len(data) > _MAX_BUNDLE:
+        raise FormatError(f"evidence bundle is {len(data)} bytes, more than the {_MAX_BUNDLE} allowed")
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"evidence bundle is not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
+        raise FormatError(f"not a jupyter-cc evidence bundle (expected \"format\": \"{BUNDLE_FORMAT}\")")
+    if doc.get("version") != 1:
+        raise FormatError(f"evidence bundle version {doc.get('version')!r} is not supported (expected 1)")
+    try:
+        nonce = decode_hex(str(doc.get("nonce", "")), what="bundle nonce")
+        host_key = decode_hex(str(doc.get("host_key_sha256", "")), what="bundle host_key_sha256")
+    except InputError as exc:
+        raise FormatError(exc.message) from None
+    kind = str(doc.get("kind", ""))
+    gpus_raw = doc.get("gpus", [])
+    if not isinstance(gpus_raw, list):
+        raise FormatError("evidence bundle field 'gpus' must be a list")
+    gpus = []
+    for g in gpus_raw:
+        if not isinstance(g, dict):
+            raise FormatError("each entry of 'gpus' must be an object")
+        gpus.append(_evidence_from(str(g.get("kind", "")), g, expected_report_data(nonce, host_key)[:32]))
+    ev = replace(_evidence_from(kind, doc.get("evidence") or {}, None), gpus=tuple(gpus))
+    extra = {k: v for k, v in doc.items() if k not in ("evidence", "gpus")}
+    return Bundle(
+        evidence=ev,
+        nonce=nonce,
+        host_key_sha256=host_key,
+        source=str(doc.get("source", "")),
+        collected_at=str(doc.get("collected_at", "")),
+        extra=extra,
+    )
+
+
+def bound_report_data(claims: Claims) -> bytes:
+    """The bytes a guest controls in this kind of evidence (Azure: the runtime user-data)."""
+    if claims.kind in ("az-snp-vtpm", "az-tdx-vtpm"):
+        user_data = claims.get("user_data")
+        return bytes.fromhex(user_data) if isinstance(user_data, str) else b""
+    return claims.report_data
+
+
+def verify_bundle(
+    bundle: Bundle,
+    *,
+    at: datetime,
+    nonce: bytes | None = None,
+    host_key_sha256: bytes | None = None,
+    roots: TrustStore | None = None,
+) -> Claims:
+    """Verify a bundle and its binding: REPORT_DATA must be the contract hash of its nonce and key.
+
+    Args:
+        nonce: the nonce the verifier sent; when given the bundle must carry exactly it.
+        host_key_sha256: digest of the host key seen in the SSH handshake; when given the bundle
+            must have bound exactly it (a relay with another key fails here).
+    """
+    claims = verify(bundle.evidence, at=at, roots=roots)
+    if nonce is not None:
+        check_report_data(bundle.nonce, nonce, what="the bundle's nonce")
+    if host_key_sha256 is not None:
+        check_report_data(bundle.host_key_sha256, host_key_sha256, what="the bound SSH host key digest")
+    check_report_data(bound_report_data(claims), bundle.report_data)
+    return claims
+
+
+def serialize_bundle(
+    kind: str,
+    evidence: Mapping[str, str],
+    *,
+    nonce: bytes,
+    host_key_sha256: bytes,
+    source: str,
+    collected_at: str,
+    gpus: Sequence[Mapping[str, str]] = (),
+) -> bytes:
+    """The JSON a guest agent returns (the inverse of :func:`parse_bundle`)."""
+    doc = {
+        "format": BUNDLE_FORMAT,
+        "version": 1,
+        "kind": kind,
+        "nonce": nonce.hex(),
+        "host_key_sha256": host_key_sha256.hex(),
+        "source": source,
+        "collected_at": collected_at,
+        "evidence": dict(evidence),
+        "gpus": [dict(g) for g in gpus],
+    }
+    return json.dumps(doc, indent=1).encode()
