@@ -38,3 +38,22 @@ def read_vector(vectors: Path):  # type: ignore[no-untyped-def]
 
 # Public sample certificates and collateral expire; verify them as of a fixed time.
 SAMPLE_TIME = datetime(2024, 6, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Keep tests out of the user's data dir: the simulated TEE is created in a temp folder."""
+    old = os.environ.get("JUPYTER_DATA_DIR")
+    os.environ["JUPYTER_DATA_DIR"] = str(tmp_path_factory.mktemp("jupyter-data"))
+    yield
+    if old is None:
+        os.environ.pop("JUPYTER_DATA_DIR", None)
+    else:
+        os.environ["JUPYTER_DATA_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def sim_tee():  # type: ignore[no-untyped-def]
+    from jupyter_cc.attest.sim import SimulatedTee
+
+    return SimulatedTee.load_or_create()

@@ -19,7 +19,8 @@ The claims are returned as they are, plus a few convenience fields that the poli
 (``attestation_type``, ``compliance_status``, ``secure_boot``, ``measurement``). Nothing here
 decides whether those values are acceptable.
 
->>> claims = verify_maa(token, jwks, at=utcnow(), issuer="https://sharedeus2.eus2.attest.azure.net")  # doctest: +SKIP
+>>> issuer = "https://sharedeus2.eus2.attest.azure.net"
+>>> claims = verify_maa(token, jwks, at=utcnow(), issuer=issuer)  # doctest: +SKIP
 >>> claim_path(claims.details, "x-ms-isolation-tee.x-ms-attestation-type")  # doctest: +SKIP
 'sevsnpvm'
 """
@@ -209,7 +210,11 @@ def _select_key(jwks: bytes, kid: str) -> rsa.RSAPublicKey:
             from_ne = numbers.public_key()
         except ValueError as exc:
             raise InputError(f"JWKS key '{kid}' is not a valid RSA public key ({exc})") from None
-    if from_cert is not None and from_ne is not None and from_cert.public_numbers() != from_ne.public_numbers():
+    if (
+        from_cert is not None
+        and from_ne is not None
+        and from_cert.public_numbers() != from_ne.public_numbers()
+    ):
         raise BindingError(
             f"JWKS key '{kid}' has n/e that differ from the key in its x5c certificate",
             hint="the JWKS is inconsistent; fetch it again from the MAA instance",
@@ -233,10 +238,12 @@ def _lookup(node: Any, path: str) -> Any:
     if isinstance(node, Mapping):
         # The longest key that is a dotted prefix of the path wins; shorter ones are tried if
         # the rest of the path does not resolve beneath it.
-        cut = len(path)
+        if path in node:
+            return node[path]
+        cut = path.rfind(".")
         while cut > 0:
             key, rest = path[:cut], path[cut + 1 :]
-            if key in node:
+            if rest and key in node:
                 found = _lookup(node[key], rest)
                 if found is not MISSING:
                     return found
@@ -298,7 +305,7 @@ def _is_debug(claims: Mapping[str, Any], attestation_type: Any) -> bool:
 
 def _secure_boot(claims: Mapping[str, Any]) -> bool | None:
     values = [
-        claim_path(claims, f"{TEE}.x-ms-runtime.vm-configuration.secure-boot", MISSING),
+        _lookup(claims, f"{TEE}.x-ms-runtime.vm-configuration.secure-boot"),
         claims.get("secureboot", MISSING),
     ]
     present = [v for v in values if v is not MISSING]
@@ -458,4 +465,3 @@ def verify_maa(token: str, jwks: bytes, *, at: datetime, issuer: str | None = No
         report_data=_report_data(claims),
         details=_details(claims),
     )
-

@@ -449,7 +449,9 @@ def verify_nvidia(
     if nonce is not None and len(nonce) != NONCE_SIZE:
         raise InputError(f"the expected GPU nonce must be {NONCE_SIZE} bytes, {len(nonce)} were given")
     certs = _chain(chain_pem, root_pem)
-    anchor = verify_chain(certs, roots=roots if roots is not None else TrustStore.of(NVIDIA_DEVICE_ROOT), at=at)
+    if roots is None:
+        roots = TrustStore.of(NVIDIA_DEVICE_ROOT)
+    anchor = verify_chain(certs, roots=roots, at=at)
     leaf = certs[0]
     key = leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
@@ -472,7 +474,7 @@ def verify_nvidia(
             raise BindingError(
                 f"the GPU report's FWID {report_fwid.hex()[:16]}... differs from the leaf "
                 f"certificate's {leaf_fwid.hex()[:16]}...",
-                hint="the report and the certificate chain come from different firmware; pass both from the same GPU",
+                hint="report and chain come from different firmware; pass both from the same GPU",
             )
     return Claims(
         kind="nvidia",

@@ -52,8 +52,10 @@ SIM_ORG = "jupyter-cc SIMULATED TEE (not a hardware TEE)"
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, SIM_ORG)])
+def _name(cn: str, organization: str) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)]
+    )
 
 
 def _der_int(value: int) -> bytes:
@@ -74,7 +76,7 @@ def _tcb_bytes(tcb: snp.TcbVersion) -> bytes:
     return bytes([tcb.bootloader, tcb.tee, 0, 0, 0, 0, tcb.snp, tcb.microcode])
 
 
-def _build_chain(chip_id: bytes) -> tuple[list[x509.Certificate], ec.EllipticCurvePrivateKey]:
+def _build_chain(chip_id: bytes, organization: str) -> tuple[list[x509.Certificate], ec.EllipticCurvePrivateKey]:
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
     until = now + dt.timedelta(days=25 * 365)
     ark_key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
@@ -84,8 +86,8 @@ def _build_chain(chip_id: bytes) -> tuple[list[x509.Certificate], ec.EllipticCur
     def builder(subject: str, issuer: str, key: object) -> x509.CertificateBuilder:
         return (
             x509.CertificateBuilder()
-            .subject_name(_name(subject))
-            .issuer_name(_name(issuer))
+            .subject_name(_name(subject, organization))
+            .issuer_name(_name(issuer, organization))
             .public_key(key)  # type: ignore[arg-type]
             .serial_number(x509.random_serial_number())
             .not_valid_before(now)
@@ -131,8 +133,11 @@ class SimulatedTee:
         return f"SimulatedTee(root={fingerprint(self.chain[-1])[:16]}..., SIMULATED)"
 
     @classmethod
-    def load_or_create(cls, directory: Path | None = None) -> SimulatedTee:
+    def load_or_create(cls, directory: Path | None = None, *, organization: str = SIM_ORG) -> SimulatedTee:
         """Load the simulated TEE from ``directory`` (default ``<data dir>/sim``), creating it once.
+
+        ``organization`` names the chain's subjects; tests set it to AMD's to show that a chain
+        which imitates AMD's names still fails, since only the root fingerprint counts.
 
         Creation happens in a private temporary folder renamed into place, so concurrent first
         uses never see a half-written chain: the loser of the race loads the winner's.
@@ -143,7 +148,7 @@ class SimulatedTee:
             tmp = Path(tempfile.mkdtemp(prefix=".sim-", dir=directory.parent))
             try:
                 chip_id = os.urandom(64)
-                certs, key = _build_chain(chip_id)
+                certs, key = _build_chain(chip_id, organization)
                 pem = serialization.Encoding.PEM
                 (tmp / "vcek.pem").write_bytes(certs[0].public_bytes(pem))
                 (tmp / "ask_ark.pem").write_bytes(certs[1].public_bytes(pem) + certs[2].public_bytes(pem))
@@ -202,8 +207,11 @@ class SimulatedTee:
         vmpl: int = 0,
         debug: bool = False,
         guest_svn: int = 0,
+        version: int = 3,
     ) -> bytes:
-        """A signed SNP v3 report carrying ``report_data`` (exactly 64 bytes)."""
+        """A signed SNP report (version 2, 3 or 5 layout) carrying ``report_data`` (64 bytes)."""
+        if version not in (2, 3, 5):
+            raise InputError(f"the simulated TEE mints report versions 2, 3 and 5, not {version}")
         if len(report_data) != 64:
             raise InputError(f"REPORT_DATA must be 64 bytes, got {len(report_data)}")
         if len(measurement) != 48 or len(host_data) != 32:
@@ -211,7 +219,7 @@ class SimulatedTee:
         policy = (1 << 17) | (1 << 16) | (int(debug) << 19)
         tcb = _tcb_bytes(SIM_TCB)
         body = bytearray(snp.REPORT_SIZE)
-        struct.pack_into("<IIQ", body, 0x000, 3, guest_svn, policy)
+        struct.pack_into("<IIQ", body, 0x000, version, guest_svn, policy)
         struct.pack_into("<II", body, 0x030, vmpl, 1)
         body[0x038:0x040] = tcb
         struct.pack_into("<Q", body, 0x040, 0x3)  # SMT and TSME enabled
@@ -222,12 +230,15 @@ class SimulatedTee:
         body[0x140:0x160] = hashlib.sha256(report_data + measurement).digest()
         body[0x160:0x180] = b"\xff" * 32
         body[0x180:0x188] = tcb
-        body[0x188:0x18B] = bytes(SIM_CPUID)
+        if version >= 3:
+            body[0x188:0x18B] = bytes(SIM_CPUID)
         body[0x1A0:0x1E0] = self.chip_id
         body[0x1E0:0x1E8] = tcb
         body[0x1E8:0x1EB] = bytes([1, 55, 1])
         body[0x1EC:0x1EF] = bytes([1, 55, 1])
         body[0x1F0:0x1F8] = tcb
+        if version >= 5:
+            struct.pack_into("<QQ", body, 0x1F8, 0x1, 0x1)  # launch and current mitigation vectors
         der = self._key.sign(bytes(body[: snp.SIGNED_SIZE]), ec.ECDSA(hashes.SHA384()))
         r, s = decode_dss_signature(der)
         body[0x2A0:0x2E8] = r.to_bytes(72, "little")
