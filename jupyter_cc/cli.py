@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from jupyter_cc.attest.certs import load_certificates, utcnow
 from jupyter_cc.attest.claims import Claims
-from jupyter_cc.attest.evidence import KINDS, Evidence, parse_bundle, verify, verify_bundle
+from jupyter_cc.attest.evidence import Evidence, parse_bundle, verify, verify_bundle
 from jupyter_cc.encoding import decode_blob, decode_hex
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.policy import Policy, Verdict, appraise
@@ -68,7 +68,9 @@ def _parse_time(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise InputError(f"--at {text!r} is not an ISO 8601 time", hint="write it like 2024-06-01T12:00:00Z") from None
+        raise InputError(
+            f"--at {text!r} is not an ISO 8601 time", hint="write it like 2024-06-01T12:00:00Z"
+        ) from None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
@@ -89,7 +91,7 @@ def _evidence(args: argparse.Namespace) -> Evidence:
     if kind in ("snp", "az-snp-vtpm") and vek is not None and not chain:
         raise InputError(
             "no ASK/ARK chain was given",
-            hint="pass --chain with AMD KDS vcek/v1/<product>/cert_chain (for a VLEK, vlek/v1/<product>/cert_chain)",
+            hint="pass --chain with AMD KDS vcek/v1/<product>/cert_chain (VLEK: vlek/v1/.../cert_chain)",
         )
     nonce = decode_hex(args.nonce, what="--nonce") if getattr(args, "nonce", None) else None
     chain_pem = None
@@ -158,13 +160,22 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     policy = Policy.load(args.policy) if args.policy else Policy()
     expected_rd = decode_hex(args.report_data, what="--report-data") if args.report_data else None
     kind = args.kind
-    out: dict[str, Any] = {"kind": kind, "verified": False, "passed": False, "claims": {}, "reasons": [], "errors": []}
+    out: dict[str, Any] = {
+        "kind": kind,
+        "verified": False,
+        "passed": False,
+        "claims": {},
+        "reasons": [],
+        "errors": [],
+    }
     try:
         if kind == "bundle":
             bundle = parse_bundle(_read(args.file, "evidence bundle"))
             out["kind"] = bundle.evidence.kind
             nonce = decode_hex(args.nonce, what="--nonce") if args.nonce else None
-            host_key = decode_hex(args.host_key_sha256, what="--host-key-sha256") if args.host_key_sha256 else None
+            host_key = (
+                decode_hex(args.host_key_sha256, what="--host-key-sha256") if args.host_key_sha256 else None
+            )
             claims = verify_bundle(bundle, at=at, nonce=nonce, host_key_sha256=host_key)
         else:
             claims = verify(_evidence(args), at=at)
@@ -253,8 +264,12 @@ def _build_parser() -> argparse.ArgumentParser:
     def tdx_collateral(p: argparse.ArgumentParser) -> None:
         p.add_argument("--tcb-info", metavar="FILE", help="PCS TCB info JSON for the platform's FMSPC")
         p.add_argument("--qe-identity", metavar="FILE", help="PCS QE identity JSON")
-        p.add_argument("--collateral-chain", metavar="PEM", help="issuer chain of the TCB info and QE identity")
-        p.add_argument("--crl", metavar="FILE", action="append", help="a DER CRL (root CA or PCK); repeatable")
+        p.add_argument(
+            "--collateral-chain", metavar="PEM", help="issuer chain of the TCB info and QE identity"
+        )
+        p.add_argument(
+            "--crl", metavar="FILE", action="append", help="a DER CRL (root CA or PCK); repeatable"
+        )
 
     p = kind("snp", "REPORT", "AMD SEV-SNP attestation report")
     p.add_argument("--vcek", metavar="CERT", help="VCEK or VLEK (PEM or DER; may be followed by the chain)")
@@ -263,13 +278,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p = kind("tdx", "QUOTE", "Intel TDX quote (v4 or v5)")
     tdx_collateral(p)
     p = kind("az-snp-vtpm", "HCL_REPORT", "Azure SEV-SNP CVM vTPM HCL report")
-    p.add_argument("--vcek", metavar="CERT", required=True, help="VCEK (PEM or DER; may be followed by the chain)")
+    p.add_argument(
+        "--vcek", metavar="CERT", required=True, help="VCEK (PEM or DER; may be followed by the chain)"
+    )
     p.add_argument("--chain", metavar="PEM", help="ASK then ARK")
     p.add_argument("--tpm-quote", metavar="FILE", help="TPMS_ATTEST of a TPM2_Quote")
     p.add_argument("--tpm-sig", metavar="FILE", help="its signature by HCLAkPub")
     p.add_argument("--nonce", metavar="HEX", help="expected TPM quote nonce (extraData)")
     p = kind("az-tdx-vtpm", "HCL_REPORT", "Azure TDX CVM vTPM HCL report")
-    p.add_argument("--quote", metavar="TD_QUOTE", required=True, help="the TD quote IMDS made from the report")
+    p.add_argument(
+        "--quote", metavar="TD_QUOTE", required=True, help="the TD quote IMDS made from the report"
+    )
     tdx_collateral(p)
     p = kind("maa", "TOKEN", "Microsoft Azure Attestation token (JWT)")
     p.add_argument("--jwks", metavar="FILE", required=True, help="the signing keys the MAA instance serves")
@@ -307,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # the CLI promises no traceback; say what happened instead
         print(
-            f"jupyter-cc: error: unexpected {exc.__class__.__name__} ({exc}); this is a bug, please report it.",
+            f"jupyter-cc: error: unexpected {exc.__class__.__name__} ({exc}); this is a bug, please report",
             file=sys.stderr,
         )
         return 1

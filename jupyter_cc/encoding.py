@@ -84,7 +84,9 @@ def decode_blob(data: bytes, *, what: str = "input") -> bytes:
 
     Binary input (anything with bytes outside printable ASCII) is returned unchanged. Text is
     hex when it consists only of hex digits (an even number of them), otherwise base64 in one
-    of the two alphabets; other text is refused, since no evidence kind is plain text.
+    of the two alphabets; other text is refused, since no evidence kind is plain text. Base64
+    text made only of hex digits is read as hex: for real evidence (hundreds of bytes) that
+    cannot happen by chance, and a wrong reading fails the kind's size and format checks.
     """
     if not data:
         raise InputError(f"{what} is empty")

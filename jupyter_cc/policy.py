@@ -183,12 +183,18 @@ class Policy:
                 raise PolicyError("[snp] min_tcb must be a table like { bootloader = 3, snp = 8 }")
             for k, v in raw.items():
                 if k not in _TCB_FIELDS:
-                    raise PolicyError(f"[snp] min_tcb has unknown field '{k}' (known: {', '.join(_TCB_FIELDS)})")
+                    raise PolicyError(
+                        f"[snp] min_tcb has unknown field '{k}' (known: {', '.join(_TCB_FIELDS)})"
+                    )
                 min_tcb[k] = _int(v, f"[snp] min_tcb.{k}")
         rtmr = None
         if "rtmr" in tdx:
             sets = tdx["rtmr"]
-            if not isinstance(sets, list) or not sets or not all(isinstance(s, list) and len(s) == 4 for s in sets):
+            if (
+                not isinstance(sets, list)
+                or not sets
+                or not all(isinstance(s, list) and len(s) == 4 for s in sets)
+            ):
                 raise PolicyError("[tdx] rtmr must be a list of lists of four 96-hex-digit values")
             rtmr = tuple(tuple(_hex(v, 48, "[tdx] rtmr") for v in s) for s in sets)
         compliance = azure.get("compliance_status")
@@ -199,7 +205,9 @@ class Policy:
             allow_debug=_bool(doc.get("allow_debug", False), "allow_debug"),
             allow_simulated=_bool(doc.get("allow_simulated", False), "allow_simulated"),
             tee=_strings(doc["tee"], _KNOWN_KINDS, "tee") if "tee" in doc else None,
-            snp_measurement=_hex_list(snp["measurement"], 48, "[snp] measurement") if "measurement" in snp else None,
+            snp_measurement=_hex_list(snp["measurement"], 48, "[snp] measurement")
+            if "measurement" in snp
+            else None,
             snp_host_data=_hex(snp["host_data"], 32, "[snp] host_data") if "host_data" in snp else None,
             snp_vmpl=_int(snp["vmpl"], "[snp] vmpl") if "vmpl" in snp else None,
             snp_min_tcb=min_tcb,
@@ -210,7 +218,9 @@ class Policy:
             if "tcb_status" in tdx
             else None,
             azure_compliance_status=compliance,
-            azure_secure_boot=_bool(azure["secure_boot"], "[azure] secure_boot") if "secure_boot" in azure else None,
+            azure_secure_boot=_bool(azure["secure_boot"], "[azure] secure_boot")
+            if "secure_boot" in azure
+            else None,
             gpu_required=_bool(gpu.get("required", False), "[gpu] required"),
         )
 
@@ -277,7 +287,9 @@ def _check_tdx(policy: Policy, claims: Claims, fail: Any) -> None:
             fail(
                 "tdx.tcb_status",
                 f"one of {list(policy.tdx_tcb_status)}",
-                status if status is not None else "not evaluated (pass the TCB info and QE identity collateral)",
+                status
+                if status is not None
+                else "not evaluated (pass the TCB info and QE identity collateral)",
             )
 
 
@@ -290,7 +302,11 @@ def appraise(claims: Claims, policy: Policy | None = None) -> Verdict:
         reasons.append(Reason(rule, str(expected), _observed(observed)))
 
     if claims.simulated and not policy.allow_simulated:
-        fail("allow_simulated", "a hardware TEE (the policy does not set allow_simulated = true)", "SIMULATED evidence")
+        fail(
+            "allow_simulated",
+            "a hardware TEE (the policy does not set allow_simulated = true)",
+            "SIMULATED evidence",
+        )
     kinds = policy.accepted_kinds()
     if claims.kind not in kinds:
         fail("tee", f"one of {list(kinds)}", claims.kind)
@@ -300,7 +316,10 @@ def appraise(claims: Claims, policy: Policy | None = None) -> Verdict:
         _check_snp(policy, claims, fail)
     elif claims.family == "tdx":
         _check_tdx(policy, claims, fail)
-    if policy.azure_compliance_status is not None and claims.get("compliance_status") != policy.azure_compliance_status:
+    if (
+        policy.azure_compliance_status is not None
+        and claims.get("compliance_status") != policy.azure_compliance_status
+    ):
         fail("azure.compliance_status", policy.azure_compliance_status, claims.get("compliance_status"))
     if policy.azure_secure_boot is not None and claims.get("secure_boot") != policy.azure_secure_boot:
         fail("azure.secure_boot", policy.azure_secure_boot, claims.get("secure_boot"))

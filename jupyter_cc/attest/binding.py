@@ -42,7 +42,11 @@ def check_report_data(observed: bytes, expected: bytes, *, what: str = "REPORT_D
     Raises:
         BindingError: the evidence was made for another nonce, key or connection.
     """
-    if not expected or len(expected) > len(observed) or not hmac.compare_digest(observed[: len(expected)], expected):
+    if (
+        not expected
+        or len(expected) > len(observed)
+        or not hmac.compare_digest(observed[: len(expected)], expected)
+    ):
         raise BindingError(
             f"{what} is {observed.hex()[:32]}..., expected {expected.hex()[:32]}...",
             hint="the evidence was produced for another nonce or connection; collect fresh evidence",

@@ -10,6 +10,7 @@ Signatures, including AMD's RSA-PSS with SHA-384 and salt 48, are checked by ``c
 from __future__ import annotations
 
 import hashlib
+import itertools
 import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -93,7 +94,8 @@ def load_certificate(data: bytes, *, what: str = "certificate file") -> x509.Cer
 def _check_validity(cert: x509.Certificate, at: datetime) -> None:
     if at < cert.not_valid_before_utc:
         raise ChainError(
-            f"certificate '{describe(cert)}' is not valid before {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
+            f"certificate '{describe(cert)}' is not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
             f" (verification time {at:%Y-%m-%dT%H:%M:%SZ})",
             hint="check the clock or pass --at with the time the evidence was produced",
         )
@@ -127,9 +129,7 @@ def _check_issued_by(child: x509.Certificate, issuer: x509.Certificate) -> None:
         ) from None
 
 
-def verify_chain(
-    chain: Sequence[x509.Certificate], *, roots: TrustStore, at: datetime
-) -> TrustAnchor:
+def verify_chain(chain: Sequence[x509.Certificate], *, roots: TrustStore, at: datetime) -> TrustAnchor:
     """Check ``chain`` (leaf first, root last) and return the pinned anchor it ends at.
 
     Raises:
@@ -140,13 +140,13 @@ def verify_chain(
         raise ChainError("no certificates to verify")
     for cert in chain:
         _check_validity(cert, at)
-    for child, issuer in zip(chain, chain[1:]):
+    for child, issuer in itertools.pairwise(chain):
         _check_issued_by(child, issuer)
     root = chain[-1]
     if root.issuer != root.subject:
         raise ChainError(
             f"the chain ends at '{describe(root)}', which is not a self-signed root",
-            hint="include the root certificate (for AMD the ARK, for Intel the SGX Root CA) in the chain file",
+            hint="include the root (for AMD the ARK, for Intel the SGX Root CA) in the chain file",
         )
     _check_issued_by(root, root)
     anchor = roots.find(fingerprint(root))

@@ -83,7 +83,9 @@ def _verify_snp_like(ev: Evidence, at: datetime, roots: TrustStore | None) -> Cl
 
         tee = SimulatedTee.load()
         return tee.verify(report.raw, at=at)
-    vek = _need(ev.vek, "the VCEK or VLEK certificate", ev.kind, "pass --vcek with the certificate from AMD KDS")
+    vek = _need(
+        ev.vek, "the VCEK or VLEK certificate", ev.kind, "pass --vcek with the certificate from AMD KDS"
+    )
     return snp.verify_report(report, vek, list(ev.chain), at=at, roots=roots)
 
 
@@ -135,12 +137,16 @@ def _verify_one(ev: Evidence, at: datetime, roots: TrustStore | None) -> Claims:
         from jupyter_cc.attest import maa
 
         token = ev.report.decode("ascii", "replace") if isinstance(ev.report, bytes) else ev.report
-        jwks = _need(ev.jwks, "the issuer's JWKS", kind, "pass --jwks with the keys the MAA instance serves at /certs")
+        jwks = _need(
+            ev.jwks, "the issuer's JWKS", kind, "pass --jwks with the keys the MAA instance serves at /certs"
+        )
         return maa.verify_maa(token.strip(), jwks, at=at, issuer=ev.issuer)
     if kind == "nvidia":
         from jupyter_cc.attest import nvidia
 
-        chain = _need(ev.chain_pem, "the GPU certificate chain", kind, "pass --chain with the chain NVML returned")
+        chain = _need(
+            ev.chain_pem, "the GPU certificate chain", kind, "pass --chain with the chain NVML returned"
+        )
         return nvidia.verify_nvidia(_bytes(ev.report, kind), chain, at=at, roots=roots, nonce=ev.nonce)
     raise InputError(f"unknown evidence kind '{kind}'", hint=f"use one of {', '.join(KINDS)}")
 
@@ -231,7 +237,7 @@ def parse_bundle(data: bytes) -> Bundle:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"evidence bundle is not JSON ({exc.__class__.__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
-        raise FormatError(f"not a jupyter-cc evidence bundle (expected \"format\": \"{BUNDLE_FORMAT}\")")
+        raise FormatError(f'not a jupyter-cc evidence bundle (expected "format": "{BUNDLE_FORMAT}")')
     if doc.get("version") != 1:
         raise FormatError(f"evidence bundle version {doc.get('version')!r} is not supported (expected 1)")
     try:

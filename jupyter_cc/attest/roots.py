@@ -41,9 +41,21 @@ def _anchor(name: str, fingerprint: str, product: str | None = None) -> TrustAnc
 
 AMD_ARKS: Mapping[str, TrustAnchor] = MappingProxyType(
     {
-        "Milan": _anchor("ARK-Milan", product="Milan", fingerprint="69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd"),
-        "Genoa": _anchor("ARK-Genoa", product="Genoa", fingerprint="4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1"),
-        "Turin": _anchor("ARK-Turin", product="Turin", fingerprint="1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a"),
+        "Milan": _anchor(
+            "ARK-Milan",
+            product="Milan",
+            fingerprint="69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
+        ),
+        "Genoa": _anchor(
+            "ARK-Genoa",
+            product="Genoa",
+            fingerprint="4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
+        ),
+        "Turin": _anchor(
+            "ARK-Turin",
+            product="Turin",
+            fingerprint="1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
+        ),
     }
 )
 INTEL_SGX_ROOT = _anchor(

@@ -54,7 +54,10 @@ _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
 def _name(cn: str, organization: str) -> x509.Name:
     return x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)]
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+        ]
     )
 
 
@@ -76,7 +79,9 @@ def _tcb_bytes(tcb: snp.TcbVersion) -> bytes:
     return bytes([tcb.bootloader, tcb.tee, 0, 0, 0, 0, tcb.snp, tcb.microcode])
 
 
-def _build_chain(chip_id: bytes, organization: str) -> tuple[list[x509.Certificate], ec.EllipticCurvePrivateKey]:
+def _build_chain(
+    chip_id: bytes, organization: str
+) -> tuple[list[x509.Certificate], ec.EllipticCurvePrivateKey]:
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
     until = now + dt.timedelta(days=25 * 365)
     ark_key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
@@ -171,7 +176,9 @@ class SimulatedTee:
         directory = directory or data_dir() / "sim"
         try:
             vcek = load_certificate((directory / "vcek.pem").read_bytes(), what=str(directory / "vcek.pem"))
-            chain = load_certificates((directory / "ask_ark.pem").read_bytes(), what=str(directory / "ask_ark.pem"))
+            chain = load_certificates(
+                (directory / "ask_ark.pem").read_bytes(), what=str(directory / "ask_ark.pem")
+            )
             key = serialization.load_pem_private_key((directory / "vcek.key").read_bytes(), password=None)
         except FileNotFoundError:
             raise InputError(
@@ -179,9 +186,13 @@ class SimulatedTee:
                 hint="simulated evidence can only be verified on the machine whose data dir minted it",
             ) from None
         except ValueError:
-            raise InputError(f"the simulated TEE in {directory} is damaged", hint="remove that folder") from None
+            raise InputError(
+                f"the simulated TEE in {directory} is damaged", hint="remove that folder"
+            ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise InputError(f"the simulated TEE key in {directory} is not an EC key", hint="remove that folder")
+            raise InputError(
+                f"the simulated TEE key in {directory} is not an EC key", hint="remove that folder"
+            )
         info = snp.parse_vek(vcek)
         assert info.hwid is not None
         return cls(vcek=vcek, chain=tuple(chain), chip_id=info.hwid, _key=key)
@@ -248,7 +259,9 @@ class SimulatedTee:
     def chain_pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
 
-    def verify(self, report: bytes, *, at: dt.datetime, chain: Sequence[x509.Certificate] | None = None) -> Claims:
+    def verify(
+        self, report: bytes, *, at: dt.datetime, chain: Sequence[x509.Certificate] | None = None
+    ) -> Claims:
         """Verify a simulated report with the same code as real SNP evidence (kind ``sim-snp``)."""
         parsed = snp.parse_report(report)
         return snp.verify_report(

@@ -200,9 +200,7 @@ def parse_report(data: bytes) -> SnpReport:
     mbz = _MBZ_COMMON + (_MBZ_V2 if version == 2 else _MBZ_V5 if version >= 5 else _MBZ_V3)
     for start, end in mbz:
         if any(data[start:end]):
-            raise FormatError(
-                f"SNP report bytes 0x{start:03x}-0x{end - 1:03x} are reserved and must be zero"
-            )
+            raise FormatError(f"SNP report bytes 0x{start:03x}-0x{end - 1:03x} are reserved and must be zero")
     return SnpReport(
         raw=bytes(data),
         version=version,

@@ -1,0 +1,173 @@
+"""Policy files (design section 5): safe defaults, every failed rule named, typos refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from jupyter_cc.attest.claims import Claims
+from jupyter_cc.errors import InputError, PolicyError
+from jupyter_cc.policy import Policy, appraise
+
+M1 = "a" * 96
+M2 = "b" * 96
+
+
+def snp_claims(**overrides: object) -> Claims:
+    details = {
+        "measurement": M1,
+        "host_data": "0" * 64,
+        "vmpl": 0,
+        "product": "Milan",
+        "reported_tcb": {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115},
+    }
+    kind = str(overrides.pop("kind", "snp"))
+    simulated = bool(overrides.pop("simulated", False))
+    debug = bool(overrides.pop("debug", False))
+    gpu = overrides.pop("gpu", None)
+    details.update(overrides)
+    return Claims(
+        kind=kind, simulated=simulated, debug=debug, report_data=bytes(64), details=details, gpu=gpu
+    )  # type: ignore[arg-type]
+
+
+def tdx_claims(**details: object) -> Claims:
+    base = {"mrtd": M1, "rtmr": [M1, M1, M2, M2]}
+    base.update(details)
+    return Claims(kind="tdx", simulated=False, debug=False, report_data=bytes(64), details=base)
+
+
+def rules(verdict) -> list[str]:  # type: ignore[no-untyped-def]
+    return [r.rule for r in verdict.reasons]
+
+
+def test_the_default_policy_accepts_valid_hardware_evidence_only() -> None:
+    assert appraise(snp_claims()).passed
+    assert rules(appraise(snp_claims(debug=True))) == ["allow_debug"]
+    assert "allow_simulated" in rules(appraise(snp_claims(kind="sim-snp", simulated=True)))
+
+
+def test_an_empty_policy_file_is_the_safe_default() -> None:
+    policy = Policy.from_toml("")
+    assert not policy.allow_debug
+    assert not policy.allow_simulated
+    assert not appraise(snp_claims(kind="sim-snp", simulated=True), policy).passed
+
+
+def test_simulated_evidence_passes_only_when_the_policy_asks_for_it() -> None:
+    sim = snp_claims(kind="sim-snp", simulated=True)
+    assert appraise(sim, Policy.from_toml("allow_simulated = true")).passed
+    # Even a policy listing sim-snp as a kind does not accept it without allow_simulated.
+    verdict = appraise(sim, Policy.from_toml('tee = ["sim-snp"]'))
+    assert rules(verdict) == ["allow_simulated"]
+    # A simulated flag on any kind is refused by default, whatever the kind says.
+    assert rules(appraise(snp_claims(simulated=True))) == ["allow_simulated"]
+
+
+def test_every_failed_rule_is_reported_with_expected_and_observed() -> None:
+    policy = Policy.from_toml(
+        f"""
+name = "prod-snp"
+[snp]
+measurement = ["{M2}"]
+host_data = "{"1" * 64}"
+vmpl = 1
+min_tcb = {{ bootloader = 4, snp = 8, microcode = 200 }}
+product = ["Genoa"]
+"""
+    )
+    verdict = appraise(snp_claims(debug=True), policy)
+    assert not verdict.passed
+    assert verdict.policy == "prod-snp"
+    assert rules(verdict) == [
+        "allow_debug",
+        "snp.measurement",
+        "snp.host_data",
+        "snp.vmpl",
+        "snp.product",
+        "snp.min_tcb.bootloader",
+        "snp.min_tcb.microcode",
+    ]
+    text = [str(r) for r in verdict.reasons]
+    assert f"snp.measurement: expected one of ['{M2}'], observed {M1}" in text
+    assert "snp.min_tcb.microcode: expected >= 200, observed 115" in text
+    assert verdict.to_json()["passed"] is False
+
+
+def test_matching_rules_pass_and_hex_is_case_insensitive() -> None:
+    policy = Policy.from_toml(f'[snp]\nmeasurement = "{M1.upper()}"\nvmpl = 0\nmin_tcb = {{ snp = 8 }}')
+    assert appraise(snp_claims(), policy).passed
+
+
+def test_hardware_sections_narrow_the_accepted_kinds() -> None:
+    pin_snp = Policy.from_toml(f'[snp]\nmeasurement = "{M1}"')
+    assert rules(appraise(tdx_claims(), pin_snp)) == ["tee"]
+    pin_tdx = Policy.from_toml(f'[tdx]\nmrtd = ["{M1}"]')
+    assert rules(appraise(snp_claims(), pin_tdx)) == ["tee"]
+    assert appraise(tdx_claims(), pin_tdx).passed
+    explicit = Policy.from_toml('tee = ["tdx"]')
+    assert rules(appraise(snp_claims(), explicit)) == ["tee"]
+
+
+def test_tdx_rules() -> None:
+    policy = Policy.from_toml(
+        f'[tdx]\nmrtd = ["{M1}"]\nrtmr = [["{M1}", "{M1}", "{M2}", "{M2}"]]\ntcb_status = ["UpToDate"]'
+    )
+    verdict = appraise(tdx_claims(), policy)
+    assert rules(verdict) == ["tdx.tcb_status"]
+    assert "not evaluated" in str(verdict.reasons[0])
+    assert appraise(tdx_claims(tcb_status="UpToDate"), policy).passed
+    assert rules(appraise(tdx_claims(tcb_status="OutOfDate", rtmr=[M2] * 4), policy)) == [
+        "tdx.rtmr",
+        "tdx.tcb_status",
+    ]
+
+
+def test_azure_rules_fail_closed_when_the_claim_is_absent() -> None:
+    policy = Policy.from_toml('[azure]\ncompliance_status = "azure-compliant-cvm"\nsecure_boot = true')
+    assert rules(appraise(snp_claims(), policy)) == ["azure.compliance_status", "azure.secure_boot"]
+    good = snp_claims(kind="maa", compliance_status="azure-compliant-cvm", secure_boot=True)
+    assert appraise(good, policy).passed
+
+
+def test_gpu_required() -> None:
+    policy = Policy.from_toml("[gpu]\nrequired = true")
+    assert rules(appraise(snp_claims(), policy)) == ["gpu.required"]
+    gpu = Claims(kind="nvidia", simulated=False, debug=False, report_data=b"", details={"measurements": 64})
+    assert appraise(snp_claims(gpu=gpu), policy).passed
+    off = Claims(kind="nvidia", simulated=False, debug=False, report_data=b"", details={"cc_mode": False})
+    verdict = appraise(snp_claims(gpu=off), policy)
+    assert rules(verdict) == ["gpu.required"]
+    assert "CC mode off" in str(verdict.reasons[0])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("allow_debugg = true", "unknown top-level key 'allow_debugg'"),
+        ("[snp]\nmeasurment = 'aa'", "unknown key 'measurment' in [snp]"),
+        ("[snp]\nmeasurement = 'abc'", "must be 96 hex digits"),
+        ("allow_debug = 'no'", "allow_debug must be true or false"),
+        ("tee = ['sgx']", "unknown value 'sgx'"),
+        ("[snp]\nvmpl = -1", "non-negative integer"),
+        ("[snp]\nmin_tcb = { ucode = 3 }", "unknown field 'ucode'"),
+        ("[tdx]\nrtmr = [['aa']]", "lists of four"),
+        ("[tdx]\ntcb_status = ['Fine']", "unknown value 'Fine'"),
+        ("name = ", "not valid TOML"),
+        ("snp = 3", "[snp] must be a table"),
+    ],
+)
+def test_malformed_policies_are_refused_with_the_key_named(text: str, message: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        Policy.from_toml(text)
+    assert message in info.value.diagnostics()
+    assert info.value.exit_status == 2
+
+
+def test_policy_errors_name_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "p.toml"
+    path.write_text("allow_simulated = 1\n")
+    with pytest.raises(PolicyError) as info:
+        Policy.load(path)
+    assert info.value.diagnostics().startswith(f"{path}: allow_simulated must be true or false")
+    with pytest.raises(InputError, match="cannot read policy file"):
+        Policy.load(tmp_path / "missing.toml")
