@@ -49,7 +49,13 @@ def int_bytes(value: int) -> bytes:
 def jwk(kid: str, key: rsa.RSAPublicKey, encode: Callable[[bytes], str] = b64url) -> dict[str, Any]:
     nums = key.public_numbers()
     ops = ["sign"] if kid == "HCLAkPub" else ["encrypt"]
-    return {"kid": kid, "key_ops": ops, "kty": "RSA", "e": encode(int_bytes(nums.e)), "n": encode(int_bytes(nums.n))}
+    return {
+        "kid": kid,
+        "key_ops": ops,
+        "kty": "RSA",
+        "e": encode(int_bytes(nums.e)),
+        "n": encode(int_bytes(nums.n)),
+    }
 
 
 def runtime_json(
@@ -170,7 +176,9 @@ class SnpSigner:
         ark_key = ec.generate_private_key(ec.SECP384R1())
         ask_key = ec.generate_private_key(ec.SECP384R1())
 
-        def cert(cn: str, issuer: str, pub: Any, signer: Any, ca: bool, exts: Sequence[Any] = ()) -> x509.Certificate:
+        def cert(
+            cn: str, issuer: str, pub: Any, signer: Any, ca: bool, exts: Sequence[Any] = ()
+        ) -> x509.Certificate:
             b = (
                 x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))

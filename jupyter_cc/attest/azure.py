@@ -464,8 +464,8 @@ def _check_binding(layout: _Layout) -> None:
     if not hmac.compare_digest(expected, observed):
         where = "SNP REPORT_DATA" if report_type == REPORT_TYPE_SNP else "TDREPORT REPORTDATA"
         raise BindingError(
-            f"{name.upper()} of the HCL runtime data is {_hex(expected)}, but {where}"
-            f"[0:{len(expected)}] holds {_hex(observed)}",
+            f"{where}[0:{len(expected)}] does not hold the {name.upper()} of the HCL runtime data "
+            f"(expected {_hex(expected)}, found {_hex(observed)})",
             hint="the runtime data (keys, VM configuration) was altered or belongs to another report",
         )
 
@@ -580,8 +580,8 @@ def bind_td_quote(td: TdReport, quote_claims: Claims) -> None:
     """
     if not hmac.compare_digest(bytes(quote_claims.report_data), td.report_data):
         raise BindingError(
-            f"the TD quote's REPORTDATA is {_hex(bytes(quote_claims.report_data))}, but the HCL "
-            f"report's TDREPORT holds {_hex(td.report_data)}",
+            "the TD quote's REPORTDATA differs from the HCL report's TDREPORT (TDREPORT "
+            f"{_hex(td.report_data)}, quote {_hex(bytes(quote_claims.report_data))})",
             hint="pass the TD quote made from this HCL report's TDREPORT",
         )
     pairs: list[tuple[str, Any, bytes]] = [("MRTD", quote_claims.get("mrtd"), td.mrtd)]
@@ -594,7 +594,8 @@ def bind_td_quote(td: TdReport, quote_claims: Claims) -> None:
         if not isinstance(observed, bytes) or not hmac.compare_digest(observed, local):
             shown = _hex(observed) if isinstance(observed, bytes) else repr(observed)
             raise BindingError(
-                f"the TD quote's {name} is {shown}, but the HCL report's TDREPORT holds {_hex(local)}",
+                f"the TD quote's {name} differs from the HCL report's TDREPORT (TDREPORT {_hex(local)}, "
+                f"quote {shown})",
                 hint="pass the TD quote made from this HCL report's TDREPORT",
             )
 

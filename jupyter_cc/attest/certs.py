@@ -9,6 +9,7 @@ Signatures, including AMD's RSA-PSS with SHA-384 and salt 48, are checked by ``c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import warnings
@@ -107,7 +108,11 @@ def _check_validity(cert: x509.Certificate, at: datetime) -> None:
         )
 
 
+@functools.lru_cache(maxsize=256)
 def _check_issued_by(child: x509.Certificate, issuer: x509.Certificate) -> None:
+    """Check one link. Results depend only on the two certificates' bytes, so successes are
+    cached (a kernel re-attesting on the same chip repeats the same links); failures raise and
+    are never cached. Validity times are checked on every call, outside this cache."""
     try:
         constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:

@@ -49,6 +49,12 @@ MAX_PCR_BANKS = 16
 MAX_SIZEOF_SELECT = 32
 
 
+def _hex(data: bytes, n: int = 16) -> str:
+    """A hex prefix of ``data`` for messages: the first ``n`` bytes, "..." when cut."""
+    text = data[:n].hex()
+    return text + "..." if len(data) > n else text or "(empty)"
+
+
 def alg_name(alg: int) -> str:
     """The TPM_ALG_ID name (``sha256``), or its hex value for algorithms not listed here."""
     return TPM_ALG_NAMES.get(alg, f"0x{alg:04x}")
@@ -255,8 +261,8 @@ def verify_quote(
     quote = parse_tpms_attest(message)
     if nonce is not None and not hmac.compare_digest(quote.extra_data, bytes(nonce)):
         raise BindingError(
-            f"the TPM quote's extraData is {quote.extra_data.hex()[:32] or '(empty)'}, expected the "
-            f"nonce {bytes(nonce).hex()[:32] or '(empty)'}",
+            "the TPM quote's extraData is not the expected nonce (expected "
+            f"{_hex(bytes(nonce))}, found {_hex(quote.extra_data)})",
             hint="the quote was made for another challenge; request a fresh quote with this nonce",
         )
     return quote
