@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jws
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import RSAKey
+from joserfc.jws import JWSRegistry
 
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.errors import (
@@ -290,9 +291,16 @@ def _tee_or_top(claims: Mapping[str, Any], name: str) -> Any:
 
 def _is_debug(claims: Mapping[str, Any], attestation_type: Any) -> bool:
     """Fail closed: any debug flag that is present and not exactly ``false`` means debug."""
+    tee = claims.get(TEE)
+    tee = tee if isinstance(tee, Mapping) else {}
+    snp = [
+        tee.get("x-ms-sevsnpvm-is-debuggable", MISSING),
+        claims.get("x-ms-sevsnpvm-is-debuggable", MISSING),
+    ]
     flags = [
-        _tee_or_top(claims, "x-ms-sevsnpvm-is-debuggable"),
-        _tee_or_top(claims, "tdx_td_attributes_debug"),
+        *snp,
+        tee.get("tdx_td_attributes_debug", MISSING),
+        claims.get("tdx_td_attributes_debug", MISSING),
         claims.get("x-ms-azurevm-bootdebug-enabled", MISSING),
         claims.get("x-ms-azurevm-kerneldebug-enabled", MISSING),
     ]
@@ -300,7 +308,7 @@ def _is_debug(claims: Mapping[str, Any], attestation_type: Any) -> bool:
         return True
     # An SEV-SNP token that omits the debuggable claim (a custom MAA policy can) says nothing
     # about debugging; treat that as debug rather than assume the opposite.
-    return attestation_type == "sevsnpvm" and flags[0] is MISSING
+    return attestation_type == "sevsnpvm" and all(flag is MISSING for flag in snp)
 
 
 def _secure_boot(claims: Mapping[str, Any]) -> bool | None:
@@ -399,6 +407,14 @@ def _check_issuer(claims: Mapping[str, Any], issuer: str) -> None:
         )
 
 
+def _registry() -> JWSRegistry:
+    # RS256 only; header members beyond the registered ones are allowed (only "crit" would make
+    # them binding, and it is refused); room for headers that carry an x5c chain.
+    registry = JWSRegistry(algorithms=[ALGORITHM], strict_check_header=False)
+    registry.max_header_length = 16384
+    return registry
+
+
 def verify_maa(token: str, jwks: bytes, *, at: datetime, issuer: str | None = None) -> Claims:
     """Verify an MAA token with the instance's JWKS and return its claims (kind ``maa``).
 
@@ -443,7 +459,7 @@ def verify_maa(token: str, jwks: bytes, *, at: datetime, issuer: str | None = No
         raise FormatError("the MAA token's header names no key (kid)")
     public_key = _select_key(jwks, kid)
     try:
-        jws.deserialize_compact(token, RSAKey.import_key(public_key), algorithms=[ALGORITHM])
+        jws.deserialize_compact(token, RSAKey.import_key(public_key), registry=_registry())
     except BadSignatureError:
         raise SignatureError(
             f"the MAA token's RS256 signature does not verify with key '{kid}': the token was "

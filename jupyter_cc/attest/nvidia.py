@@ -445,6 +445,8 @@ def verify_nvidia(
     Raises:
         FormatError, ChainError, SignatureError, BindingError: the failed check, by name.
     """
+    if at.tzinfo is None:
+        raise InputError("the verification time must carry a timezone (use UTC)")
     parsed = report if isinstance(report, SpdmReport) else parse_spdm_report(report)
     if nonce is not None and len(nonce) != NONCE_SIZE:
         raise InputError(f"the expected GPU nonce must be {NONCE_SIZE} bytes, {len(nonce)} were given")

@@ -470,7 +470,7 @@ def verify_report(
             hint=f"pass --chain with AMD KDS {report.signing_key}/v1/{product}/cert_chain",
         )
     anchor = verify_chain([vek_cert, *chain], roots=roots, at=at)
-    if anchor.product is not None and anchor.product != product:
+    if anchor.product != product:
         raise ChainError(
             f"the report comes from a {product} processor but the chain ends at {anchor.name}",
             hint=f"pass the AMD chain for {product}",
