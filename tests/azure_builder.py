@@ -206,7 +206,9 @@ class SnpSigner:
         self.ask = cert("TEST-ASK", "TEST-ARK", ask_key.public_key(), ark_key, True)
         self.vcek = cert("SEV-VCEK", "TEST-ASK", self._vcek_key.public_key(), ask_key, False, vcek_exts)
         self.chain = [self.ask, self.ark]
-        self.roots = TrustStore.of(TrustAnchor(name="TEST-ARK", fingerprint=fingerprint(self.ark)))
+        self.roots = TrustStore.of(
+            TrustAnchor(name="TEST-ARK", fingerprint=fingerprint(self.ark), product="Milan")
+        )
 
     def report(self, report_data: bytes = bytes(64), *, measurement: bytes = b"\x42" * 48) -> bytes:
         body = bytearray(snp.REPORT_SIZE)

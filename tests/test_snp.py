@@ -286,3 +286,16 @@ def test_mutated_real_reports_never_verify_and_fail_cleanly(milan, data) -> None
     tampered[index] ^= data.draw(st.integers(1, 255))
     with pytest.raises(CCError):
         snp.verify_report(snp.parse_report(bytes(tampered)), vcek, chain, at=AT)
+
+
+def test_a_pinned_root_of_another_vendor_or_product_is_not_an_ark(sim_tee) -> None:  # type: ignore[no-untyped-def]
+    from jupyter_cc.attest.roots import TrustAnchor
+
+    ark = sim_tee.chain[-1]
+    report = snp.parse_report(sim_tee.mint(bytes(64)))
+    for product in (None, "Genoa"):
+        store = TrustStore.of(TrustAnchor(name="Some CA", fingerprint=fingerprint(ark), product=product))
+        with pytest.raises(ChainError, match="chain ends at Some CA"):
+            snp.verify_report(
+                report, sim_tee.vcek, list(sim_tee.chain), at=datetime.now(timezone.utc), roots=store
+            )
