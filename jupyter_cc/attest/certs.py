@@ -48,11 +48,21 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 def describe(cert: x509.Certificate) -> str:
     """A short name for messages: the subject CN, or the whole subject when there is none."""
-    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    if cns:
-        value = cns[0].value
-        return value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return cert.subject.rfc4514_string() or "certificate without subject"
+    try:
+        cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        if cns:
+            value = cns[0].value
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+        return cert.subject.rfc4514_string() or "certificate without subject"
+    except ValueError:
+        return "certificate with a malformed subject"
+
+
+def _name(name_of: x509.Certificate, issuer: bool) -> str:
+    try:
+        return (name_of.issuer if issuer else name_of.subject).rfc4514_string()
+    except ValueError:
+        return "a malformed name"
 
 
 def _load_der(data: bytes) -> x509.Certificate:
@@ -117,14 +127,16 @@ def _check_issued_by(child: x509.Certificate, issuer: x509.Certificate) -> None:
         constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         constraints = None
+    except ValueError:
+        raise ChainError(f"certificate '{describe(issuer)}' has malformed extensions") from None
     if constraints is not None and not constraints.ca:
         raise ChainError(f"certificate '{describe(issuer)}' is not a CA but issued '{describe(child)}'")
     try:
         child.verify_directly_issued_by(issuer)
     except ValueError:
         raise ChainError(
-            f"certificate '{describe(child)}' names issuer '{child.issuer.rfc4514_string()}', "
-            f"not '{issuer.subject.rfc4514_string()}'",
+            f"certificate '{describe(child)}' names issuer '{_name(child, True)}', "
+            f"not '{_name(issuer, False)}'",
             hint="pass the chain for this certificate's product, in order from leaf to root",
         ) from None
     except (InvalidSignature, TypeError, UnsupportedAlgorithm):
@@ -141,6 +153,13 @@ def verify_chain(chain: Sequence[x509.Certificate], *, roots: TrustStore, at: da
         ChainError: a link is missing or mis-signed, a certificate is outside its validity at
             ``at``, or the root is not pinned, whatever its subject says.
     """
+    try:
+        return _verify_chain(chain, roots=roots, at=at)
+    except ValueError as exc:  # cryptography parses names and extensions lazily
+        raise ChainError(f"a certificate in the chain is malformed ({exc})") from None
+
+
+def _verify_chain(chain: Sequence[x509.Certificate], *, roots: TrustStore, at: datetime) -> TrustAnchor:
     if not chain:
         raise ChainError("no certificates to verify")
     for cert in chain:

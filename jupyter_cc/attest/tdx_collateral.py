@@ -29,6 +29,7 @@ Nothing here decides whether a status is acceptable: statuses are returned as In
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
 from jupyter_cc.attest.certs import describe, load_certificates, verify_chain
-from jupyter_cc.attest.roots import TrustAnchor, TrustStore
+from jupyter_cc.attest.roots import INTEL_SGX_ROOT, TrustAnchor, TrustStore
 from jupyter_cc.errors import (
     ChainError,
     CollateralError,
@@ -203,6 +204,7 @@ class PckExtensions:
         return self.pce_id.hex()
 
 
+@functools.lru_cache(maxsize=64)
 def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
     """Read FMSPC, PCE-ID and the TCB from a PCK certificate's SGX extension.
 
@@ -710,8 +712,7 @@ def verify_collateral(
         SignatureError: a document's signature does not cover its exact body bytes.
         CollateralError: wrong id or version, no TCB levels, or stale (``nextUpdate`` passed).
     """
-    roots = roots if roots is not None else TrustStore.hardware()
-    key, anchor = _check_signing_chain(collateral.issuer_chain, roots=roots, at=at)
+    roots = roots if roots is not None else TrustStore.of(INTEL_SGX_ROOT)
     info, ident = collateral.tcb_info, collateral.qe_identity
     if info.id != TCB_INFO_ID or info.version != TCB_INFO_VERSION:
         raise CollateralError(
@@ -725,14 +726,17 @@ def verify_collateral(
             f"'{QE_IDENTITY_ID}' version {QE_IDENTITY_VERSION}",
             hint="fetch the TD quoting enclave identity (/tdx/certification/v4/qe/identity)",
         )
+    # Staleness first, as go-tdx-guest does: stale collateral usually also means an expired
+    # signing certificate, and "fetch fresh collateral" is the message that helps.
+    _check_fresh("TCB info", info.issue_date, info.next_update, at)
+    _check_fresh("QE identity", ident.issue_date, ident.next_update, at)
+    key, anchor = _check_signing_chain(collateral.issuer_chain, roots=roots, at=at)
     _check_signature(key, info.signed_bytes, info.signature, "TCB info")
     _check_signature(key, ident.signed_bytes, ident.signature, "QE identity")
     if not info.tcb_levels:
         raise CollateralError("the TCB info lists no TCB levels")
     if not ident.tcb_levels:
         raise CollateralError("the QE identity lists no TCB levels")
-    _check_fresh("TCB info", info.issue_date, info.next_update, at)
-    _check_fresh("QE identity", ident.issue_date, ident.next_update, at)
     check_revocation(collateral.crls, collateral.issuer_chain, at=at, what="collateral issuer chain")
     return anchor
 
