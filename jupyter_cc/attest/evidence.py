@@ -190,7 +190,10 @@ def _field_bytes(evidence: Mapping[str, Any], key: str) -> bytes | None:
         return None
     if not isinstance(value, str):
         raise FormatError(f"evidence bundle field '{key}' must be a base64 string")
-    return b64decode_any(value, what=f"evidence bundle field '{key}'")
+    try:
+        return b64decode_any(value, what=f"evidence bundle field '{key}'")
+    except InputError as exc:
+        raise FormatError(exc.message) from None
 
 
 def _field_certs(evidence: Mapping[str, Any], key: str) -> tuple[x509.Certificate, ...]:
@@ -199,7 +202,12 @@ def _field_certs(evidence: Mapping[str, Any], key: str) -> tuple[x509.Certificat
         return ()
     if not isinstance(value, str):
         raise FormatError(f"evidence bundle field '{key}' must be PEM text")
-    return tuple(load_certificates(value.encode("ascii", "replace"), what=f"evidence bundle field '{key}'"))
+    try:
+        return tuple(
+            load_certificates(value.encode("ascii", "replace"), what=f"evidence bundle field '{key}'")
+        )
+    except InputError as exc:
+        raise FormatError(exc.message) from None
 
 
 def _evidence_from(kind: str, evidence: Mapping[str, Any], nonce: bytes | None) -> Evidence:
