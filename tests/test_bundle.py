@@ -6,11 +6,11 @@ import base64
 import os
 from datetime import datetime, timezone
 
+import azure_builder as ab
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-import azure_builder as ab
 from jupyter_cc.attest.binding import expected_report_data, host_key_digest
 from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bundle
 from jupyter_cc.errors import BindingError, FormatError, InputError
