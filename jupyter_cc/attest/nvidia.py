@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from jupyter_cc.attest import der
 from jupyter_cc.attest.certs import describe, load_certificate, load_certificates, verify_chain
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.roots import NVIDIA_DEVICE_ROOT, TrustStore
@@ -318,40 +319,16 @@ def parse_spdm_report(data: bytes) -> SpdmReport:
 # --- the leaf's TCG DICE extension -----------------------------------------------------------
 
 
-def _der_items(data: bytes, what: str) -> list[tuple[int, bytes]]:
-    """Split ``data`` into DER (tag, content) pairs; definite lengths and low tag numbers only."""
-    items: list[tuple[int, bytes]] = []
-    pos = 0
-    while pos < len(data):
-        if pos + 2 > len(data):
-            raise FormatError(f"{what} ends inside a DER header")
-        tag, length = data[pos], data[pos + 1]
-        pos += 2
-        if tag & 0x1F == 0x1F:
-            raise FormatError(f"{what} uses a high-tag-number DER form, which is not expected here")
-        if length & 0x80:
-            n = length & 0x7F
-            if n == 0 or n > 3 or pos + n > len(data):
-                raise FormatError(f"{what} has a bad DER length")
-            length = int.from_bytes(data[pos : pos + n], "big")
-            pos += n
-        if pos + length > len(data):
-            raise FormatError(f"{what} has a DER element longer than its container")
-        items.append((tag, data[pos : pos + length]))
-        pos += length
-    return items
-
-
 def _fwids(content: bytes, what: str, depth: int = 0) -> list[bytes]:
     """Every SHA-384 FWID (SEQUENCE { OID sha384, OCTET STRING }) inside constructed DER."""
     if depth > 8:
         raise FormatError(f"{what} nests DER deeper than expected")
     found: list[bytes] = []
-    for tag, body in _der_items(content, what):
+    for tag, body in der.items(content, what):
         if not tag & 0x20:  # primitive
             continue
         if tag == 0x30 and body.startswith(_SHA384_OID_DER):
-            rest = _der_items(body[len(_SHA384_OID_DER) :], what)
+            rest = der.items(body[len(_SHA384_OID_DER) :], what)
             if len(rest) == 1 and rest[0][0] == 0x04:
                 found.append(rest[0][1])
                 continue
@@ -375,7 +352,7 @@ def dice_fwid(cert: x509.Certificate) -> bytes | None:
         value = ext.value
         raw = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
         what = f"the DICE extension of '{describe(cert)}'"
-        top = _der_items(raw, what)
+        top = der.items(raw, what)
         if len(top) != 1 or top[0][0] != 0x30:
             raise FormatError(f"{what} is not a single DER SEQUENCE")
         fwids = _fwids(raw, what)

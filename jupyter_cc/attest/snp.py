@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from jupyter_cc.attest import der
 from jupyter_cc.attest.certs import describe, verify_chain
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.roots import TrustStore
@@ -261,26 +262,11 @@ class VekInfo:
 
 
 def _der_tlv(raw: bytes, tag: int, what: str) -> bytes:
-    if len(raw) < 2 or raw[0] != tag:
-        raise FormatError(f"VEK extension {what} is not the expected DER type")
-    length = raw[1]
-    offset = 2
-    if length & 0x80:
-        n = length & 0x7F
-        if n == 0 or n > 2 or len(raw) < 2 + n:
-            raise FormatError(f"VEK extension {what} has a bad DER length")
-        length = int.from_bytes(raw[2 : 2 + n], "big")
-        offset = 2 + n
-    if len(raw) != offset + length:
-        raise FormatError(f"VEK extension {what} has trailing or missing bytes")
-    return raw[offset:]
+    return der.single(raw, tag, f"VEK extension {what}")
 
 
 def _der_uint(raw: bytes, what: str) -> int:
-    content = _der_tlv(raw, 0x02, what)
-    if not content:
-        raise FormatError(f"VEK extension {what} is an empty INTEGER")
-    return int.from_bytes(content, "big", signed=True)
+    return der.uint(0x02, _der_tlv(raw, 0x02, what), f"VEK extension {what}", bits=32)
 
 
 def _hwid(raw: bytes) -> bytes:

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
+from jupyter_cc.attest import der
 from jupyter_cc.attest.certs import describe, load_certificates, verify_chain
 from jupyter_cc.attest.roots import INTEL_SGX_ROOT, TrustAnchor, TrustStore
 from jupyter_cc.errors import (
@@ -111,72 +112,16 @@ _FETCH_HINT = "fetch fresh collateral from Intel PCS, or pass --at with a time i
 # --- PCK certificate SGX extension ------------------------------------------------------------
 
 
-def _der_items(data: bytes, what: str) -> list[tuple[int, bytes]]:
-    """Split ``data`` into its DER TLVs (tag, content); they must cover it exactly."""
-    items: list[tuple[int, bytes]] = []
-    pos = 0
-    while pos < len(data):
-        if pos + 2 > len(data):
-            raise FormatError(f"{what} ends inside a DER header")
-        tag = data[pos]
-        if tag & 0x1F == 0x1F:
-            raise FormatError(f"{what} uses a multi-byte DER tag, which the SGX extension never does")
-        length = data[pos + 1]
-        pos += 2
-        if length & 0x80:
-            n = length & 0x7F
-            if n == 0 or n > 4 or pos + n > len(data):
-                raise FormatError(f"{what} has a malformed DER length")
-            length = int.from_bytes(data[pos : pos + n], "big")
-            pos += n
-        if pos + length > len(data):
-            raise FormatError(f"{what} has a DER element longer than its container")
-        items.append((tag, data[pos : pos + length]))
-        pos += length
-    return items
-
-
-def _der_oid(content: bytes, what: str) -> str:
-    if not content or content[-1] & 0x80:
-        raise FormatError(f"{what} holds a malformed OBJECT IDENTIFIER")
-    arcs: list[int] = []
-    value = 0
-    for byte in content:
-        value = (value << 7) | (byte & 0x7F)
-        if not byte & 0x80:
-            arcs.append(value)
-            value = 0
-    first = min(arcs[0] // 40, 2)
-    return ".".join(str(a) for a in (first, arcs[0] - 40 * first, *arcs[1:]))
-
-
-def _der_uint(tag: int, content: bytes, what: str, *, bits: int) -> int:
-    if tag not in (0x02, 0x0A) or not content:
-        raise FormatError(f"{what} is not a DER INTEGER")
-    value = int.from_bytes(content, "big", signed=True)
-    if not 0 <= value < 1 << bits:
-        raise FormatError(f"{what} is {value}, outside 0..{(1 << bits) - 1}")
-    return value
-
-
-def _der_octets(tag: int, content: bytes, what: str, size: int | None = None) -> bytes:
-    if tag != 0x04:
-        raise FormatError(f"{what} is not a DER OCTET STRING")
-    if size is not None and len(content) != size:
-        raise FormatError(f"{what} is {len(content)} bytes, expected {size}")
-    return content
-
-
 def _der_pairs(content: bytes, what: str) -> dict[str, tuple[int, bytes]]:
     """A SEQUENCE OF SEQUENCE { OID, value } as {oid: (value tag, value content)}."""
     out: dict[str, tuple[int, bytes]] = {}
-    for tag, inner in _der_items(content, what):
+    for tag, inner in der.items(content, what):
         if tag != 0x30:
             raise FormatError(f"{what} holds an element that is not a SEQUENCE")
-        parts = _der_items(inner, what)
+        parts = der.items(inner, what)
         if len(parts) != 2 or parts[0][0] != 0x06:
             raise FormatError(f"{what} holds an element that is not (OID, value)")
-        oid = _der_oid(parts[0][1], what)
+        oid = der.oid(parts[0][1], what)
         if oid in out:
             raise FormatError(f"{what} names {oid} twice")
         out[oid] = parts[1]
@@ -223,7 +168,7 @@ def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
         raise FormatError(f"the extensions of '{describe(cert)}' cannot be decoded") from None
     if not isinstance(ext, x509.UnrecognizedExtension):
         raise FormatError(f"{what} has an unexpected type")
-    top = _der_items(ext.value, what)
+    top = der.items(ext.value, what)
     if len(top) != 1 or top[0][0] != 0x30:
         raise FormatError(f"{what} is not one DER SEQUENCE")
     fields = _der_pairs(top[0][1], what)
@@ -239,19 +184,19 @@ def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
         oid = f"{_OID_TCB}.{i}"
         if oid not in tcb:
             raise FormatError(f"{what} lacks TCB component {i} ({oid})")
-        components.append(_der_uint(*tcb[oid], f"{what} TCB component {i}", bits=8))
+        components.append(der.uint(*tcb[oid], f"{what} TCB component {i}", bits=8))
     if _OID_PCESVN not in tcb or _OID_CPUSVN not in tcb:
         raise FormatError(f"{what} lacks the PCESVN or CPUSVN field")
     sgx_type = None
     if _OID_SGX_TYPE in fields:
-        sgx_type = _der_uint(*fields[_OID_SGX_TYPE], f"{what} SGX type", bits=8)
+        sgx_type = der.uint(*fields[_OID_SGX_TYPE], f"{what} SGX type", bits=8)
     return PckExtensions(
-        fmspc=_der_octets(*fields[_OID_FMSPC], f"{what} FMSPC", 6),
-        pce_id=_der_octets(*fields[_OID_PCEID], f"{what} PCE-ID", 2),
-        pce_svn=_der_uint(*tcb[_OID_PCESVN], f"{what} PCESVN", bits=16),
-        cpu_svn=_der_octets(*tcb[_OID_CPUSVN], f"{what} CPUSVN", 16),
+        fmspc=der.octets(*fields[_OID_FMSPC], f"{what} FMSPC", 6),
+        pce_id=der.octets(*fields[_OID_PCEID], f"{what} PCE-ID", 2),
+        pce_svn=der.uint(*tcb[_OID_PCESVN], f"{what} PCESVN", bits=16),
+        cpu_svn=der.octets(*tcb[_OID_CPUSVN], f"{what} CPUSVN", 16),
         cpu_svn_components=tuple(components),
-        ppid=_der_octets(*fields[_OID_PPID], f"{what} PPID") if _OID_PPID in fields else None,
+        ppid=der.octets(*fields[_OID_PPID], f"{what} PPID") if _OID_PPID in fields else None,
         sgx_type=sgx_type,
     )
 
