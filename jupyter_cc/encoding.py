@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
+from typing import Any
 
 from jupyter_cc.errors import InputError
 
-__all__ = ["b64decode_any", "b64url_encode", "decode_blob", "decode_hex"]
+__all__ = ["JSON_DECODER", "b64decode_any", "b64url_encode", "decode_blob", "decode_hex", "strict_json"]
 
 _HEX = re.compile(rb"\A[0-9a-fA-F]+\Z")
 _B64_STD = re.compile(rb"\A[A-Za-z0-9+/]+={0,2}\Z")
@@ -103,3 +105,27 @@ def decode_blob(data: bytes, *, what: str = "input") -> bytes:
         f"{what} is text but neither hex nor base64",
         hint="pass the evidence as raw binary, hex or base64",
     )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which of two repeated keys wins; signed or bound JSON must mean one
+    # thing to every reader, so a repeated key is an error.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+JSON_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+"""A decoder for evidence JSON: repeated keys and NaN/Infinity raise ValueError."""
+
+
+def strict_json(text: str) -> Any:
+    """Parse evidence JSON with :data:`JSON_DECODER`; raises ValueError or RecursionError."""
+    return JSON_DECODER.decode(text)

@@ -440,7 +440,7 @@ def test_malformed_tokens(token: str, match: str) -> None:
 
 def test_payload_must_be_a_json_object_without_duplicates(key: rsa.RSAPrivateKey) -> None:
     jwks = jwks_of(jwk_ne(key))
-    with pytest.raises(FormatError, match="duplicate member 'exp'"):
+    with pytest.raises(FormatError, match="the key 'exp' appears twice"):
         verify_maa(mint(key, payload=b'{"exp": 1, "exp": 99999999999}'), jwks, at=NOW)
     with pytest.raises(FormatError, match="not an object"):
         verify_maa(mint(key, payload=b"[]"), jwks, at=NOW)

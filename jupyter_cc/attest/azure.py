@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jupyter_cc.attest import snp, tpm
 from jupyter_cc.attest.claims import Claims, freeze
 from jupyter_cc.attest.roots import TrustStore
-from jupyter_cc.encoding import b64decode_any, decode_hex
+from jupyter_cc.encoding import b64decode_any, decode_hex, strict_json
 from jupyter_cc.errors import BindingError, FormatError, InputError
 
 __all__ = [
@@ -157,20 +156,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            # Parsers disagree on which duplicate wins; a bound document must mean one thing.
-            raise FormatError(f"the HCL runtime JSON repeats the key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise FormatError(f"the HCL runtime JSON contains {name}, which is not JSON")
-
-
 def _b64_int(value: Any, field: str, kid: str) -> int:
     if not isinstance(value, str):
         raise FormatError(f"HCL runtime key {kid} field {field} is not a base64 string")
@@ -201,11 +186,7 @@ def parse_runtime_data(data: bytes) -> RuntimeData:
             RSA values, a ``vm-configuration`` that is not an object, or ``user-data`` not hex.
     """
     try:
-        doc = json.loads(
-            bytes(data).decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-        )
+        doc = strict_json(bytes(data).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(
             f"the HCL runtime data is not UTF-8 JSON ({str(exc)[:80]})",

@@ -32,7 +32,7 @@ from jupyter_cc.attest.binding import check_report_data, expected_report_data
 from jupyter_cc.attest.certs import load_certificates
 from jupyter_cc.attest.claims import REAL_KINDS, SIMULATED_KINDS, Claims
 from jupyter_cc.attest.roots import TrustStore
-from jupyter_cc.encoding import b64decode_any, decode_hex
+from jupyter_cc.encoding import b64decode_any, decode_hex, strict_json
 from jupyter_cc.errors import FormatError, InputError
 
 __all__ = ["BUNDLE_FORMAT", "KINDS", "Bundle", "Evidence", "parse_bundle", "verify", "verify_bundle"]
@@ -241,8 +241,8 @@ def parse_bundle(data: bytes) -> Bundle:
     if len(data) > _MAX_BUNDLE:
         raise FormatError(f"evidence bundle is {len(data)} bytes, more than the {_MAX_BUNDLE} allowed")
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = strict_json(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(f"evidence bundle is not JSON ({exc.__class__.__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
         raise FormatError(f'not a jupyter-cc evidence bundle (expected "format": "{BUNDLE_FORMAT}")')

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -43,6 +42,7 @@ from joserfc.jwk import RSAKey
 from joserfc.jws import JWSRegistry
 
 from jupyter_cc.attest.claims import Claims
+from jupyter_cc.encoding import strict_json
 from jupyter_cc.errors import (
     BindingError,
     FormatError,
@@ -114,23 +114,10 @@ def _b64url(segment: str, what: str) -> bytes:
     return data
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate member {key!r}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-JSON constant {name}")
-
-
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        value = strict_json(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(f"the MAA token's {what} is not a JSON object ({exc})") from None
     if not isinstance(value, dict):
@@ -143,9 +130,7 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
 
 def _jwks_keys(jwks: bytes) -> list[Mapping[str, Any]]:
     try:
-        doc = json.loads(
-            jwks.decode("utf-8"), object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
+        doc = strict_json(jwks.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputError(
             f"the JWKS is not JSON ({exc})",

@@ -30,7 +30,6 @@ Nothing here decides whether a status is acceptable: statuses are returned as In
 from __future__ import annotations
 
 import functools
-import json
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from jupyter_cc.attest import der
 from jupyter_cc.attest.certs import describe, load_certificates, verify_chain
 from jupyter_cc.attest.roots import INTEL_SGX_ROOT, TrustAnchor, TrustStore
+from jupyter_cc.encoding import JSON_DECODER
 from jupyter_cc.errors import (
     ChainError,
     CollateralError,
@@ -204,22 +204,13 @@ def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
 # --- collateral JSON ---------------------------------------------------------------------------
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def _signed_document(raw: bytes, body_key: str, what: str) -> tuple[dict[str, Any], bytes, bytes]:
     """(parsed body, exact raw bytes of the body value, signature) of a PCS response."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{what} is not UTF-8 JSON") from None
-    decoder = json.JSONDecoder(object_pairs_hook=_reject_duplicates)
+    decoder = JSON_DECODER
     spans: dict[str, tuple[int, int]] = {}
     values: dict[str, Any] = {}
     try:
