@@ -262,7 +262,11 @@ def parse_bundle(data: bytes) -> Bundle:
         if not isinstance(g, dict):
             raise FormatError("each entry of 'gpus' must be an object")
         gpus.append(_evidence_from(str(g.get("kind", "")), g, expected_report_data(nonce, host_key)[:32]))
-    ev = replace(_evidence_from(kind, doc.get("evidence") or {}, None), gpus=tuple(gpus))
+    ev = _evidence_from(kind, doc.get("evidence") or {}, None)
+    if ev.kind in ("az-snp-vtpm", "az-tdx-vtpm") and ev.tpm_quote is not None:
+        # The guest quotes with the first 32 bytes of the bound REPORT_DATA as qualifying data.
+        ev = replace(ev, nonce=expected_report_data(nonce, host_key)[:32])
+    ev = replace(ev, gpus=tuple(gpus))
     extra = {k: v for k, v in doc.items() if k not in ("evidence", "gpus")}
     return Bundle(
         evidence=ev,
@@ -315,9 +319,14 @@ def serialize_bundle(
     source: str,
     collected_at: str,
     gpus: Sequence[Mapping[str, str]] = (),
+    notes: Sequence[str] = (),
 ) -> bytes:
-    """The JSON a guest agent returns (the inverse of :func:`parse_bundle`)."""
-    doc = {
+    """The JSON a guest agent returns (the inverse of :func:`parse_bundle`).
+
+    ``notes`` say which evidence sources were not used and why; they are informational and not
+    covered by any signature.
+    """
+    doc: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "version": 1,
         "kind": kind,
@@ -328,4 +337,6 @@ def serialize_bundle(
         "evidence": dict(evidence),
         "gpus": [dict(g) for g in gpus],
     }
+    if notes:
+        doc["notes"] = list(notes)
     return json.dumps(doc, indent=1).encode()

@@ -1,0 +1,41 @@
+"""``python3 -m jupyter_cc.guest``: the guest agent on stdin/stdout.
+
+Options select the evidence source and where the bound host key is read; nothing secret is
+accepted here. The protocol stream is the process's original stdout; everything else printed
+(imports, warnings, logs) goes to stderr so it cannot corrupt the stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from jupyter_cc.guest.agent import Agent
+
+TEES = ("auto", "snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sim")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m jupyter_cc.guest", description="jupyter-cc guest agent")
+    parser.add_argument("--tee", choices=TEES, default=os.environ.get("JUPYTER_CC_TEE", "auto"))
+    parser.add_argument(
+        "--host-key-file", type=Path, help="the sshd public host key to bind (default /etc/ssh)"
+    )
+    parser.add_argument("--sim-dir", type=Path, help="folder of the simulated TEE (with --tee sim)")
+    parser.add_argument("--python", help="the Python that runs ipykernel (default: this one)")
+    args = parser.parse_args()
+    if args.tee not in TEES:
+        parser.error(f"JUPYTER_CC_TEE={args.tee!r} is not one of {', '.join(TEES)}")
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="jupyter-cc guest: %(message)s")
+    agent = Agent(tee=args.tee, host_key_file=args.host_key_file, sim_dir=args.sim_dir, python=args.python)
+    agent.serve(sys.stdin.buffer, protocol_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The agent's request loop: attest, start, poll, signal and stop one kernel.
+
+Everything the client sends arrives on stdin as JSON lines (see :mod:`jupyter_cc.guest.protocol`);
+nothing secret is ever taken from the command line. When the stream ends, whatever the reason
+(the client closed, sshd died), the kernel is stopped and its files removed: a lost connection
+leaves nothing running in the guest.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import signal as signal_module
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from jupyter_cc.attest.binding import expected_report_data, host_key_digest
+from jupyter_cc.attest.evidence import serialize_bundle
+from jupyter_cc.encoding import decode_hex
+from jupyter_cc.errors import CCError, InputError
+from jupyter_cc.guest.kernel import GuestKernel
+from jupyter_cc.guest.protocol import (
+    PROTOCOL_VERSION,
+    Reader,
+    Writer,
+    error_message,
+    read_message,
+    write_message,
+)
+
+__all__ = ["Agent", "read_host_key"]
+
+log = logging.getLogger("jupyter_cc.guest")
+_SSH_DIR = Path("/etc/ssh")
+
+
+def read_host_key(key_type: str, host_key_file: Path | None = None, ssh_dir: Path = _SSH_DIR) -> bytes:
+    """The public key blob of the guest sshd's host key of ``key_type`` (e.g. ``ssh-ed25519``).
+
+    With ``host_key_file`` that file is used whatever its type, which must still match the type
+    the client saw in the handshake; otherwise ``/etc/ssh/ssh_host_*_key.pub`` is searched.
+    """
+    candidates = [host_key_file] if host_key_file else sorted(ssh_dir.glob("ssh_host_*_key.pub"))
+    for path in candidates:
+        try:
+            fields = path.read_text().split()
+        except OSError as exc:
+            raise InputError(f"cannot read the host key {path} ({exc.strerror})") from None
+        if len(fields) >= 2 and fields[0] == key_type:
+            try:
+                return base64.b64decode(fields[1], validate=True)
+            except ValueError:
+                raise InputError(f"the host key {path} is not valid base64") from None
+    where = str(host_key_file) if host_key_file else f"{ssh_dir}/ssh_host_*_key.pub"
+    raise InputError(
+        f"no {key_type} host key in {where}",
+        hint="the client saw a host key the guest sshd does not hold: a relay, or a wrong --host-key-file",
+    )
+
+
+class Agent:
+    """Serve one client: at most one kernel, stopped when the client goes away."""
+
+    def __init__(
+        self,
+        *,
+        tee: str = "auto",
+        host_key_file: Path | None = None,
+        sim_dir: Path | None = None,
+        python: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.tee = tee
+        self.host_key_file = host_key_file
+        self.sim_dir = sim_dir
+        self.kernel = GuestKernel(python) if python else GuestKernel()
+        self.clock = clock
+
+    def _hello(self, msg: dict[str, Any]) -> dict[str, Any]:
+        from jupyter_cc.guest.collectors import probe
+
+        sources = [s if isinstance(s, str) else f"{s.source}: {s.reason}" for s in probe()]
+        return {"ok": True, "version": PROTOCOL_VERSION, "tee": self.tee, "sources": sources}
+
+    def _attest(self, msg: dict[str, Any]) -> dict[str, Any]:
+        from jupyter_cc.guest.collectors import collect_cpu_evidence, collect_gpu_evidence
+
+        nonce = decode_hex(str(msg.get("nonce", "")), what="the attestation nonce")
+        key_type = msg.get("host_key_type")
+        if key_type is None:
+            digest = host_key_digest(None)  # local transport: no SSH host key to bind
+        elif isinstance(key_type, str):
+            digest = host_key_digest(read_host_key(key_type, self.host_key_file))
+        else:
+            raise InputError("host_key_type must be a string or null")
+        report_data = expected_report_data(nonce, digest)
+        collected, unavailable = collect_cpu_evidence(report_data, tee=self.tee, sim_dir=self.sim_dir)
+        gpus, gpu_unavailable = collect_gpu_evidence(report_data[:32])
+        notes = [*collected.notes, *(f"{u.source}: {u.reason}" for u in [*unavailable, *gpu_unavailable])]
+        bundle = serialize_bundle(
+            collected.kind,
+            collected.evidence,
+            nonce=nonce,
+            host_key_sha256=digest,
+            source=collected.source,
+            collected_at=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            gpus=gpus,
+            notes=notes,
+        )
+        log.info("evidence collected from %s (%s)", collected.source, collected.kind)
+        return {"ok": True, "bundle": bundle.decode()}
+
+    def _start(self, msg: dict[str, Any]) -> dict[str, Any]:
+        env = msg.get("env") or {}
+        if not isinstance(env, dict):
+            raise InputError("env must be an object of strings")
+        cwd = msg.get("cwd")
+        if cwd is not None and not isinstance(cwd, str):
+            raise InputError("cwd must be a string or null")
+        return {"ok": True, **self.kernel.start(env, cwd)}
+
+    def _poll(self, msg: dict[str, Any]) -> dict[str, Any]:
+        code = self.kernel.poll()
+        out: dict[str, Any] = {"ok": True, "exit_code": code}
+        if code is not None and code != 0:
+            out["log"] = self.kernel.log_tail()
+        return out
+
+    def _signal(self, msg: dict[str, Any]) -> dict[str, Any]:
+        signum = msg.get("signum")
+        valid = {int(s) for s in signal_module.Signals}
+        if not isinstance(signum, int) or signum not in valid | {0}:
+            raise InputError(f"signum {signum!r} is not a signal number")
+        if signum:
+            self.kernel.signal(signum)
+        return {"ok": True, "exit_code": self.kernel.poll()}
+
+    def _stop(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "exit_code": self.kernel.stop(now=bool(msg.get("now")))}
+
+    def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+        handlers = {
+            "hello": self._hello,
+            "attest": self._attest,
+            "start": self._start,
+            "poll": self._poll,
+            "signal": self._signal,
+            "stop": self._stop,
+        }
+        op = msg.get("op")
+        handler = handlers.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return {"ok": False, "check": "protocol", "error": f"unknown request {op!r}."}
+        try:
+            return handler(msg)
+        except CCError as exc:
+            return error_message(exc)
+
+    def serve(self, stdin: Reader, stdout: Writer) -> None:
+        try:
+            while True:
+                try:
+                    msg = read_message(stdin, what="client")
+                except CCError:
+                    return
+                if msg.get("op") == "bye":
+                    write_message(stdout, {"ok": True, "exit_code": self.kernel.stop()})
+                    return
+                write_message(stdout, self.handle(msg))
+        finally:
+            self.kernel.stop(now=True)

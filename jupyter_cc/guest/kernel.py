@@ -1,0 +1,188 @@
+"""The kernel inside the guest: HMAC key made here, ipykernel on 127.0.0.1, clean removal.
+
+The connection file (key included) lives in a private runtime folder (0700) with mode 0600 while
+the kernel runs, and is removed with the folder when it stops. The kernel runs in its own
+process group so signals reach its children too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jupyter_cc.errors import CCError, InputError
+from jupyter_cc.paths import write_private
+
+__all__ = ["GuestKernel", "KernelError"]
+
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+_ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class KernelError(CCError):
+    """The kernel could not be started or managed inside the guest."""
+
+    check = "kernel"
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _checked_env(env: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise InputError(f"kernel environment variable name {name!r} is not a valid name")
+        if not isinstance(value, str) or "\x00" in value:
+            raise InputError(f"kernel environment variable {name} must be a string without NUL bytes")
+        out[name] = value
+    return out
+
+
+class GuestKernel:
+    """One ipykernel process managed by the agent."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self.process: subprocess.Popen[bytes] | None = None
+        self.runtime_dir: Path | None = None
+
+    def __repr__(self) -> str:
+        pid = self.process.pid if self.process else None
+        return f"GuestKernel(pid={pid})"
+
+    @property
+    def connection_file(self) -> Path | None:
+        return self.runtime_dir / "kernel.json" if self.runtime_dir else None
+
+    def start(self, env: Mapping[str, Any], cwd: str | None = None) -> dict[str, Any]:
+        """Start ipykernel; return its connection info (the key included) for the client."""
+        if self.process is not None and self.process.poll() is None:
+            raise KernelError("a kernel is already running in this agent")
+        self.cleanup()
+        extra_env = _checked_env(env)
+        if cwd is not None and not Path(cwd).is_dir():
+            raise InputError(f"the kernel working directory {cwd} does not exist in the guest")
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="jupyter-cc-kernel-"))
+        info: dict[str, Any] = dict(
+            zip(PORT_NAMES, _free_ports(len(PORT_NAMES)), strict=True),
+            ip="127.0.0.1",
+            key=secrets.token_hex(32),
+            transport="tcp",
+            signature_scheme="hmac-sha256",
+            kernel_name="",
+        )
+        assert self.connection_file is not None
+        write_private(self.connection_file, json.dumps(info).encode())
+        child_env = {**os.environ, **extra_env, "JUPYTER_CC_CONFIDENTIAL": "1"}
+        log = open(self.runtime_dir / "kernel.log", "wb")  # noqa: SIM115 - kept by the child
+        try:
+            self.process = subprocess.Popen(
+                [self.python, "-m", "ipykernel_launcher", "-f", str(self.connection_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=child_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.cleanup()
+            raise KernelError(f"cannot start {self.python} in the guest ({exc.strerror})") from None
+        finally:
+            log.close()
+        self._wait_listening([info[name] for name in PORT_NAMES])
+        return {"pid": self.process.pid, "connection": info}
+
+    def _wait_listening(self, ports: list[int], timeout: float = 60.0) -> None:
+        """Return once the kernel listens on every port, so clients never race its start."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        pending = list(ports)
+        while pending:
+            code = self.process.poll()
+            if code is not None:
+                tail = self.log_tail(600).strip().splitlines()[-1:] or ["no output"]
+                self.stop()
+                raise KernelError(f"the kernel exited with status {code} while starting ({tail[0]})")
+            if time.monotonic() > deadline:
+                self.stop(now=True)
+                raise KernelError(f"the kernel did not listen on its ports within {timeout:g} seconds")
+            try:
+                socket.create_connection(("127.0.0.1", pending[0]), timeout=0.5).close()
+                pending.pop(0)
+            except OSError:
+                time.sleep(0.05)
+
+    def poll(self) -> int | None:
+        if self.process is None:
+            return 0
+        return self.process.poll()
+
+    def signal(self, signum: int) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, *, now: bool = False, timeout: float = 5.0) -> int | None:
+        """Stop the kernel (SIGTERM, then SIGKILL after ``timeout``) and remove its files."""
+        code = None
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.signal(signal.SIGKILL if now else signal.SIGTERM)
+                deadline = time.monotonic() + (0 if now else timeout)
+                while self.process.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if self.process.poll() is None:
+                    self.signal(signal.SIGKILL)
+            try:
+                code = self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                code = None
+            # Children the kernel left in its group go too: nothing of it may outlive it.
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.cleanup()
+        return code
+
+    def log_tail(self, limit: int = 2000) -> str:
+        if self.runtime_dir is None:
+            return ""
+        try:
+            return (self.runtime_dir / "kernel.log").read_bytes()[-limit:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def cleanup(self) -> None:
+        if self.runtime_dir is not None:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            self.runtime_dir = None
+        if self.process is not None and self.process.poll() is not None:
+            self.process = None

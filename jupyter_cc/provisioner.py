@@ -1,0 +1,302 @@
+"""``confidential-provisioner``: start ipykernel in a confidential VM, only after it attested.
+
+A :class:`~jupyter_client.provisioning.KernelProvisionerBase` that KernelManager drives like any
+other (design section 6). ``launch_kernel``:
+
+1. opens SSH to the CVM (transport ``ssh``; host key checked against known_hosts, an unknown key
+   accepted only provisionally) or starts the agent as a local process (transport ``local``,
+   when the Jupyter server itself runs in the TEE);
+2. starts the guest agent and asks it for evidence bound to a fresh nonce and the host key seen
+   in this handshake;
+3. verifies and appraises it under the configured policy; any failure stops here with one
+   sentence naming the failed check, and nothing is started;
+4. has the agent create the HMAC key and start ipykernel on 127.0.0.1 inside the guest, and
+   forwards the five ports over the same SSH connection.
+
+``poll`` asks the agent over its open channel (no new SSH session), interrupts travel as
+messages (``interrupt_mode: message``), and ``cleanup`` leaves no remote process, connection file
+or local listener behind. Configure it in kernel.json::
+
+    "metadata": {"kernel_provisioner": {"provisioner_name": "confidential-provisioner",
+                  "config": {"host": "cvm.example", "policy": "/etc/jupyter-cc/prod.toml"}}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from traitlets import Bool, Enum, Float, Integer, Unicode
+
+from jupyter_cc.errors import CCError
+from jupyter_cc.guest.kernel import PORT_NAMES
+from jupyter_cc.policy import Policy
+from jupyter_cc.remote.attestation import Attestation
+from jupyter_cc.remote.guest import GuestLink, GuestTarget
+
+__all__ = ["ConfidentialProvisioner"]
+
+TEES = ("auto", "snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sim")
+
+
+class ConfidentialProvisioner(KernelProvisionerBase):
+    """Kernels in attested confidential VMs. Every kernel.json ``config`` key is a traitlet."""
+
+    transport = Enum(
+        ["ssh", "local"], default_value="ssh", config=True, help="ssh to a CVM, or local (in the TEE)"
+    )
+    host = Unicode("", config=True, help="the CVM's address (transport ssh)")
+    port = Integer(22, config=True, help="its sshd port")
+    user = Unicode("", config=True, help="the SSH user (default: the local user name)")
+    identity_file = Unicode("", config=True, help="private key file for SSH (default: ssh-agent)")
+    known_hosts = Unicode("~/.ssh/known_hosts", config=True, help="known_hosts file checked first")
+    host_key_file = Unicode("", config=True, help="path ON THE CVM of the sshd public key to bind")
+    policy = Unicode("", config=True, help="TOML policy file (default: the safe default policy)")
+    remote_python = Unicode("python3", config=True, help="Python on the CVM with jupyter-cc installed")
+    kernel_python = Unicode(
+        "", config=True, help="Python on the CVM that runs ipykernel (default: remote_python)"
+    )
+    tee = Enum(
+        list(TEES),
+        default_value="auto",
+        config=True,
+        help="evidence source in the guest; sim only when asked",
+    )
+    sim_dir = Unicode("", config=True, help="simulated TEE folder in the guest (tee sim)")
+    connect_timeout = Float(15.0, config=True, help="seconds for SSH connect and each agent request")
+    launch_timeout = Float(
+        60.0, config=True, help="seconds for connect, attestation and kernel start together"
+    )
+    reattest_interval = Float(0.0, config=True, help="seconds between re-attestations while running (0: off)")
+    cwd_in_guest = Bool(False, config=True, help="pass the notebook's working directory to the guest kernel")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._link: GuestLink | None = None
+        self._pid: int | None = None
+        self._exit_code: int | None = None
+        self._restart_requested = False
+        self._reattest_task: asyncio.Task[None] | None = None
+        self.attestation: Attestation | None = None
+        self.attestation_error: str | None = None
+
+    # --- what other parts read ------------------------------------------------------------
+
+    def attestation_state(self) -> dict[str, Any]:
+        """The verdict and claims for the server extension and magics (design section 6.6)."""
+        if self.attestation is not None:
+            return self.attestation.to_json()
+        return {"confidential": False, "error": self.attestation_error}
+
+    # --- KernelProvisionerBase ------------------------------------------------------------
+
+    @property
+    def has_process(self) -> bool:
+        return self._pid is not None
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        km = self.parent
+        if km is not None:
+            # Ports and key come from the guest: nothing is picked or written locally first.
+            km.cache_ports = False
+        kwargs = await super().pre_launch(**kwargs)
+        kwargs.setdefault("cmd", ["jupyter-cc-guest-kernel"])
+        return kwargs
+
+    def _kernel_env(self, env: dict[str, str]) -> dict[str, str]:
+        # Only the kernelspec's own variables go to the guest: the server's environment (tokens,
+        # cloud credentials) never leaves this machine.
+        spec_env = dict(self.kernel_spec.env or {}) if self.kernel_spec else {}
+        return {name: str(env.get(name, value)) for name, value in spec_env.items()}
+
+    def _target(self) -> GuestTarget:
+        return GuestTarget(
+            transport=self.transport,
+            host=self.host,
+            port=self.port,
+            user=self.user or None,
+            identity_file=self.identity_file or None,
+            known_hosts=self.known_hosts or None,
+            host_key_file=self.host_key_file or None,
+            python=self.remote_python,
+            kernel_python=self.kernel_python or None,
+            tee=self.tee,
+            sim_dir=self.sim_dir or None,
+            timeout=self.connect_timeout,
+        )
+
+    def _attest_now(self) -> Attestation:
+        assert self._link is not None
+        return self._link.attest(Policy.load(self.policy) if self.policy else Policy())
+
+    def _launch_blocking(self, env: dict[str, str], cwd: str | None) -> KernelConnectionInfo:
+        self._link = self._target().open()
+        self.attestation = self._attest_now()
+        self.log.info(
+            "confidential kernel %s: %s verified under policy %s%s",
+            self.kernel_id,
+            self.attestation.claims.kind,
+            self.attestation.verdict.policy,
+            " (SIMULATED — not a hardware TEE)" if self.attestation.claims.simulated else "",
+        )
+        answer = self._link.agent.request("start", env=self._kernel_env(env), cwd=cwd)
+        remote = answer.get("connection") or {}
+        ports: dict[str, int] = {}
+        for name in PORT_NAMES:
+            port = remote.get(name)
+            if not isinstance(port, int):
+                raise CCError(f"the guest agent returned no {name}")
+            ports[name] = self._link.ssh.forward(port) if self._link.ssh is not None else port
+        info: KernelConnectionInfo = {
+            "ip": "127.0.0.1",
+            "transport": "tcp",
+            # KernelManager compares keys as bytes (LocalProvisioner returns bytes too).
+            "key": str(remote.get("key", "")).encode(),  # type: ignore[typeddict-item]
+            "signature_scheme": str(remote.get("signature_scheme", "hmac-sha256")),
+            "kernel_name": self.kernel_spec.display_name if self.kernel_spec else "",
+            "shell_port": ports["shell_port"],
+            "iopub_port": ports["iopub_port"],
+            "stdin_port": ports["stdin_port"],
+            "control_port": ports["control_port"],
+            "hb_port": ports["hb_port"],
+        }
+        self._pid = int(answer.get("pid", 0)) or None
+        return info
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        env = kwargs.get("env") or {}
+        cwd = kwargs.get("cwd") if self.cwd_in_guest else None
+        self.attestation = None
+        self.attestation_error = None
+        self._exit_code = None
+        try:
+            info = await asyncio.wait_for(
+                asyncio.to_thread(self._launch_blocking, env, cwd), timeout=self.launch_timeout
+            )
+        except asyncio.TimeoutError:
+            self._teardown()
+            raise RuntimeError(
+                f"The confidential kernel did not start within {self.launch_timeout:g} seconds "
+                "(connect, attest, start); raise launch_timeout or check the CVM."
+            ) from None
+        except CCError as exc:
+            self.attestation_error = exc.diagnostics()
+            self._teardown()
+            self.log.error("confidential kernel refused: %s", exc.diagnostics())
+            # RuntimeError is what jupyter_server turns into the kernel error dialog text.
+            raise RuntimeError(
+                f"Confidential kernel not started: {exc.check} check failed: {exc.diagnostics()}"
+            ) from None
+        except Exception:
+            self._teardown()
+            raise
+        self.connection_info = info
+        if self.reattest_interval > 0:
+            self._reattest_task = asyncio.ensure_future(self._reattest_loop())
+        return info
+
+    async def _reattest_loop(self) -> None:
+        while self._pid is not None:
+            await asyncio.sleep(self.reattest_interval)
+            if self._link is None or self._pid is None:
+                return
+            try:
+                self.attestation = await asyncio.to_thread(self._attest_now)
+            except CCError as exc:
+                # A TEE that no longer attests is no longer trusted: stop its kernel.
+                self.attestation = None
+                self.attestation_error = exc.diagnostics()
+                self.log.error("re-attestation failed, stopping the kernel: %s", exc.diagnostics())
+                await self.kill()
+                return
+
+    async def _request(self, op: str, **fields: Any) -> dict[str, Any] | None:
+        agent = self._link.agent if self._link is not None else None
+        if agent is None or agent.closed:
+            return None
+        try:
+            return await asyncio.to_thread(agent.request, op, **fields)
+        except CCError as exc:
+            self.log.warning("confidential kernel %s: %s", self.kernel_id, exc.diagnostics())
+            return None
+
+    async def poll(self) -> int | None:
+        if self._pid is None:
+            return self._exit_code if self._exit_code is not None else 0
+        answer = await self._request("poll")
+        if answer is None:
+            # The agent or the connection is gone: the kernel is unreachable, so report it dead.
+            self._exit_code = 1
+            self._pid = None
+            return 1
+        code = answer.get("exit_code")
+        if code is not None:
+            self._exit_code = int(code)
+            self._pid = None
+            return int(code)
+        return None
+
+    async def wait(self) -> int | None:
+        while await self.poll() is None:
+            await asyncio.sleep(0.1)
+        return self._exit_code
+
+    async def send_signal(self, signum: int) -> None:
+        await self._request("signal", signum=int(signum))
+
+    async def kill(self, restart: bool = False) -> None:
+        answer = await self._request("stop", now=True)
+        self._finish(answer)
+
+    async def terminate(self, restart: bool = False) -> None:
+        answer = await self._request("stop", now=False)
+        self._finish(answer)
+
+    def _finish(self, answer: dict[str, Any] | None) -> None:
+        code = answer.get("exit_code") if answer else None
+        self._exit_code = int(code) if isinstance(code, int) else -int(signal.SIGKILL)
+        self._pid = None
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        # jupyter_client does not pass `restart` to terminate()/kill(); remember it here.
+        self._restart_requested = restart
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if self._reattest_task is not None:
+            self._reattest_task.cancel()
+            self._reattest_task = None
+        await asyncio.to_thread(self._teardown)
+        if not restart:
+            self.attestation = None
+
+    def _teardown(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+        self._pid = None
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return max(recommended, 5.0)
+
+    def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        return max(recommended, self.launch_timeout)
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = await super().get_provisioner_info()
+        info.update(
+            transport=self.transport,
+            host=self.host,
+            port=self.port,
+            pid=self._pid,
+            attestation=self.attestation.to_json() if self.attestation else None,
+        )
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.transport = provisioner_info.get("transport", self.transport)
+        self.host = provisioner_info.get("host", self.host)
+        self.port = int(provisioner_info.get("port", self.port))

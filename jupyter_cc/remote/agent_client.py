@@ -1,0 +1,126 @@
+"""The client side of the guest agent protocol, over an SSH channel or local pipes.
+
+One agent connection carries every request of a kernel's life (attest, start, poll, signal,
+stop): ``poll`` never opens a new SSH session. Requests are serialised by a lock, so the
+restarter's poll and a user's interrupt can come from different threads.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import paramiko
+
+from jupyter_cc.errors import CCError
+from jupyter_cc.guest.protocol import AgentError, Reader, Writer, read_message, write_message
+from jupyter_cc.remote.ssh import SshConnection
+
+__all__ = ["AgentClient", "agent_argv"]
+
+
+def agent_argv(
+    python: str,
+    *,
+    tee: str,
+    host_key_file: str | None = None,
+    sim_dir: str | None = None,
+    kernel_python: str | None = None,
+) -> list[str]:
+    """The guest agent's command line: options only, never a secret."""
+    argv = [python, "-m", "jupyter_cc.guest", "--tee", tee]
+    if host_key_file:
+        argv += ["--host-key-file", host_key_file]
+    if sim_dir:
+        argv += ["--sim-dir", sim_dir]
+    if kernel_python:
+        argv += ["--python", kernel_python]
+    return argv
+
+
+class AgentClient:
+    """Requests to one running guest agent."""
+
+    def __init__(self, reader: Reader, writer: Writer, *, closer: Any, what: str) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._closer = closer
+        self._lock = threading.Lock()
+        self.what = what
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"AgentClient({self.what}, closed={self.closed})"
+
+    @classmethod
+    def over_ssh(cls, connection: SshConnection, argv: Sequence[str], *, timeout: float) -> AgentClient:
+        channel: paramiko.Channel = connection.exec(argv)
+        channel.settimeout(timeout)
+        reader = channel.makefile("rb")
+        writer = channel.makefile_stdin("wb")
+        return cls(reader, writer, closer=channel.close, what=f"guest agent on {connection.target.host}")
+
+    @classmethod
+    def local(cls, argv: Sequence[str], *, env: dict[str, str] | None = None) -> AgentClient:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=sys.stderr,
+            env=env,
+            start_new_session=True,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+
+        def close() -> None:
+            if proc.stdin:
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+        return cls(proc.stdout, proc.stdin, closer=close, what="local guest agent")
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send one request and return the agent's successful answer.
+
+        Raises:
+            AgentError: the agent is gone, broke the protocol, or answered ``ok: false``.
+        """
+        with self._lock:
+            if self.closed:
+                raise AgentError(f"the {self.what} is no longer connected")
+            try:
+                write_message(self._writer, {"op": op, **fields})
+                answer = read_message(self._reader, what=self.what)
+            except CCError:
+                self.closed = True
+                raise
+            except (OSError, EOFError, TimeoutError, paramiko.SSHException) as exc:
+                self.closed = True
+                raise AgentError(f"lost the {self.what} ({exc.__class__.__name__})") from None
+        if answer.get("ok") is not True:
+            error = str(answer.get("error") or "the agent refused the request without a reason")
+            exc_ = AgentError(error.rstrip("."))
+            exc_.check = str(answer.get("check") or "guest agent")
+            raise exc_
+        return answer
+
+    def close(self) -> None:
+        """Say goodbye (the agent stops its kernel), then close the stream."""
+        if not self.closed:
+            try:
+                self.request("bye")
+            except CCError:
+                pass
+        self.closed = True
+        try:
+            self._closer()
+        except (OSError, paramiko.SSHException):
+            pass

@@ -1,0 +1,104 @@
+"""Attest a guest through its agent: fresh nonce, bound host key, verify, appraise.
+
+This is design section 6 steps 3 and 4 from the client's side, shared by the kernel
+provisioner, ``jupyter-cc attest`` and (later) the magics and the Hub spawner, so there is one
+implementation of "is this the TEE my policy accepts, on this very connection?".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from jupyter_cc.attest.binding import NONCE_SIZE, host_key_digest
+from jupyter_cc.attest.certs import utcnow
+from jupyter_cc.attest.claims import Claims
+from jupyter_cc.attest.evidence import parse_bundle, verify_bundle
+from jupyter_cc.errors import CCError
+from jupyter_cc.policy import Policy, Verdict, appraise
+from jupyter_cc.remote.agent_client import AgentClient
+
+__all__ = ["Attestation", "PolicyRejected", "attest"]
+
+
+class PolicyRejected(CCError):
+    """Genuine evidence that the policy does not accept; names every failed rule."""
+
+    check = "policy"
+    exit_status = 1
+
+    def __init__(self, verdict: Verdict, claims: Claims) -> None:
+        rules = "; ".join(str(r) for r in verdict.reasons)
+        super().__init__(f"policy '{verdict.policy}' rejected the {claims.kind} TEE: {rules}")
+        self.verdict = verdict
+        self.claims = claims
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """A passed attestation: what was verified, under which policy, when, over which key."""
+
+    claims: Claims
+    verdict: Verdict
+    attested_at: datetime
+    bundle_sha256: str
+    host_key_sha256: bytes
+    source: str
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "confidential": True,
+            "simulated": self.claims.simulated,
+            "evidence_kind": self.claims.kind,
+            "verdict": self.verdict.to_json(),
+            "claims": self.claims.to_json(),
+            "attested_at": self.attested_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "evidence_sha256": self.bundle_sha256,
+            "source": self.source,
+            "gpu": self.claims.gpu.to_json() if self.claims.gpu else None,
+        }
+
+
+def attest(
+    agent: AgentClient,
+    *,
+    host_key_blob: bytes | None,
+    host_key_type: str | None,
+    policy: Policy,
+    at: datetime | None = None,
+) -> Attestation:
+    """Ask ``agent`` for evidence bound to a fresh nonce and the SSH host key, and judge it.
+
+    Args:
+        host_key_blob: the host key seen in this connection's SSH handshake (None for the
+            ``local`` transport, where 32 zero bytes are bound instead).
+        host_key_type: its type, so the agent binds the same key of its sshd.
+
+    Raises:
+        EvidenceError: the evidence is invalid, stale, or bound to another nonce or host key.
+        PolicyRejected: genuine evidence that ``policy`` does not accept.
+    """
+    nonce = os.urandom(NONCE_SIZE)
+    answer = agent.request("attest", nonce=nonce.hex(), host_key_type=host_key_type)
+    raw = str(answer.get("bundle", "")).encode()
+    bundle = parse_bundle(raw)
+    digest = host_key_digest(host_key_blob)
+    when = at or utcnow()
+    claims = verify_bundle(bundle, at=when, nonce=nonce, host_key_sha256=digest)
+    verdict = appraise(claims, policy)
+    if not verdict.passed:
+        raise PolicyRejected(verdict, claims)
+    notes = bundle.extra.get("notes", [])
+    return Attestation(
+        claims=claims,
+        verdict=verdict,
+        attested_at=when,
+        bundle_sha256=hashlib.sha256(raw).hexdigest(),
+        host_key_sha256=digest,
+        source=bundle.source,
+        notes=tuple(str(n) for n in notes) if isinstance(notes, list) else (),
+    )

@@ -1,0 +1,94 @@
+"""A guest to attest: how to reach its agent (ssh or local) and the attestation over it.
+
+The kernel provisioner, ``jupyter-cc attest`` and the magics all open guests through
+:class:`GuestLink`, so they share one connect-and-attest path (design section 6).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from jupyter_cc.errors import InputError
+from jupyter_cc.policy import Policy
+from jupyter_cc.remote.agent_client import AgentClient, agent_argv
+from jupyter_cc.remote.attestation import Attestation, attest
+from jupyter_cc.remote.ssh import SshConnection, SshTarget
+
+__all__ = ["GuestLink", "GuestTarget"]
+
+
+@dataclass(frozen=True)
+class GuestTarget:
+    """Where the guest agent runs and how it collects evidence. No secrets here."""
+
+    transport: str = "ssh"
+    host: str = ""
+    port: int = 22
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = "~/.ssh/known_hosts"
+    host_key_file: str | None = None
+    python: str = "python3"
+    kernel_python: str | None = None
+    tee: str = "auto"
+    sim_dir: str | None = None
+    timeout: float = 15.0
+
+    def open(self) -> GuestLink:
+        """Connect (SSH, or a local process) and start the agent; nothing is trusted yet."""
+        python = self.python if self.transport == "ssh" else sys.executable
+        argv = agent_argv(
+            python,
+            tee=self.tee,
+            host_key_file=self.host_key_file,
+            sim_dir=self.sim_dir,
+            kernel_python=self.kernel_python,
+        )
+        if self.transport == "local":
+            return GuestLink(None, AgentClient.local(argv))
+        if self.transport != "ssh":
+            raise InputError(f"transport {self.transport!r} is not ssh or local")
+        if not self.host:
+            raise InputError("no host to connect to", hint="set the CVM's host name or address")
+        ssh = SshConnection(
+            SshTarget(
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                identity_file=self.identity_file,
+                known_hosts=self.known_hosts,
+                timeout=self.timeout,
+            )
+        ).connect()
+        try:
+            return GuestLink(ssh, AgentClient.over_ssh(ssh, argv, timeout=self.timeout))
+        except BaseException:
+            ssh.close()
+            raise
+
+
+class GuestLink:
+    """An open agent connection (and its SSH connection, for the ``ssh`` transport)."""
+
+    def __init__(self, ssh: SshConnection | None, agent: AgentClient) -> None:
+        self.ssh = ssh
+        self.agent = agent
+
+    def __repr__(self) -> str:
+        return f"GuestLink({self.ssh!r}, {self.agent!r})"
+
+    def attest(self, policy: Policy) -> Attestation:
+        """Fresh evidence bound to this connection's host key, verified and appraised."""
+        key = self.ssh.host_key if self.ssh is not None else None
+        return attest(
+            self.agent,
+            host_key_blob=key.asbytes() if key is not None else None,
+            host_key_type=key.get_name() if key is not None else None,
+            policy=policy,
+        )
+
+    def close(self) -> None:
+        self.agent.close()
+        if self.ssh is not None:
+            self.ssh.close()

@@ -1,0 +1,282 @@
+"""One SSH connection to a confidential VM: host-key checking, the agent channel, port forwards.
+
+Built on paramiko's :class:`~paramiko.Transport` directly so that the cipher order and the
+host-key decision are ours:
+
+- AES-GCM ciphers first (paramiko's default AES-CTR with HMAC is much slower for bulk data);
+- a host key found in known_hosts must match, or the connection is refused;
+- an unknown host key is accepted only *provisionally*: :attr:`SshConnection.host_key_known` is
+  False, and the caller must prove with attestation that the TEE holds this very key (its digest
+  is bound into REPORT_DATA) before anything of the user's is sent;
+- kernel ports are forwarded over this one connection (``direct-tcpip`` channels), with local
+  listeners on 127.0.0.1 only and TCP_NODELAY on both sides of the relay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import select
+import shlex
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from jupyter_cc.errors import CCError, InputError
+
+__all__ = ["SshConnection", "SshError", "SshTarget", "remote_command"]
+
+log = logging.getLogger("jupyter_cc.remote")
+
+PREFERRED_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
+
+
+class SshError(CCError):
+    """The SSH connection to the confidential VM failed or was refused."""
+
+    check = "ssh"
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and as whom to connect. No secrets here: keys are read from files."""
+
+    host: str
+    port: int = 22
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    timeout: float = 10.0
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+def remote_command(argv: Sequence[str]) -> str:
+    """A command line for the remote shell with every word quoted (no expansion, no injection)."""
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def _load_private_key(path: str) -> paramiko.PKey:
+    errors = []
+    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return cls.from_private_key_file(path)
+        except paramiko.PasswordRequiredException:
+            raise InputError(
+                f"the identity file {path} is encrypted",
+                hint="load it into an ssh-agent, or use a key without a passphrase for the kernel",
+            ) from None
+        except (paramiko.SSHException, ValueError) as exc:
+            errors.append(str(exc))
+        except OSError as exc:
+            raise InputError(f"cannot read the identity file {path} ({exc.strerror})") from None
+    raise InputError(f"the identity file {path} is not an Ed25519, ECDSA or RSA private key")
+
+
+class _Forward:
+    """One local listener relaying each accepted connection to a port inside the guest."""
+
+    def __init__(self, transport: paramiko.Transport, remote_port: int) -> None:
+        self.transport = transport
+        self.remote_port = remote_port
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.local_port: int = self.listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._thread = threading.Thread(
+            target=self._accept_loop, name=f"cc-forward-{remote_port}", daemon=True
+        )
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                sock, peer = self.listener.accept()
+            except OSError:
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                channel = self.transport.open_channel(
+                    "direct-tcpip", ("127.0.0.1", self.remote_port), peer, timeout=10
+                )
+            except (paramiko.SSHException, OSError, EOFError):
+                sock.close()
+                continue
+            threading.Thread(target=self._relay, args=(sock, channel), daemon=True).start()
+
+    def _relay(self, sock: socket.socket, channel: paramiko.Channel) -> None:
+        try:
+            while not self._closed.is_set():
+                watched: list[Any] = [sock, channel]
+                readable, _, _ = select.select(watched, [], [], 0.5)
+                if sock in readable:
+                    data = sock.recv(262144)
+                    if not data:
+                        break
+                    channel.sendall(data)
+                if channel in readable:
+                    data = channel.recv(262144)
+                    if not data:
+                        break
+                    sock.sendall(data)
+        except OSError:
+            pass
+        finally:
+            channel.close()
+            sock.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+
+
+class SshConnection:
+    """An authenticated SSH transport to the guest, and what was learnt of its host key."""
+
+    def __init__(self, target: SshTarget) -> None:
+        self.target = target
+        self.transport: paramiko.Transport | None = None
+        self.host_key_known = False
+        self._forwards: list[_Forward] = []
+
+    def __repr__(self) -> str:
+        return f"SshConnection({self.target.host}:{self.target.port}, known_key={self.host_key_known})"
+
+    @property
+    def host_key(self) -> paramiko.PKey:
+        assert self.transport is not None
+        return self.transport.get_remote_server_key()
+
+    @property
+    def host_key_sha256(self) -> bytes:
+        return hashlib.sha256(self.host_key.asbytes()).digest()
+
+    def connect(self) -> SshConnection:
+        t = self.target
+        try:
+            sock = socket.create_connection((t.host, t.port), timeout=t.timeout)
+        except OSError as exc:
+            raise SshError(
+                f"cannot reach {t.host}:{t.port} ({exc.strerror or exc})",
+                hint="check the host, the port and that sshd runs in the confidential VM",
+            ) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = paramiko.Transport(sock)
+        self.transport = transport
+        options = transport.get_security_options()
+        available = [c for c in PREFERRED_CIPHERS if c in options.ciphers]
+        options.ciphers = tuple(available + [c for c in options.ciphers if c not in available])
+        try:
+            transport.start_client(timeout=t.timeout)
+            self._check_host_key()
+            self._authenticate()
+        except paramiko.SSHException as exc:
+            self.close()
+            raise SshError(f"SSH to {t.host}:{t.port} failed ({exc})") from None
+        except CCError:
+            self.close()
+            raise
+        transport.set_keepalive(15)
+        return self
+
+    def _check_host_key(self) -> None:
+        t = self.target
+        key = self.host_key
+        known = paramiko.HostKeys()
+        if t.known_hosts:
+            path = Path(t.known_hosts).expanduser()
+            if path.exists():
+                try:
+                    known.load(str(path))
+                except (OSError, paramiko.SSHException) as exc:
+                    raise InputError(f"cannot read known_hosts file {path} ({exc})") from None
+        entries = known.lookup(t.known_hosts_name)
+        if entries is None:
+            self.host_key_known = False
+            log.info("host key of %s is not in known_hosts: attestation must prove the TEE holds it", t.host)
+            return
+        expected = entries.get(key.get_name())
+        if expected is None or expected.asbytes() != key.asbytes():
+            raise SshError(
+                f"the host key of {t.known_hosts_name} ({key.get_name()} "
+                f"SHA256:{hashlib.sha256(key.asbytes()).hexdigest()[:16]}...) is not the one in known_hosts",
+                hint="someone may be relaying the connection; do not continue unless the VM was rebuilt",
+            )
+        self.host_key_known = True
+
+    def _authenticate(self) -> None:
+        t = self.target
+        assert self.transport is not None
+        user = t.user or os.environ.get("USER") or "root"
+        if t.identity_file:
+            key = _load_private_key(str(Path(t.identity_file).expanduser()))
+            try:
+                self.transport.auth_publickey(user, key)
+            except paramiko.AuthenticationException:
+                raise SshError(
+                    f"{user}@{t.host} refused the key in {t.identity_file}",
+                    hint="add its public key to the VM's authorized_keys",
+                ) from None
+            return
+        agent = paramiko.Agent()
+        try:
+            for key in agent.get_keys():
+                try:
+                    self.transport.auth_publickey(user, key)
+                    return
+                except paramiko.AuthenticationException:
+                    continue
+        finally:
+            agent.close()
+        raise SshError(
+            f"no key was accepted for {user}@{t.host}",
+            hint="set identity_file, or load a key into ssh-agent",
+        )
+
+    def exec(self, argv: Sequence[str]) -> paramiko.Channel:
+        """Run ``argv`` (every word quoted) on the guest and return its channel."""
+        assert self.transport is not None
+        try:
+            channel = self.transport.open_session(timeout=self.target.timeout)
+            channel.exec_command(remote_command(argv))
+        except (paramiko.SSHException, EOFError) as exc:
+            raise SshError(f"cannot start the guest agent on {self.target.host} ({exc})") from None
+        return channel
+
+    def forward(self, remote_port: int) -> int:
+        """Listen on a free 127.0.0.1 port and relay it to ``remote_port`` in the guest."""
+        assert self.transport is not None
+        fwd = _Forward(self.transport, remote_port)
+        self._forwards.append(fwd)
+        return fwd.local_port
+
+    @property
+    def alive(self) -> bool:
+        return self.transport is not None and self.transport.is_active()
+
+    def close(self) -> None:
+        for fwd in self._forwards:
+            fwd.close()
+        self._forwards.clear()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None

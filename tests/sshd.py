@@ -1,0 +1,108 @@
+"""A real OpenSSH sshd on a free loopback port, with its own config and keys, for tests.
+
+It stands in for the confidential VM's sshd: the guest agent runs behind it with the simulated
+TEE, binding this sshd's host key exactly as a real guest binds its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@dataclass
+class Sshd:
+    """A running sshd and the client-side files to reach it."""
+
+    dir: Path
+    port: int
+    user: str
+    identity_file: Path
+    host_pub: Path
+    known_hosts: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def create(cls, directory: Path) -> Sshd:
+        directory.mkdir(parents=True, exist_ok=True)
+        keygen(directory / "host_ed25519")
+        keygen(directory / "client_ed25519")
+        (directory / "authorized_keys").write_text((directory / "client_ed25519.pub").read_text())
+        port = free_port()
+        host_pub = directory / "host_ed25519.pub"
+        known = directory / "known_hosts"
+        key_type, key_b64 = host_pub.read_text().split()[:2]
+        known.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
+        (directory / "sshd_config").write_text(
+            "\n".join(
+                [
+                    f"Port {port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {directory / 'host_ed25519'}",
+                    f"AuthorizedKeysFile {directory / 'authorized_keys'}",
+                    f"PidFile {directory / 'sshd.pid'}",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    "AllowTcpForwarding yes",
+                    "LogLevel ERROR",
+                    "",
+                ]
+            )
+        )
+        user = (
+            os.environ.get("USER")
+            or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+        )
+        return cls(directory, port, user, directory / "client_ed25519", host_pub, known)
+
+    def start(self) -> Sshd:
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        with open(self.dir / "sshd.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(self.dir / 'sshd.log').read_text()[-500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start listening")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

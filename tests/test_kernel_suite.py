@@ -1,0 +1,96 @@
+"""jupyter_kernel_test's suite against a kernelspec that uses confidential-provisioner over sshd."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import jupyter_kernel_test
+import pytest
+from sshd import SSHD, Sshd
+
+from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
+from jupyter_cc.paths import data_dir
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class ConfidentialKernelSuite(jupyter_kernel_test.KernelTests):
+    """The standard conformance checks, through attestation, the agent and the SSH tunnel."""
+
+    kernel_name = "cc-suite"
+    language_name = "python"
+    file_extension = ".py"
+    code_hello_world = "print('hello, world')"
+    code_stderr = "import sys; print('test', file=sys.stderr)"
+    completion_samples = [{"text": "zi", "matches": {"zip"}}]
+    complete_code_samples = ["1", "print('hello, world')", "def f(x):\n  return x*2\n\n\n"]
+    incomplete_code_samples = ["print('''hello", "def f(x):\n  x*2"]
+    invalid_code_samples = ["import = 7q"]
+    code_page_something = "zip?"
+    code_generate_error = "raise"
+    code_execute_result = [
+        {"code": "1+2+3", "result": "6"},
+        {"code": "[n*n for n in range(1, 4)]", "result": "[1, 4, 9]"},
+    ]
+    code_display_data = [
+        {
+            "code": "from IPython.display import HTML, display; display(HTML('<b>test</b>'))",
+            "mime": "text/html",
+        },
+        {
+            "code": "from IPython.display import Math, display; display(Math('\\\\frac{1}{2}'))",
+            "mime": "text/latex",
+        },
+    ]
+    code_history_pattern = "1?2*"
+    supported_history_operations = ("tail", "range", "search")
+    code_inspect_sample = "zip"
+    code_clear_output = "from IPython.display import clear_output; clear_output()"
+
+    _sshd: Sshd
+    _tmp: tempfile.TemporaryDirectory[str]
+    _old_path: str | None
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        if not Path(SSHD).exists():
+            from conftest import need_tool
+
+            need_tool("OpenSSH sshd (Debian openssh-server)")
+        cls._tmp = tempfile.TemporaryDirectory()
+        root = Path(cls._tmp.name)
+        cls._sshd = Sshd.create(root / "sshd").start()
+        kernels = root / "jupyter" / "kernels" / cls.kernel_name
+        kernels.mkdir(parents=True)
+        config = {
+            "transport": "ssh",
+            "host": "127.0.0.1",
+            "port": cls._sshd.port,
+            "identity_file": str(cls._sshd.identity_file),
+            "known_hosts": str(cls._sshd.known_hosts),
+            "host_key_file": str(cls._sshd.host_pub),
+            "remote_python": sys.executable,
+            "tee": "sim",
+            "sim_dir": str(data_dir() / "sim"),
+            "policy": str(simulated_policy_path()),
+        }
+        (kernels / "kernel.json").write_text(json.dumps(kernelspec("Confidential suite", config)))
+        cls._old_path = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = str(root / "jupyter")
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        try:
+            super().tearDownClass()
+        finally:
+            cls._sshd.stop()
+            if cls._old_path is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = cls._old_path
+            cls._tmp.cleanup()
