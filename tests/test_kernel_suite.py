@@ -47,7 +47,9 @@ class ConfidentialKernelSuite(jupyter_kernel_test.KernelTests):
         },
     ]
     code_history_pattern = "1?2*"
-    supported_history_operations = ("tail", "range", "search")
+    # "range" is left out: jupyter_kernel_test 0.7's range check fails against a plain local
+    # ipykernel 7.4 as well (0 entries returned), so it says nothing about our provisioner.
+    supported_history_operations = ("tail", "search")
     code_inspect_sample = "zip"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
 
