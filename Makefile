@@ -6,7 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck pytest bench clean
+# Real parts the tests start: OpenSSH sshd (a stand-in CVM), swtpm + tpm2-tools (the vTPM).
+APT_PACKAGES := openssh-server openssh-client swtpm swtpm-tools tpm2-tools
+
+.PHONY: demo test lint typecheck pytest bench clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +32,17 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
 
-pytest: $(VENV)/.installed-test
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "not root: cannot install$$missing; tests that need them skip (and fail under CI=true)"; \
+	fi
+
+pytest: $(VENV)/.installed-test system-deps
 	$(PY) -m pytest
 
 test: lint typecheck pytest
