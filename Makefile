@@ -26,8 +26,8 @@ demo: $(VENV)/.installed
 	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/verify-demo.sh
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check jupyter_cc tests benchmarks
-	$(VENV)/bin/ruff format --check jupyter_cc tests benchmarks
+	$(VENV)/bin/ruff check jupyter_cc tests benchmarks examples
+	$(VENV)/bin/ruff format --check jupyter_cc tests benchmarks examples
 
 typecheck: $(VENV)/.installed-test
 	$(VENV)/bin/mypy

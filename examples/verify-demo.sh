@@ -58,4 +58,6 @@ if [ -d ../shared/vectors ]; then
         --vcek ../shared/vectors/snp/milan-v2.vcek.der --chain ../shared/vectors/amd/ask_ark_milan.pem
 fi
 
+python3 "$(dirname "$0")/kernel_demo.py"
+
 printf '\ndemo: every step behaved as expected.\n'

@@ -29,6 +29,7 @@ from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from tornado.web import HTTPError
 from traitlets import Bool, Enum, Float, Integer, Unicode
 
 from jupyter_cc.errors import CCError
@@ -37,9 +38,24 @@ from jupyter_cc.policy import Policy
 from jupyter_cc.remote.attestation import Attestation
 from jupyter_cc.remote.guest import GuestLink, GuestTarget
 
-__all__ = ["ConfidentialProvisioner"]
+__all__ = ["ConfidentialProvisioner", "KernelRefused"]
 
 TEES = ("auto", "snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sim")
+
+
+class KernelRefused(HTTPError):
+    """A confidential kernel that was not started, with the one sentence saying why.
+
+    jupyter_server passes an HTTPError's message through to JupyterLab's "Error Starting Kernel"
+    dialog (any other exception becomes "Unhandled error"), so the refusal is raised as one.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(500, log_message=message, reason="Confidential kernel not started")
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ConfidentialProvisioner(KernelProvisionerBase):
@@ -142,7 +158,9 @@ class ConfidentialProvisioner(KernelProvisionerBase):
             self.attestation.verdict.policy,
             " (SIMULATED — not a hardware TEE)" if self.attestation.claims.simulated else "",
         )
-        answer = self._link.agent.request("start", env=self._kernel_env(env), cwd=cwd)
+        answer = self._link.agent.request(
+            "start", env=self._kernel_env(env), cwd=cwd, timeout=self.launch_timeout
+        )
         remote = answer.get("connection") or {}
         ports: dict[str, int] = {}
         for name in PORT_NAMES:
@@ -178,16 +196,15 @@ class ConfidentialProvisioner(KernelProvisionerBase):
             )
         except asyncio.TimeoutError:
             self._teardown()
-            raise RuntimeError(
-                f"The confidential kernel did not start within {self.launch_timeout:g} seconds "
-                "(connect, attest, start); raise launch_timeout or check the CVM."
+            raise KernelRefused(
+                "Confidential kernel not started: connect, attest and start took more than "
+                f"{self.launch_timeout:g} seconds; raise launch_timeout or check the CVM."
             ) from None
         except CCError as exc:
             self.attestation_error = exc.diagnostics()
             self._teardown()
             self.log.error("confidential kernel refused: %s", exc.diagnostics())
-            # RuntimeError is what jupyter_server turns into the kernel error dialog text.
-            raise RuntimeError(
+            raise KernelRefused(
                 f"Confidential kernel not started: {exc.check} check failed: {exc.diagnostics()}"
             ) from None
         except Exception:

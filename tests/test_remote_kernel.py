@@ -17,6 +17,7 @@ from sshd import Sshd, keygen
 from jupyter_cc.cli import main
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
 from jupyter_cc.paths import data_dir
+from jupyter_cc.provisioner import KernelRefused
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,19 +69,33 @@ def install_spec(
     return name
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def guest_processes() -> list[int]:
-    """PIDs of guest agents and guest kernels of this test run, from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"jupyter_cc.guest" in cmd or b"jupyter-cc-kernel-" in cmd:
-            found.append(int(entry.name))
-    return found
+    """PIDs of this test session's guest agents (marked by its sim dir) and their kernels."""
+    marker = str(data_dir() / "sim").encode()
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    agents = {pid for pid in pids if b"jupyter_cc.guest" in _cmdline(pid) and marker in _cmdline(pid)}
+    kernels = {pid for pid in pids if _parent(pid) in agents}
+    return sorted(agents | kernels)
+
+
+def runtime_dir_of(kernel_pid: int) -> Path:
+    """The guest kernel's private runtime folder, from its command line (same machine here)."""
+    words = _cmdline(kernel_pid).split()
+    return Path(words[words.index(b"-f") + 1].decode()).parent
 
 
 def listening(port: int) -> bool:
@@ -194,6 +209,8 @@ async def test_kernel_runs_in_the_guest_interrupts_restarts_and_leaves_nothing(
             km.get_connection_info()[p]
             for p in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
         ]
+        runtime = runtime_dir_of(prov._pid)
+        assert (runtime / "kernel.json").stat().st_mode & 0o777 == 0o600
         assert all(listening(p) for p in ports)
 
         # Interrupt during time.sleep travels as a message and raises KeyboardInterrupt.
@@ -225,7 +242,7 @@ async def test_kernel_runs_in_the_guest_interrupts_restarts_and_leaves_nothing(
         time.sleep(0.1)
     assert not (set(guest_processes()) - before), "guest processes left behind"
     assert not any(listening(p) for p in ports)
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("jupyter-cc-kernel-*"))
+    assert not runtime.exists(), "the connection file outlived the kernel"
 
 
 async def test_kernel_whose_evidence_fails_policy_never_starts(sshd: Sshd, kernel_dir: Path) -> None:
@@ -234,7 +251,7 @@ async def test_kernel_whose_evidence_fails_policy_never_starts(sshd: Sshd, kerne
     name = install_spec(kernel_dir, "cc-refused", config)
     before = set(guest_processes())
     km = AsyncKernelManager(kernel_name=name)
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(KernelRefused) as info:
         await km.start_kernel()
     message = str(info.value)
     assert message.startswith("Confidential kernel not started: policy check failed:")
@@ -339,3 +356,66 @@ def test_kernelspec_install_cli(tmp_path: Path, capsys) -> None:  # type: ignore
     assert (
         main(["kernelspec", "install", "cc-y", "--host", "h", "--tee", "sim", "--prefix", str(prefix)]) == 2
     )
+
+
+# --- the local transport (the server itself in the TEE; the simulated demo) -------------------
+
+
+async def test_local_transport_kernel_binds_no_host_key(kernel_dir: Path) -> None:
+    config = {"transport": "local", "tee": "sim", "policy": str(simulated_policy_path())}
+    name = install_spec(kernel_dir, "cc-local", config)
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel()
+    try:
+        att = km.provisioner.attestation
+        assert att is not None
+        assert att.host_key_sha256 == bytes(32)
+        assert att.claims.simulated
+        reply = await execute(km, "import os; assert os.environ['JUPYTER_CC_CONFIDENTIAL'] == '1'")
+        assert reply["status"] == "ok"
+    finally:
+        await km.shutdown_kernel()
+
+
+# --- a lost connection ---------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+async def test_killing_sshd_mid_session_shows_the_kernel_dead_and_leaves_nothing(
+    tmp_path: Path, kernel_dir: Path
+) -> None:
+    server = Sshd.create(tmp_path / "sshd").start()
+    try:
+        name = install_spec(kernel_dir, "cc-cut", provisioner_config(server))
+        before = set(guest_processes())
+        km = AsyncKernelManager(kernel_name=name)
+        await km.start_kernel()
+        assert server.process is not None
+        for pid in _children(server.process.pid):  # the session processes of our connection
+            os.kill(pid, 9)
+        server.process.kill()
+        server.process.wait()
+        deadline = time.monotonic() + 20
+        while await km.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not await km.is_alive()
+        await km.shutdown_kernel(now=True)
+        # The agent saw its stream end and stopped the kernel: nothing is left in the guest.
+        deadline = time.monotonic() + 10
+        while set(guest_processes()) - before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not (set(guest_processes()) - before)
+    finally:
+        server.stop()

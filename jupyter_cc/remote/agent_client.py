@@ -44,10 +44,21 @@ def agent_argv(
 class AgentClient:
     """Requests to one running guest agent."""
 
-    def __init__(self, reader: Reader, writer: Writer, *, closer: Any, what: str) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        writer: Writer,
+        *,
+        closer: Any,
+        what: str,
+        set_timeout: Any = None,
+        timeout: float | None = None,
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self._closer = closer
+        self._set_timeout = set_timeout
+        self.timeout = timeout
         self._lock = threading.Lock()
         self.what = what
         self.closed = False
@@ -61,7 +72,14 @@ class AgentClient:
         channel.settimeout(timeout)
         reader = channel.makefile("rb")
         writer = channel.makefile_stdin("wb")
-        return cls(reader, writer, closer=channel.close, what=f"guest agent on {connection.target.host}")
+        return cls(
+            reader,
+            writer,
+            closer=channel.close,
+            what=f"guest agent on {connection.target.host}",
+            set_timeout=channel.settimeout,
+            timeout=timeout,
+        )
 
     @classmethod
     def local(cls, argv: Sequence[str], *, env: dict[str, str] | None = None) -> AgentClient:
@@ -84,11 +102,17 @@ class AgentClient:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
 
         return cls(proc.stdout, proc.stdin, closer=close, what="local guest agent")
 
-    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+    def request(self, op: str, *, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
         """Send one request and return the agent's successful answer.
+
+        ``timeout`` (seconds, SSH only) replaces the default for this request, for slow ones such
+        as starting the kernel. A request that times out closes the client: its answer could
+        still arrive later and would be taken for the next one's.
 
         Raises:
             AgentError: the agent is gone, broke the protocol, or answered ``ok: false``.
@@ -96,13 +120,18 @@ class AgentClient:
         with self._lock:
             if self.closed:
                 raise AgentError(f"the {self.what} is no longer connected")
+            if self._set_timeout is not None:
+                self._set_timeout(timeout if timeout is not None else self.timeout)
             try:
                 write_message(self._writer, {"op": op, **fields})
                 answer = read_message(self._reader, what=self.what)
             except CCError:
                 self.closed = True
                 raise
-            except (OSError, EOFError, TimeoutError, paramiko.SSHException) as exc:
+            except TimeoutError:
+                self.closed = True
+                raise AgentError(f"the {self.what} did not answer '{op}' in time") from None
+            except (OSError, EOFError, paramiko.SSHException) as exc:
                 self.closed = True
                 raise AgentError(f"lost the {self.what} ({exc.__class__.__name__})") from None
         if answer.get("ok") is not True:

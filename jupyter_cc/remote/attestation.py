@@ -83,7 +83,8 @@ def attest(
         PolicyRejected: genuine evidence that ``policy`` does not accept.
     """
     nonce = os.urandom(NONCE_SIZE)
-    answer = agent.request("attest", nonce=nonce.hex(), host_key_type=host_key_type)
+    # Hardware sources (a vTPM quote, an IMDS round trip) can take seconds: allow a minute.
+    answer = agent.request("attest", nonce=nonce.hex(), host_key_type=host_key_type, timeout=60.0)
     raw = str(answer.get("bundle", "")).encode()
     bundle = parse_bundle(raw)
     digest = host_key_digest(host_key_blob)

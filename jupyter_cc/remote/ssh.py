@@ -134,11 +134,14 @@ class _Forward:
                     if not data:
                         break
                     sock.sendall(data)
-        except OSError:
-            pass
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # either side went away: the relay ends, nothing to report
         finally:
-            channel.close()
             sock.close()
+            try:
+                channel.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # the transport is already gone
 
     def close(self) -> None:
         self._closed.set()

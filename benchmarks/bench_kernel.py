@@ -1,0 +1,679 @@
+"""Attested kernels over SSH, as ratios against baselines measured in the same run (design 11).
+
+Everything runs on loopback: a real OpenSSH sshd from ``tests/sshd.py`` stands in for the
+confidential VM, the guest agent behind it uses the simulated TEE, and every listener binds
+127.0.0.1. Measured, with the baselines interleaved so that both share the machine's noise:
+
+1. **start -> ready**: ``AsyncKernelManager(kernel_name=...)`` ``start_kernel()`` plus a client's
+   ``wait_for_ready()``, for a kernelspec naming ``confidential-provisioner`` (SSH connect, agent
+   start, simulated attestation, guest kernel start, five port forwards) against a plain
+   ``python3`` kernelspec (``LocalProvisioner``). Median of ``START_ROUNDS`` starts each, after
+   one unmeasured warm-up start each. Target <= 1.5x.
+2. **execute round trip**: ``client.execute("pass")`` until both the ``execute_reply`` on shell
+   and the ``idle`` status on iopub have arrived (what ``execute_interactive`` waits for); the
+   shell reply alone is printed too. Median of ``EXEC_ROUNDS`` round trips through the tunnel
+   against a direct local kernel, in alternating blocks. Target <= 1.3x.
+3. **bulk throughput**: ``BULK_MB`` MB pulled from a plain TCP source on 127.0.0.1 through ONE
+   forwarded port of ``SshConnection.forward()`` against OpenSSH ``ssh -N -L`` (same client key,
+   same sshd, same source; OpenSSH's default cipher). Median of ``BULK_ROUNDS`` pulls each. The
+   ciphers each side negotiated are printed; OpenSSH forced to paramiko's cipher is printed for
+   information. Target >= 0.6x.
+4. **50 MB display output**: time from ``execute`` of
+   ``display({'text/plain': s}, raw=True)`` (``s`` a 50,000,000 character string built before
+   the clock starts) until the ``display_data`` message is decoded by the client, through the
+   tunnel against a direct local kernel. Median of ``DISPLAY_ROUNDS`` each; ratio only.
+
+A phase breakdown of one confidential start (connect, agent start, attest, guest kernel start,
+forwards, client ready) replays ``ConfidentialProvisioner._launch_blocking`` step by step with
+the same public pieces, so that a missed start target shows where the time goes.
+
+Run from the repository root: ``.venv/bin/python benchmarks/bench_kernel.py`` (needs sshd and
+ssh from OpenSSH). Runtime: about 2-4 minutes on a 2-core VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import paramiko  # noqa: E402
+from jupyter_client.asynchronous.client import AsyncKernelClient  # noqa: E402
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
+from sshd import Sshd, free_port  # noqa: E402
+
+from jupyter_cc.kernelspec import kernelspec, simulated_policy_path  # noqa: E402
+from jupyter_cc.policy import Policy  # noqa: E402
+from jupyter_cc.remote.agent_client import AgentClient, agent_argv  # noqa: E402
+from jupyter_cc.remote.guest import GuestLink  # noqa: E402
+from jupyter_cc.remote.ssh import SshConnection, SshTarget  # noqa: E402
+
+START_ROUNDS = 8
+EXEC_ROUNDS = 300
+EXEC_BLOCK = 25
+BULK_MB = 256
+BULK_ROUNDS = 3
+DISPLAY_BYTES = 50_000_000
+DISPLAY_ROUNDS = 5
+DEADLINE_S = 420.0  # the whole run; each loop also stops early when this is passed
+CHUNK = 1 << 20
+
+CC_KERNEL = "cc-bench"
+LOCAL_KERNEL = "py-bench"
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
+
+class Budget:
+    """The run's wall-clock budget: every loop checks it, so none can run away."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    @property
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def check(self, what: str) -> bool:
+        if self.left <= 0:
+            print(f"  (time budget spent: {what} cut short)", flush=True)
+            return False
+        return True
+
+
+BUDGET = Budget(DEADLINE_S)
+
+
+@dataclass
+class Result:
+    name: str
+    unit: str
+    median: float
+    baseline: float
+    target: str
+    met: bool | None  # None: ratio only, no target
+    n: tuple[int, int]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.median / self.baseline if self.baseline else float("nan")
+
+    def line(self) -> str:
+        verdict = "ratio only" if self.met is None else ("MET" if self.met else "NOT MET")
+        return (
+            f"{self.name:<34} median {self.median:10.3f} {self.unit:<5} baseline {self.baseline:10.3f} "
+            f"{self.unit:<5} ratio {self.ratio:5.2f}x  target {self.target:<8} {verdict}  "
+            f"(n={self.n[0]}/{self.n[1]})"
+        )
+
+
+# --- environment -------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for row in Path("/proc/cpuinfo").read_text().splitlines():
+            if row.startswith("model name"):
+                cpu = row.split(":", 1)[1].strip()
+                break
+    ssh_v = subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False)
+    import ipykernel
+    import jupyter_client
+    import zmq
+
+    return (
+        f"{platform.machine()} {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"paramiko {paramiko.__version__}, {(ssh_v.stderr or ssh_v.stdout).strip()}, "
+        f"jupyter_client {jupyter_client.__version__}, ipykernel {ipykernel.__version__}, "
+        f"pyzmq {zmq.__version__} / libzmq {zmq.zmq_version()}"
+    )
+
+
+def provisioner_config(server: Sshd, sim_dir: Path) -> dict[str, object]:
+    """As ``tests/test_remote_kernel.py`` writes it: the simulated TEE behind the loopback sshd."""
+    return {
+        "transport": "ssh",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "identity_file": str(server.identity_file),
+        "known_hosts": str(server.known_hosts),
+        "host_key_file": str(server.host_pub),
+        "remote_python": sys.executable,
+        "tee": "sim",
+        "sim_dir": str(sim_dir),
+        "policy": str(simulated_policy_path()),
+    }
+
+
+def install_specs(kernels: Path, config: dict[str, object]) -> None:
+    (kernels / CC_KERNEL).mkdir(parents=True)
+    (kernels / CC_KERNEL / "kernel.json").write_text(json.dumps(kernelspec("Confidential bench", config)))
+    local = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (bench)",
+        "language": "python",
+        "metadata": {"debugger": False},
+    }
+    (kernels / LOCAL_KERNEL).mkdir(parents=True)
+    (kernels / LOCAL_KERNEL / "kernel.json").write_text(json.dumps(local))
+
+
+# --- kernels -------------------------------------------------------------------------------------
+
+
+async def start_ready(name: str) -> tuple[float, AsyncKernelManager, AsyncKernelClient]:
+    """Seconds from KernelManager creation to a ready client, and both (caller shuts down)."""
+    t0 = time.perf_counter()
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel(stderr=subprocess.DEVNULL)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+    except BaseException:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
+        raise
+    return time.perf_counter() - t0, km, kc
+
+
+async def stop(km: AsyncKernelManager, kc: AsyncKernelClient) -> None:
+    kc.stop_channels()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(km.shutdown_kernel(now=True), timeout=30)
+
+
+async def roundtrip(kc: AsyncKernelClient, code: str) -> tuple[float, float]:
+    """(seconds to execute_reply, seconds until both the reply and the idle status arrived)."""
+    t0 = time.perf_counter()
+    msg_id = kc.execute(code, store_history=False)
+    while True:
+        msg = await kc.get_shell_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id:
+            break
+    t_reply = time.perf_counter() - t0
+    while True:
+        msg = await kc.get_iopub_msg(timeout=30)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"]["execution_state"] == "idle"
+        ):
+            break
+    return t_reply, time.perf_counter() - t0
+
+
+async def display_time(kc: AsyncKernelClient) -> float:
+    """Seconds from execute to the decoded display_data of DISPLAY_BYTES characters."""
+    t0 = time.perf_counter()
+    msg_id = kc.execute("display({'text/plain': _bench_big}, raw=True)", store_history=False)
+    elapsed = None
+    while elapsed is None:
+        msg = await kc.get_iopub_msg(timeout=120)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "display_data":
+            elapsed = time.perf_counter() - t0
+            size = len(msg["content"]["data"]["text/plain"])
+            assert size == DISPLAY_BYTES, size
+    # Drain the rest of this request (idle, reply) so the next one starts clean.
+    while True:
+        msg = await kc.get_iopub_msg(timeout=60)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"]["execution_state"] == "idle"
+        ):
+            break
+    while (await kc.get_shell_msg(timeout=60))["parent_header"].get("msg_id") != msg_id:
+        pass
+    return elapsed
+
+
+async def drain(kc: AsyncKernelClient) -> None:
+    """Throw away iopub messages left over (starting/busy/idle of kernel_info)."""
+    while True:
+        try:
+            await kc.get_iopub_msg(timeout=0.2)
+        except Exception:
+            return
+
+
+# --- bulk data ----------------------------------------------------------------------------------
+
+
+class Source:
+    """A TCP source on 127.0.0.1: a client sends a byte count (8 bytes), gets that many, then EOF."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._block = bytes(range(256)) * (CHUNK // 256)
+        self._thread = threading.Thread(target=self._serve, name="bench-source", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._send, args=(conn,), daemon=True).start()
+
+    def _send(self, conn: socket.socket) -> None:
+        conn.settimeout(120)
+        view = memoryview(self._block)
+        try:
+            with conn:
+                request = b""
+                while len(request) < 8:
+                    more = conn.recv(8 - len(request))
+                    if not more:
+                        return
+                    request += more
+                left = min(int.from_bytes(request, "big"), 1 << 32)
+                while left > 0:
+                    n = min(left, len(view))
+                    conn.sendall(view[:n])
+                    left -= n
+                conn.shutdown(socket.SHUT_WR)
+                conn.recv(1)  # until the client closes
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
+def pull(port: int, size: int) -> float:
+    """Seconds to ask 127.0.0.1:port for ``size`` bytes and receive them up to EOF."""
+    buf = bytearray(CHUNK)
+    got = 0
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(size.to_bytes(8, "big"))
+        while True:
+            n = sock.recv_into(buf)
+            if not n:
+                break
+            got += n
+    elapsed = time.perf_counter() - t0
+    if got != size:
+        raise RuntimeError(f"pulled {got} bytes of {size} through port {port}")
+    return elapsed
+
+
+@contextlib.contextmanager
+def openssh_forward(server: Sshd, remote_port: int, log: Path, cipher: str | None) -> Iterator[int]:
+    """``ssh -N -L`` to the sshd; yields the local port."""
+    local = free_port()
+    argv = [
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-v",
+        "-N",
+        "-L",
+        f"127.0.0.1:{local}:127.0.0.1:{remote_port}",
+        "-i",
+        str(server.identity_file),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        f"UserKnownHostsFile={server.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-p",
+        str(server.port),
+    ]
+    if cipher:
+        argv += ["-c", cipher]
+    argv.append(f"{server.user}@127.0.0.1")
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 15
+        while "Entering interactive session" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ssh -L did not come up: {log.read_text(errors='replace')[-500:]}")
+            time.sleep(0.05)
+        yield local
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def openssh_cipher(log: Path) -> str:
+    found = re.search(r"kex: server->client cipher: (\S+)", log.read_text(errors="replace"))
+    return found.group(1) if found else "unknown"
+
+
+# --- the measurements ---------------------------------------------------------------------------
+
+
+def med(samples: list[float]) -> float:
+    return statistics.median(samples) if samples else float("nan")
+
+
+async def bench_start() -> Result:
+    times: dict[str, list[float]] = {CC_KERNEL: [], LOCAL_KERNEL: []}
+    for name in (LOCAL_KERNEL, CC_KERNEL):  # warm-up: imports, page cache, the simulated TEE keys
+        _, km, kc = await start_ready(name)
+        await stop(km, kc)
+    for i in range(START_ROUNDS):
+        if not BUDGET.check("start->ready"):
+            break
+        order = (CC_KERNEL, LOCAL_KERNEL) if i % 2 else (LOCAL_KERNEL, CC_KERNEL)
+        for name in order:
+            elapsed, km, kc = await start_ready(name)
+            await stop(km, kc)
+            times[name].append(elapsed)
+    cc, local = times[CC_KERNEL], times[LOCAL_KERNEL]
+    result = Result("start->ready", "s", med(cc), med(local), "<= 1.5x", False, (len(cc), len(local)))
+    result.met = result.ratio <= 1.5
+    result.notes.append(
+        f"confidential {min(cc):.3f}-{max(cc):.3f} s, local {min(local):.3f}-{max(local):.3f} s"
+    )
+    return result
+
+
+async def bench_exec_and_display(
+    cc: AsyncKernelClient, local: AsyncKernelClient
+) -> tuple[Result, Result, Result]:
+    clients = {"cc": cc, "local": local}
+    reply: dict[str, list[float]] = {"cc": [], "local": []}
+    full: dict[str, list[float]] = {"cc": [], "local": []}
+    for kc in clients.values():
+        await drain(kc)
+        for _ in range(20):  # warm-up
+            await roundtrip(kc, "pass")
+    blocks = EXEC_ROUNDS // EXEC_BLOCK
+    for b in range(blocks):
+        if not BUDGET.check("execute round trips"):
+            break
+        for key in ("cc", "local") if b % 2 else ("local", "cc"):
+            for _ in range(EXEC_BLOCK):
+                t_reply, t_full = await roundtrip(clients[key], "pass")
+                reply[key].append(t_reply)
+                full[key].append(t_full)
+    n = (len(full["cc"]), len(full["local"]))
+    main = Result("execute round trip (reply+idle)", "ms", 0, 0, "<= 1.3x", None, n)
+    main.median, main.baseline = med(full["cc"]) * 1000, med(full["local"]) * 1000
+    main.met = main.ratio <= 1.3
+    p95 = {k: statistics.quantiles(v, n=20)[-1] * 1000 for k, v in full.items() if len(v) >= 20}
+    if p95:
+        main.notes.append(f"p95 tunnel {p95.get('cc', 0):.2f} ms, local {p95.get('local', 0):.2f} ms")
+    shell = Result("execute round trip (shell reply)", "ms", 0, 0, "(info)", None, n)
+    shell.median, shell.baseline = med(reply["cc"]) * 1000, med(reply["local"]) * 1000
+
+    disp: dict[str, list[float]] = {"cc": [], "local": []}
+    for kc in clients.values():
+        await roundtrip(kc, f"_bench_big = 'x' * {DISPLAY_BYTES}")
+        await display_time(kc)  # warm-up
+    for i in range(DISPLAY_ROUNDS):
+        if not BUDGET.check("50 MB display"):
+            break
+        for key in ("cc", "local") if i % 2 else ("local", "cc"):
+            disp[key].append(await display_time(clients[key]))
+    for kc in clients.values():
+        await roundtrip(kc, "del _bench_big")
+    display = Result(
+        "50 MB display output",
+        "s",
+        med(disp["cc"]),
+        med(disp["local"]),
+        "-",
+        None,
+        (len(disp["cc"]), len(disp["local"])),
+    )
+    mb = DISPLAY_BYTES / 1e6
+    display.notes.append(f"{mb / display.median:.0f} MB/s tunnel, {mb / display.baseline:.0f} MB/s local")
+    return main, shell, display
+
+
+def bench_bulk(server: Sshd, tmp: Path) -> tuple[Result, list[str]]:
+    size = BULK_MB * 1_000_000
+    source = Source()
+    info: list[str] = []
+    conn = SshConnection(
+        SshTarget(
+            host="127.0.0.1",
+            port=server.port,
+            identity_file=str(server.identity_file),
+            known_hosts=str(server.known_hosts),
+        )
+    ).connect()
+    try:
+        assert conn.transport is not None
+        para_cipher = conn.transport.remote_cipher
+        info.append(
+            f"paramiko negotiated {conn.transport.remote_cipher} (server->client), "
+            f"{conn.transport.local_cipher} (client->server)"
+        )
+        p_port = conn.forward(source.port)
+        log_default = tmp / "ssh-default.log"
+        log_same = tmp / "ssh-same.log"
+        para: list[float] = []
+        ossh: list[float] = []
+        ossh_same: list[float] = []
+        with (
+            openssh_forward(server, source.port, log_default, None) as o_port,
+            openssh_forward(server, source.port, log_same, para_cipher) as s_port,
+        ):
+            pull(p_port, size // 16)  # warm-up
+            pull(o_port, size // 16)
+            for i in range(BULK_ROUNDS):
+                if not BUDGET.check("bulk throughput"):
+                    break
+                runs: list[tuple[list[float], int]] = [(para, p_port), (ossh, o_port), (ossh_same, s_port)]
+                for samples, port in runs if i % 2 == 0 else runs[::-1]:
+                    samples.append(pull(port, size))
+        info.append(f"OpenSSH default negotiated {openssh_cipher(log_default)}")
+    finally:
+        conn.close()
+        source.close()
+    mbps = [size / 1e6 / t for t in para]
+    obps = [size / 1e6 / t for t in ossh]
+    sbps = [size / 1e6 / t for t in ossh_same]
+    result = Result(
+        f"bulk pull {BULK_MB} MB, one forward",
+        "MB/s",
+        med(mbps),
+        med(obps),
+        ">= 0.6x",
+        None,
+        (len(mbps), len(obps)),
+    )
+    result.met = result.ratio >= 0.6
+    result.notes.append(
+        f"OpenSSH forced to {para_cipher}: {med(sbps):.0f} MB/s (ratio {med(mbps) / med(sbps):.2f}x)"
+    )
+    return result, info
+
+
+@dataclass
+class Phases:
+    rows: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.rows.setdefault(name, []).append(seconds)
+
+
+def timed(phases: Phases, name: str, fn: Callable[[], Any]) -> Any:
+    t0 = time.perf_counter()
+    value = fn()
+    phases.add(name, time.perf_counter() - t0)
+    return value
+
+
+async def bench_phases(server: Sshd, config: dict[str, object], rounds: int = 3) -> Phases:
+    """Replay the provisioner's start step by step, and LocalProvisioner's, timing each phase."""
+    phases = Phases()
+    policy = Policy.load(str(config["policy"]))
+    argv = agent_argv(
+        sys.executable, tee="sim", host_key_file=str(server.host_pub), sim_dir=str(config["sim_dir"])
+    )
+    for _ in range(rounds):
+        if not BUDGET.check("phases"):
+            break
+        t_total = time.perf_counter()
+        target = SshTarget(
+            host="127.0.0.1",
+            port=server.port,
+            identity_file=str(server.identity_file),
+            known_hosts=str(server.known_hosts),
+        )
+        ssh = timed(phases, "cc: ssh connect+auth", lambda t=target: SshConnection(t).connect())
+        link: GuestLink | None = None
+        kc: AsyncKernelClient | None = None
+        try:
+            agent = AgentClient.over_ssh(ssh, argv, timeout=30)
+            link = GuestLink(ssh, agent)
+            timed(phases, "cc: agent start (exec+hello)", lambda a=agent: a.request("hello"))
+            timed(phases, "cc: attest (collect+verify)", lambda lk=link: lk.attest(policy))
+            answer = timed(
+                phases, "cc: guest kernel start", lambda a=agent: a.request("start", env={}, cwd=None)
+            )
+            remote = answer["connection"]
+            t0 = time.perf_counter()
+            ports = {name: ssh.forward(remote[name]) for name in PORT_NAMES}
+            phases.add("cc: 5 forwards", time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            kc = AsyncKernelClient()
+            kc.load_connection_info(
+                {
+                    "ip": "127.0.0.1",
+                    "transport": "tcp",
+                    "key": str(remote["key"]).encode(),
+                    "signature_scheme": "hmac-sha256",
+                    **ports,
+                }
+            )
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=60)
+            phases.add("cc: client wait_for_ready", time.perf_counter() - t0)
+            phases.add("cc: total", time.perf_counter() - t_total)
+        finally:
+            if kc is not None:
+                kc.stop_channels()
+            if link is not None:
+                link.close()
+            else:
+                ssh.close()
+        # The local baseline, split the same way.
+        t_total = time.perf_counter()
+        km = AsyncKernelManager(kernel_name=LOCAL_KERNEL)
+        t0 = time.perf_counter()
+        await km.start_kernel(stderr=subprocess.DEVNULL)
+        phases.add("local: start_kernel (Popen)", time.perf_counter() - t0)
+        lkc = km.client()
+        t0 = time.perf_counter()
+        lkc.start_channels()
+        try:
+            await lkc.wait_for_ready(timeout=60)
+            phases.add("local: client wait_for_ready", time.perf_counter() - t0)
+            phases.add("local: total", time.perf_counter() - t_total)
+        finally:
+            await stop(km, lkc)
+    return phases
+
+
+async def with_kernels(
+    fn: Callable[[AsyncKernelClient, AsyncKernelClient], Awaitable[tuple[Result, Result, Result]]],
+) -> tuple[Result, Result, Result]:
+    _, cc_km, cc_kc = await start_ready(CC_KERNEL)
+    try:
+        _, l_km, l_kc = await start_ready(LOCAL_KERNEL)
+        try:
+            return await fn(cc_kc, l_kc)
+        finally:
+            await stop(l_km, l_kc)
+    finally:
+        await stop(cc_km, cc_kc)
+
+
+async def run(tmp: Path) -> int:
+    server = Sshd.create(tmp / "sshd").start()
+    try:
+        sim_dir = Path(os.environ["JUPYTER_DATA_DIR"]) / "jupyter_cc" / "sim"
+        config = provisioner_config(server, sim_dir)
+        install_specs(tmp / "jupyter" / "kernels", config)
+        print(f"machine: {machine()}", flush=True)
+        print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S')}\n", flush=True)
+
+        results: list[Result] = []
+
+        def report(*new: Result) -> None:
+            for r in new:
+                results.append(r)
+                print(r.line(), flush=True)
+                for note in r.notes:
+                    print(f"{'':<36}{note}", flush=True)
+
+        report(await bench_start())
+        report(*await with_kernels(bench_exec_and_display))
+        bulk, cipher_info = bench_bulk(server, tmp)
+        report(bulk)
+        for line in cipher_info:
+            print(f"{'':<36}{line}")
+        phases = await bench_phases(server, config)
+        runs = max((len(v) for v in phases.rows.values()), default=0)
+        print(f"\nstart phases (median of {runs} runs, replayed step by step):")
+        for name, samples in phases.rows.items():
+            print(f"  {name:<32} {med(samples) * 1000:8.1f} ms")
+        missed = [r.name for r in results if r.met is False]
+        print(f"\ntargets not met: {', '.join(missed)}" if missed else "\nall targets met")
+        return 0
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    if shutil.which("ssh") is None or not Path(shutil.which("sshd") or "/usr/sbin/sshd").exists():
+        print("needs OpenSSH ssh and sshd", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="bench-kernel-"))
+    saved = {k: os.environ.get(k) for k in ("JUPYTER_DATA_DIR", "JUPYTER_PATH", "JUPYTER_RUNTIME_DIR")}
+    os.environ["JUPYTER_DATA_DIR"] = str(tmp / "data")
+    os.environ["JUPYTER_PATH"] = str(tmp / "jupyter")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(tmp / "runtime")
+    try:
+        return asyncio.run(run(tmp))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
