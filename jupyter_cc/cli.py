@@ -315,6 +315,7 @@ def _cmd_kernelspec_install(args: argparse.Namespace) -> int:
         ("host_key_file", args.host_key_file),
         ("policy", args.policy),
         ("remote_python", args.python),
+        ("sim_dir", args.sim_dir),
     ):
         if value is not None:
             config[key] = value
@@ -447,6 +448,7 @@ def _build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--display-name", metavar="TEXT")
     inst.add_argument("--host", metavar="HOST")
     _add_target_options(inst)
+    inst.add_argument("--sim-dir", metavar="PATH_ON_CVM", help=argparse.SUPPRESS)
     _add_install_location(inst)
     inst.set_defaults(func=_cmd_kernelspec_install)
     inst_sim = ks_sub.add_parser(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -12,7 +11,8 @@ import jupyter_kernel_test
 import pytest
 from sshd import SSHD, Sshd
 
-from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
+from jupyter_cc.cli import main
+from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.paths import data_dir
 
 pytestmark = pytest.mark.timeout(300)
@@ -66,23 +66,37 @@ class ConfidentialKernelSuite(jupyter_kernel_test.KernelTests):
         cls._tmp = tempfile.TemporaryDirectory()
         root = Path(cls._tmp.name)
         cls._sshd = Sshd.create(root / "sshd").start()
-        kernels = root / "jupyter" / "kernels" / cls.kernel_name
-        kernels.mkdir(parents=True)
-        config = {
-            "transport": "ssh",
-            "host": "127.0.0.1",
-            "port": cls._sshd.port,
-            "identity_file": str(cls._sshd.identity_file),
-            "known_hosts": str(cls._sshd.known_hosts),
-            "host_key_file": str(cls._sshd.host_pub),
-            "remote_python": sys.executable,
-            "tee": "sim",
-            "sim_dir": str(data_dir() / "sim"),
-            "policy": str(simulated_policy_path()),
-        }
-        (kernels / "kernel.json").write_text(json.dumps(kernelspec("Confidential suite", config)))
+        # Installed with the CLI, as a user would: jupyter-cc kernelspec install ... --prefix.
+        status = main(
+            [
+                "kernelspec",
+                "install",
+                cls.kernel_name,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(cls._sshd.port),
+                "--identity-file",
+                str(cls._sshd.identity_file),
+                "--known-hosts",
+                str(cls._sshd.known_hosts),
+                "--host-key-file",
+                str(cls._sshd.host_pub),
+                "--python",
+                sys.executable,
+                "--tee",
+                "sim",
+                "--sim-dir",
+                str(data_dir() / "sim"),
+                "--policy",
+                str(simulated_policy_path()),
+                "--prefix",
+                str(root / "prefix"),
+            ]
+        )
+        assert status == 0
         cls._old_path = os.environ.get("JUPYTER_PATH")
-        os.environ["JUPYTER_PATH"] = str(root / "jupyter")
+        os.environ["JUPYTER_PATH"] = str(root / "prefix" / "share" / "jupyter")
         super().setUpClass()
 
     @classmethod
