@@ -93,9 +93,15 @@ def guest_processes() -> list[int]:
 
 
 def runtime_dir_of(kernel_pid: int) -> Path:
-    """The guest kernel's private runtime folder, from its command line (same machine here)."""
-    words = _cmdline(kernel_pid).split()
-    return Path(words[words.index(b"-f") + 1].decode()).parent
+    """The guest kernel's private runtime folder: where its output log is (same machine here)."""
+    for fd in Path(f"/proc/{kernel_pid}/fd").iterdir():
+        try:
+            target = Path(os.readlink(fd))
+        except OSError:
+            continue
+        if target.name == "kernel.log" and target.parent.name.startswith("jupyter-cc-kernel-"):
+            return target.parent
+    raise AssertionError("the guest kernel has no runtime folder open")
 
 
 def listening(port: int) -> bool:
@@ -419,3 +425,20 @@ async def test_killing_sshd_mid_session_shows_the_kernel_dead_and_leaves_nothing
         assert not (set(guest_processes()) - before)
     finally:
         server.stop()
+
+
+async def test_interpreter_variables_get_a_cold_started_kernel(sshd: Sshd, kernel_dir: Path) -> None:
+    # PYTHON* variables act while the interpreter starts, so the prepared process cannot take
+    # them: the agent starts a fresh one instead, and the value is in effect.
+    name = install_spec(kernel_dir, "cc-cold", provisioner_config(sshd), env={"PYTHONHASHSEED": "123"})
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel()
+    try:
+        reply = await execute(
+            km, "import sys; assert sys.flags.hash_randomization == 1 and hash('a') == hash('a')"
+        )
+        assert reply["status"] == "ok"
+        reply = await execute(km, "import os; assert os.environ['PYTHONHASHSEED'] == '123'")
+        assert reply["status"] == "ok"
+    finally:
+        await km.shutdown_kernel()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_cc.attest.binding import expected_report_data, host_key_digest
-from jupyter_cc.attest.evidence import serialize_bundle
 from jupyter_cc.encoding import decode_hex
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.guest.kernel import GuestKernel
@@ -85,6 +84,9 @@ class Agent:
         return {"ok": True, "version": PROTOCOL_VERSION, "tee": self.tee, "sources": sources}
 
     def _attest(self, msg: dict[str, Any]) -> dict[str, Any]:
+        # Imported here, not at start-up: X.509 and the collectors cost ~60 ms that every kernel
+        # start would otherwise pay before the agent can even answer.
+        from jupyter_cc.attest.evidence import serialize_bundle
         from jupyter_cc.guest.collectors import collect_cpu_evidence, collect_gpu_evidence
 
         nonce = decode_hex(str(msg.get("nonce", "")), what="the attestation nonce")
@@ -159,6 +161,9 @@ class Agent:
             return error_message(exc)
 
     def serve(self, stdin: Reader, stdout: Writer) -> None:
+        # Python and ipykernel start while the client attests; nothing secret is in that process
+        # until the client, having accepted the evidence, asks for the kernel.
+        self.kernel.prewarm()
         try:
             while True:
                 try:

@@ -61,6 +61,11 @@ def _checked_env(env: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def _needs_cold_start(env: Mapping[str, str]) -> bool:
+    # Variables read while the interpreter starts cannot be applied to a process already running.
+    return any(name.startswith(("PYTHON", "LD_", "MALLOC_")) for name in env)
+
+
 class GuestKernel:
     """One ipykernel process managed by the agent."""
 
@@ -68,6 +73,8 @@ class GuestKernel:
         self.python = python
         self.process: subprocess.Popen[bytes] | None = None
         self.runtime_dir: Path | None = None
+        self._warm: subprocess.Popen[bytes] | None = None
+        self._warm_dir: Path | None = None
 
     def __repr__(self) -> str:
         pid = self.process.pid if self.process else None
@@ -77,6 +84,50 @@ class GuestKernel:
     def connection_file(self) -> Path | None:
         return self.runtime_dir / "kernel.json" if self.runtime_dir else None
 
+    def _spawn(
+        self, argv: list[str], runtime_dir: Path, env: Mapping[str, str], cwd: str | None
+    ) -> subprocess.Popen[bytes]:
+        with open(runtime_dir / "kernel.log", "ab") as log:
+            try:
+                return subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE if "jupyter_cc.guest.warmkernel" in argv else subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=dict(env),
+                    cwd=cwd,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise KernelError(f"cannot start {self.python} in the guest ({exc.strerror})") from None
+
+    def prewarm(self) -> None:
+        """Start a kernel process that imports ipykernel and waits (see warmkernel)."""
+        if self._warm is not None or self.process is not None:
+            return
+        self._warm_dir = Path(tempfile.mkdtemp(prefix="jupyter-cc-kernel-"))
+        env = {**os.environ, "JUPYTER_CC_CONFIDENTIAL": "1"}
+        try:
+            self._warm = self._spawn(
+                [self.python, "-m", "jupyter_cc.guest.warmkernel"], self._warm_dir, env, None
+            )
+        except KernelError:
+            shutil.rmtree(self._warm_dir, ignore_errors=True)
+            self._warm = self._warm_dir = None
+
+    def _discard_warm(self) -> None:
+        if self._warm is not None:
+            if self._warm.stdin:
+                self._warm.stdin.close()  # it exits on end of input without running anything
+            try:
+                self._warm.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._warm.kill()
+                self._warm.wait()
+        if self._warm_dir is not None:
+            shutil.rmtree(self._warm_dir, ignore_errors=True)
+        self._warm = self._warm_dir = None
+
     def start(self, env: Mapping[str, Any], cwd: str | None = None) -> dict[str, Any]:
         """Start ipykernel; return its connection info (the key included) for the client."""
         if self.process is not None and self.process.poll() is None:
@@ -85,7 +136,14 @@ class GuestKernel:
         extra_env = _checked_env(env)
         if cwd is not None and not Path(cwd).is_dir():
             raise InputError(f"the kernel working directory {cwd} does not exist in the guest")
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="jupyter-cc-kernel-"))
+        warm = self._warm if self._warm is not None and self._warm.poll() is None else None
+        if warm is not None and not _needs_cold_start(extra_env):
+            assert self._warm_dir is not None
+            self.runtime_dir, self._warm, self._warm_dir = self._warm_dir, None, None
+        else:
+            self._discard_warm()
+            warm = None
+            self.runtime_dir = Path(tempfile.mkdtemp(prefix="jupyter-cc-kernel-"))
         info: dict[str, Any] = dict(
             zip(PORT_NAMES, _free_ports(len(PORT_NAMES)), strict=True),
             ip="127.0.0.1",
@@ -96,23 +154,26 @@ class GuestKernel:
         )
         assert self.connection_file is not None
         write_private(self.connection_file, json.dumps(info).encode())
-        child_env = {**os.environ, **extra_env, "JUPYTER_CC_CONFIDENTIAL": "1"}
-        log = open(self.runtime_dir / "kernel.log", "wb")  # noqa: SIM115 - kept by the child
-        try:
-            self.process = subprocess.Popen(
-                [self.python, "-m", "ipykernel_launcher", "-f", str(self.connection_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=child_env,
-                cwd=cwd,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            self.cleanup()
-            raise KernelError(f"cannot start {self.python} in the guest ({exc.strerror})") from None
-        finally:
-            log.close()
+        if warm is not None:
+            assert warm.stdin is not None
+            request = {"connection_file": str(self.connection_file), "env": extra_env, "cwd": cwd}
+            try:
+                warm.stdin.write(json.dumps(request).encode() + b"\n")
+                warm.stdin.close()
+            except OSError:
+                warm.kill()
+                warm.wait()
+                self.cleanup()
+                raise KernelError("the prepared kernel process died before it was started") from None
+            self.process = warm
+        else:
+            child_env = {**os.environ, **extra_env, "JUPYTER_CC_CONFIDENTIAL": "1"}
+            argv = [self.python, "-m", "ipykernel_launcher", "-f", str(self.connection_file)]
+            try:
+                self.process = self._spawn(argv, self.runtime_dir, child_env, cwd)
+            except KernelError:
+                self.cleanup()
+                raise
         self._wait_listening([info[name] for name in PORT_NAMES])
         return {"pid": self.process.pid, "connection": info}
 
@@ -134,7 +195,7 @@ class GuestKernel:
                 socket.create_connection(("127.0.0.1", pending[0]), timeout=0.5).close()
                 pending.pop(0)
             except OSError:
-                time.sleep(0.05)
+                time.sleep(0.005)
 
     def poll(self) -> int | None:
         if self.process is None:
@@ -151,6 +212,7 @@ class GuestKernel:
 
     def stop(self, *, now: bool = False, timeout: float = 5.0) -> int | None:
         """Stop the kernel (SIGTERM, then SIGKILL after ``timeout``) and remove its files."""
+        self._discard_warm()
         code = None
         if self.process is not None:
             if self.process.poll() is None:

@@ -1,0 +1,35 @@
+"""A kernel process started ahead: imports ipykernel, then waits to be told to run.
+
+The agent starts this as soon as it starts, so Python's start-up and ipykernel's imports (most
+of a kernel's start time) overlap the attestation round trip instead of following it. It holds
+nothing secret while it waits: the connection file (with the HMAC key) and the kernel's
+environment arrive on stdin only after the client accepted the attestation, and if they never
+come (the client refused, or went away) it exits without having run anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def main() -> int:
+    from ipykernel import kernelapp  # the expensive part, done while the client attests
+
+    line = sys.stdin.readline()
+    if not line:
+        return 0
+    request = json.loads(line)
+    os.environ.update({str(k): str(v) for k, v in request.get("env", {}).items()})
+    if request.get("cwd"):
+        os.chdir(request["cwd"])
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    kernelapp.launch_new_instance(argv=["-f", str(request["connection_file"])])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
