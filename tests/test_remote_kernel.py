@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -434,9 +435,14 @@ async def test_interpreter_variables_get_a_cold_started_kernel(sshd: Sshd, kerne
     km = AsyncKernelManager(kernel_name=name)
     await km.start_kernel()
     try:
-        reply = await execute(
-            km, "import sys; assert sys.flags.hash_randomization == 1 and hash('a') == hash('a')"
-        )
+        seeded = subprocess.run(
+            [sys.executable, "-c", "print(hash('jupyter-cc'))"],
+            env={**os.environ, "PYTHONHASHSEED": "123"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        reply = await execute(km, f"assert hash('jupyter-cc') == {seeded}")
         assert reply["status"] == "ok"
         reply = await execute(km, "import os; assert os.environ['PYTHONHASHSEED'] == '123'")
         assert reply["status"] == "ok"
