@@ -17,14 +17,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import select
 import shlex
 import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import paramiko
 
@@ -120,28 +118,50 @@ class _Forward:
             threading.Thread(target=self._relay, args=(sock, channel), daemon=True).start()
 
     def _relay(self, sock: socket.socket, channel: paramiko.Channel) -> None:
-        try:
-            while not self._closed.is_set():
-                watched: list[Any] = [sock, channel]
-                readable, _, _ = select.select(watched, [], [], 0.5)
-                if sock in readable:
-                    data = sock.recv(262144)
-                    if not data:
-                        break
-                    channel.sendall(data)
-                if channel in readable:
-                    data = channel.recv(262144)
-                    if not data:
-                        break
-                    sock.sendall(data)
-        except (OSError, EOFError, paramiko.SSHException):
-            pass  # either side went away: the relay ends, nothing to report
-        finally:
-            sock.close()
+        # Two blocking pumps rather than select(): Channel.fileno() makes a pipe that paramiko
+        # may close twice, and a second os.close() can hit a descriptor already reused by
+        # another connection's socket.
+        done = threading.Event()
+
+        def finish() -> None:
+            if done.is_set():
+                return
+            done.set()
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             try:
                 channel.close()
             except (OSError, EOFError, paramiko.SSHException):
                 pass  # the transport is already gone
+
+        def upstream() -> None:
+            try:
+                while not self._closed.is_set():
+                    data = sock.recv(262144)
+                    if not data:
+                        break
+                    channel.sendall(data)
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # either side went away: the relay ends, nothing to report
+            finally:
+                finish()
+
+        up = threading.Thread(target=upstream, name=f"cc-up-{self.remote_port}", daemon=True)
+        up.start()
+        try:
+            while not self._closed.is_set():
+                data = channel.recv(262144)
+                if not data:
+                    break
+                sock.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        finally:
+            finish()
+            up.join(timeout=5)
+            sock.close()
 
     def close(self) -> None:
         self._closed.set()
