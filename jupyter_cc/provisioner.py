@@ -207,9 +207,11 @@ class ConfidentialProvisioner(KernelProvisionerBase):
             raise KernelRefused(
                 f"Confidential kernel not started: {exc.check} check failed: {exc.diagnostics()}"
             ) from None
-        except Exception:
+        except Exception as exc:
             self._teardown()
-            raise
+            raise KernelRefused(
+                f"Confidential kernel not started: unexpected {exc.__class__.__name__} ({exc})"
+            ) from exc
         self.connection_info = info
         if self.reattest_interval > 0:
             self._reattest_task = asyncio.ensure_future(self._reattest_loop())

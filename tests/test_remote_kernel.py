@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -448,3 +449,40 @@ async def test_interpreter_variables_get_a_cold_started_kernel(sshd: Sshd, kerne
         assert reply["status"] == "ok"
     finally:
         await km.shutdown_kernel()
+
+
+async def test_reattestation_refreshes_the_verdict_while_running(sshd: Sshd, kernel_dir: Path) -> None:
+    name = install_spec(kernel_dir, "cc-reattest", provisioner_config(sshd, reattest_interval=0.5))
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel()
+    try:
+        first = km.provisioner.attestation
+        assert first is not None
+        await asyncio.sleep(2.0)
+        later = km.provisioner.attestation
+        assert later is not None and later.bundle_sha256 != first.bundle_sha256  # fresh nonce
+        reply = await execute(km, "1 + 1")
+        assert reply["status"] == "ok"
+    finally:
+        await km.shutdown_kernel()
+
+
+async def test_a_failed_reattestation_stops_the_kernel(sshd: Sshd, kernel_dir: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(simulated_policy_path().read_text())
+    name = install_spec(
+        kernel_dir, "cc-revoked", provisioner_config(sshd, policy=str(policy), reattest_interval=0.5)
+    )
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel()
+    try:
+        assert await km.is_alive()
+        policy.write_text('name = "tightened"\n')  # the operator withdraws acceptance of the TEE
+        deadline = time.monotonic() + 10
+        while await km.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert not await km.is_alive()
+        assert km.provisioner.attestation is None
+        assert "policy 'tightened' rejected" in (km.provisioner.attestation_error or "")
+    finally:
+        await km.shutdown_kernel(now=True)

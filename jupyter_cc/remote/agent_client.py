@@ -7,6 +7,7 @@ restarter's poll and a user's interrupt can come from different threads.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -20,6 +21,8 @@ from jupyter_cc.guest.protocol import AgentError, Reader, Writer, read_message, 
 from jupyter_cc.remote.ssh import SshConnection
 
 __all__ = ["AgentClient", "agent_argv"]
+
+log = logging.getLogger("jupyter_cc.remote")
 
 
 def agent_argv(
@@ -39,6 +42,23 @@ def agent_argv(
     if kernel_python:
         argv += ["--python", kernel_python]
     return argv
+
+
+def _drain_stderr(channel: paramiko.Channel) -> None:
+    """Read the agent's stderr so its unread lines never fill the SSH window and block it."""
+    while True:
+        try:
+            data = channel.recv_stderr(4096)
+        except TimeoutError:
+            if channel.closed:
+                return
+            continue
+        except (OSError, EOFError, paramiko.SSHException):
+            return
+        if not data:
+            return
+        for line in data.decode("utf-8", "replace").splitlines():
+            log.debug("guest agent: %s", line)
 
 
 class AgentClient:
@@ -70,6 +90,7 @@ class AgentClient:
     def over_ssh(cls, connection: SshConnection, argv: Sequence[str], *, timeout: float) -> AgentClient:
         channel: paramiko.Channel = connection.exec(argv)
         channel.settimeout(timeout)
+        threading.Thread(target=_drain_stderr, args=(channel,), name="cc-agent-stderr", daemon=True).start()
         reader = channel.makefile("rb")
         writer = channel.makefile_stdin("wb")
         return cls(
