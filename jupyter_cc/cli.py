@@ -298,6 +298,8 @@ def _cmd_attest(args: argparse.Namespace) -> int:
             label += f" ({SIMULATED_BANNER})"
         print(f"{label}: VERIFIED (evidence from {result.source})")
         print("\n".join(_summary(result.claims)))
+        for note in result.notes:
+            print(f"  note: {note}")
         print(f"policy {result.verdict.policy}: PASSED")
     return 0
 
