@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import signal as signal_module
+import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -74,7 +75,10 @@ class Agent:
         self.tee = tee
         self.host_key_file = host_key_file
         self.sim_dir = sim_dir
-        self.kernel = GuestKernel(python) if python else GuestKernel()
+        base_env = {"JUPYTER_CC_TEE": tee}
+        if sim_dir is not None:
+            base_env["JUPYTER_CC_SIM_DIR"] = str(sim_dir)
+        self.kernel = GuestKernel(python or sys.executable, base_env=base_env)
         self.clock = clock
 
     def _hello(self, msg: dict[str, Any]) -> dict[str, Any]:

@@ -69,8 +69,11 @@ def _needs_cold_start(env: Mapping[str, str]) -> bool:
 class GuestKernel:
     """One ipykernel process managed by the agent."""
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, *, base_env: Mapping[str, str] | None = None) -> None:
         self.python = python
+        # What the kernel needs to collect fresh evidence itself (%attest, key release): the
+        # agent's TEE choice, never anything secret.
+        self.base_env = {"JUPYTER_CC_CONFIDENTIAL": "1", **(base_env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.runtime_dir: Path | None = None
         self._warm: subprocess.Popen[bytes] | None = None
@@ -106,7 +109,7 @@ class GuestKernel:
         if self._warm is not None or self.process is not None:
             return
         self._warm_dir = Path(tempfile.mkdtemp(prefix="jupyter-cc-kernel-"))
-        env = {**os.environ, "JUPYTER_CC_CONFIDENTIAL": "1"}
+        env = {**os.environ, **self.base_env}
         try:
             self._warm = self._spawn(
                 [self.python, "-m", "jupyter_cc.guest.warmkernel"], self._warm_dir, env, None
@@ -167,7 +170,7 @@ class GuestKernel:
                 raise KernelError("the prepared kernel process died before it was started") from None
             self.process = warm
         else:
-            child_env = {**os.environ, **extra_env, "JUPYTER_CC_CONFIDENTIAL": "1"}
+            child_env = {**os.environ, **extra_env, **self.base_env}
             argv = [self.python, "-m", "ipykernel_launcher", "-f", str(self.connection_file)]
             try:
                 self.process = self._spawn(argv, self.runtime_dir, child_env, cwd)
