@@ -48,7 +48,7 @@ pytest: $(VENV)/.installed-test system-deps
 test: lint typecheck pytest
 
 bench: $(VENV)/.installed-test
-	$(PY) benchmarks/bench_verify.py
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -62,13 +62,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from jupyter_client.asynchronous.client import AsyncKernelClient  # noqa: E402
 from jupyter_client.manager import AsyncKernelManager  # noqa: E402
-from sshd import Sshd, free_port  # type: ignore[import-not-found]  # noqa: E402
 
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path  # noqa: E402
 from jupyter_cc.policy import Policy  # noqa: E402
 from jupyter_cc.remote.agent_client import AgentClient, agent_argv  # noqa: E402
 from jupyter_cc.remote.guest import GuestLink  # noqa: E402
 from jupyter_cc.remote.ssh import SshConnection, SshTarget  # noqa: E402
+
+from sshd import Sshd, free_port  # type: ignore[import-not-found]  # noqa: E402
 
 START_ROUNDS = 8
 EXEC_ROUNDS = 300

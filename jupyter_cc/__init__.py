@@ -7,5 +7,14 @@ evidence core lives in :mod:`jupyter_cc.attest` (parse and verify), :mod:`jupyte
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_ipython_extension"]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext jupyter_cc``: the confidential-computing magics (loaded in confidential kernels)."""
+    from jupyter_cc.magics import KeyMagics
+
+    ipython.register_magics(KeyMagics)

@@ -460,6 +460,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_install_location(inst_sim)
     inst_sim.set_defaults(func=_cmd_kernelspec_install_sim)
 
+    from jupyter_cc.kbs.cli import add_commands as add_kbs_commands
+    from jupyter_cc.seal_cli import add_commands as add_seal_commands
+
+    add_kbs_commands(sub, _Parser)
+    add_seal_commands(sub, _Parser)
+
     sim = sub.add_parser("sim", help=f"the simulated TEE ({SIMULATED_BANNER})")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, parser_class=_Parser)
     mint = sim_sub.add_parser("mint", help="mint a simulated SNP report")

@@ -284,6 +284,8 @@ class ConfidentialProvisioner(KernelProvisionerBase):
         self._restart_requested = restart
 
     async def cleanup(self, restart: bool = False) -> None:
+        restart = restart or self._restart_requested
+        self._restart_requested = False
         if self._reattest_task is not None:
             self._reattest_task.cancel()
             self._reattest_task = None

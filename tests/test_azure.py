@@ -12,7 +12,6 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-import azure_builder as ab
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +22,8 @@ from jupyter_cc.attest.certs import load_certificates
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.errors import BindingError, CCError, FormatError, InputError, SignatureError
+
+import azure_builder as ab
 
 AT = datetime(2024, 6, 1, tzinfo=timezone.utc)  # inside the VCEK's 2023-05-02..2030-05-02 validity
 SNP_HCL = "azure/snp-vtpm.hcl-report.bin"

@@ -6,7 +6,6 @@ import base64
 import os
 from datetime import datetime, timezone
 
-import azure_builder as ab
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -14,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jupyter_cc.attest.binding import expected_report_data, host_key_digest
 from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bundle
 from jupyter_cc.errors import BindingError, FormatError, InputError
+
+import azure_builder as ab
 
 NOW = datetime.now(timezone.utc)
 

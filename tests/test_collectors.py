@@ -24,7 +24,6 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given
 from hypothesis import strategies as st
-from swtpm_fixture import USER_DATA_INDEX, SoftTpm, snp_hcl_report, swtpm, tdx_hcl_report
 
 from jupyter_cc.attest import azure, tpm
 from jupyter_cc.attest.binding import expected_report_data
@@ -34,6 +33,8 @@ from jupyter_cc.errors import EvidenceError, InputError
 from jupyter_cc.guest import collectors, nvml, sevguest, tsm, vtpm
 from jupyter_cc.guest.results import Collected, SourceUnavailable, Unavailable
 from jupyter_cc.policy import Policy, appraise
+
+from swtpm_fixture import USER_DATA_INDEX, SoftTpm, snp_hcl_report, swtpm, tdx_hcl_report
 
 __all__ = ["swtpm"]  # the fixture, imported for pytest
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import jupyter_kernel_test
 import pytest
-from sshd import SSHD, Sshd
 
 from jupyter_cc.cli import main
 from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.paths import data_dir
+
+from sshd import SSHD, Sshd
 
 pytestmark = pytest.mark.timeout(300)
 

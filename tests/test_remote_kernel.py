@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 from jupyter_client.manager import AsyncKernelManager
-from sshd import Sshd, keygen
 
 from jupyter_cc.cli import main
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
 from jupyter_cc.paths import data_dir
 from jupyter_cc.provisioner import KernelRefused
+
+from sshd import Sshd, keygen
 
 pytestmark = pytest.mark.timeout(120)
 

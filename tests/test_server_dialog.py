@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sshd import free_port
 
 from jupyter_cc.kernelspec import kernelspec
 from jupyter_cc.paths import data_dir
+
+from sshd import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,15 +9,6 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tdx_builder import (
-    QuoteSpec,
-    SyntheticPki,
-    build_quote,
-    level,
-    make_pki,
-    qe_identity,
-    tcb_info,
-)
 
 from jupyter_cc.attest import tdx_collateral as tc
 from jupyter_cc.attest.roots import TrustStore
@@ -31,6 +22,16 @@ from jupyter_cc.errors import (
     InputError,
     SignatureError,
     TcbError,
+)
+
+from tdx_builder import (
+    QuoteSpec,
+    SyntheticPki,
+    build_quote,
+    level,
+    make_pki,
+    qe_identity,
+    tcb_info,
 )
 
 QUOTE = "tdx/spr-e4-v4.quote.bin"

@@ -50,6 +50,7 @@ SIM_TCB = snp.TcbVersion(bootloader=3, tee=0, snp=8, microcode=115)
 SIM_MEASUREMENT = hashlib.sha384(b"jupyter-cc simulated guest v1").digest()
 SIM_ORG = "jupyter-cc SIMULATED TEE (not a hardware TEE)"
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+_LOADED: dict[tuple[str, int, int, int], SimulatedTee] = {}
 
 
 def _name(cn: str, organization: str) -> x509.Name:
@@ -172,8 +173,29 @@ class SimulatedTee:
 
     @classmethod
     def load(cls, directory: Path | None = None) -> SimulatedTee:
-        """Load an existing simulated TEE; :class:`InputError` when there is none."""
+        """Load an existing simulated TEE; :class:`InputError` when there is none.
+
+        Loaded TEEs are cached by folder and key-file identity (inode, size, mtime), so a broker
+        or verifier handling many reports reads and parses the chain once, and a recreated
+        folder is noticed.
+        """
         directory = directory or data_dir() / "sim"
+        try:
+            st = (directory / "vcek.key").stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            stamp = (str(directory), st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = _LOADED.get(stamp)
+            if cached is None:
+                cached = cls._load_files(directory)
+                _LOADED.clear()  # one simulated TEE in use at a time; keep the cache tiny
+                _LOADED[stamp] = cached
+            return cached
+        return cls._load_files(directory)
+
+    @classmethod
+    def _load_files(cls, directory: Path) -> SimulatedTee:
         try:
             vcek = load_certificate((directory / "vcek.pem").read_bytes(), what=str(directory / "vcek.pem"))
             chain = load_certificates(

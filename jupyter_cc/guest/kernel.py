@@ -171,7 +171,14 @@ class GuestKernel:
             self.process = warm
         else:
             child_env = {**os.environ, **extra_env, **self.base_env}
-            argv = [self.python, "-m", "ipykernel_launcher", "-f", str(self.connection_file)]
+            argv = [
+                self.python,
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                str(self.connection_file),
+                "--ext=jupyter_cc",
+            ]
             try:
                 self.process = self._spawn(argv, self.runtime_dir, child_env, cwd)
             except KernelError:

@@ -27,7 +27,8 @@ def main() -> int:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    kernelapp.launch_new_instance(argv=["-f", str(request["connection_file"])])
+    # The confidential-computing magics are loaded in every confidential kernel.
+    kernelapp.launch_new_instance(argv=["-f", str(request["connection_file"]), "--ext=jupyter_cc"])
     return 0
 
 

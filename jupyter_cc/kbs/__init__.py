@@ -1,0 +1,14 @@
+"""The embedded key broker: Trustee's KBS protocol, attestation-gated, policy per resource.
+
+* :mod:`.protocol` — request and response shapes, canonical JSON, the JWE (shared with the
+  ``kbs://`` client in :mod:`jupyter_cc.keys.kbs_client`).
+* :mod:`.store` — resources in SQLite, key material sealed under a 0600 master key file.
+* :mod:`.server` — the tornado service (``jupyter-cc kbs serve``) and the release decisions.
+* :mod:`.cli` — ``jupyter-cc kbs serve|add-key|list|set-policy|revoke|rotate``.
+"""
+
+from __future__ import annotations
+
+from jupyter_cc.kbs.protocol import KbsError, ResourcePath
+
+__all__ = ["KbsError", "ResourcePath"]
