@@ -460,11 +460,15 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_install_location(inst_sim)
     inst_sim.set_defaults(func=_cmd_kernelspec_install_sim)
 
+    from jupyter_cc.audit_cli import add_commands as add_audit_commands
     from jupyter_cc.kbs.cli import add_commands as add_kbs_commands
+    from jupyter_cc.profile_cli import add_commands as add_profile_commands
     from jupyter_cc.seal_cli import add_commands as add_seal_commands
 
     add_kbs_commands(sub, _Parser)
     add_seal_commands(sub, _Parser)
+    add_audit_commands(sub, _Parser)
+    add_profile_commands(sub, _Parser)
 
     sim = sub.add_parser("sim", help=f"the simulated TEE ({SIMULATED_BANNER})")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, parser_class=_Parser)

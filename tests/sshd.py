@@ -40,7 +40,8 @@ class Sshd:
     process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def create(cls, directory: Path) -> Sshd:
+    def create(cls, directory: Path, *, env: dict[str, str] | None = None) -> Sshd:
+        """Keys and config in ``directory``; ``env`` is set for every session (sshd SetEnv)."""
         directory.mkdir(parents=True, exist_ok=True)
         keygen(directory / "host_ed25519")
         keygen(directory / "client_ed25519")
@@ -66,6 +67,8 @@ class Sshd:
                     "PermitRootLogin prohibit-password",
                     "AllowTcpForwarding yes",
                     "LogLevel ERROR",
+                    # One SetEnv line: sshd keeps only the first of several.
+                    *(["SetEnv " + " ".join(f"{k}={v}" for k, v in env.items())] if env else []),
                     "",
                 ]
             )

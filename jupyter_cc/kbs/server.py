@@ -20,11 +20,11 @@ binding and the JWE are in :mod:`jupyter_cc.kbs.protocol`.
   session; 404 for an unknown resource; 403 for a revoked one or a policy denial, the body
   naming every failed rule (``failed_rules``) and the ``detail`` sentence too.
 
-Bodies over 1 MiB get 413. Every release and every denial is appended to the audit log
-(JSON lines, no key material) by :func:`append_audit`, which issue 5's hash-chained audit
-module is meant to replace. Upstream Trustee clients speak the same envelope but send their
-attesters' evidence formats (for SNP ``{"attestation_report", "cert_chain"}``), which this
-broker does not parse; they get 401 with a sentence saying so.
+Bodies over 1 MiB get 413. Every release and every denial is appended to the broker's
+hash-chained audit log (:mod:`jupyter_cc.audit`, no key material) by :func:`append_audit`.
+Upstream Trustee clients speak the same envelope but send their attesters' evidence formats
+(for SNP ``{"attestation_report", "cert_chain"}``), which this broker does not parse; they get
+401 with a sentence saying so.
 """
 
 from __future__ import annotations
@@ -91,17 +91,17 @@ _AZURE_KINDS = ("az-snp-vtpm", "az-tdx-vtpm")
 
 
 def append_audit(path: Path, event: Mapping[str, Any]) -> None:
-    """Append one event to the audit log ``path`` as a JSON line (file created 0600).
+    """Append one event to the broker's hash-chained audit log ``path`` (file created 0600).
 
-    Callers never pass key material; the event carries the time, what happened, to which
-    resource, for which evidence, and why. Issue 5's hash-chained log replaces this function.
+    ``event["event"]`` names what happened; the other members are the entry's fields (resource,
+    evidence, policy, reasons; never key material, which :func:`jupyter_cc.audit.record`
+    refuses by field name). The log is :mod:`jupyter_cc.audit`'s, so ``jupyter-cc audit verify
+    --log PATH`` checks it.
     """
-    line = json.dumps({"time": datetime.now(timezone.utc).isoformat(), **event}, sort_keys=True) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    from jupyter_cc.audit import record
+
+    fields = {k: v for k, v in event.items() if k != "event"}
+    record(str(event["event"]), path=path, **fields)
 
 
 class Refusal(Exception):

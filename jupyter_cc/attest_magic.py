@@ -1,0 +1,396 @@
+"""``%attest``: fresh, nonce-bound evidence, verified and appraised, shown as a card.
+
+Inside a confidential kernel (``JUPYTER_CC_CONFIDENTIAL=1``) a bare ``%attest`` collects evidence
+in this very process, bound to a new 32-byte nonce (design section 6, local transport: the
+host-key part is 32 zero bytes), verifies it and appraises it. From an ordinary kernel,
+``%attest PROFILE`` or ``%attest [USER@]HOST[:PORT]`` attests a remote CVM over SSH through its
+guest agent, with the evidence bound to the host key of that very SSH connection, exactly as the
+kernel provisioner does.
+
+The result is an :class:`~jupyter_cc.widgets.AttestationCard` (green, amber for simulated, red
+with every failed rule); ``--json`` returns the state as a dict instead, and ``--save PATH``
+writes the evidence bundle with the verdict so that ``jupyter-cc verify bundle PATH`` can
+re-verify it later. A rejection or invalid evidence is a red card, not an exception; what the
+user typed wrong (a missing target, an unreadable policy) is one sentence as a ``UsageError``.
+
+>>> %attest                                          # doctest: +SKIP
+>>> %attest cvm-prod --policy prod.toml --save evidence.json   # doctest: +SKIP
+>>> state = %attest --json                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from jupyter_cc.attest.binding import NONCE_SIZE, expected_report_data, host_key_digest
+from jupyter_cc.attest.certs import utcnow
+from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bundle
+from jupyter_cc.errors import CCError
+from jupyter_cc.policy import Policy, Verdict, appraise
+from jupyter_cc.remote.attestation import Attestation, PolicyRejected
+from jupyter_cc.remote.guest import GuestTarget
+from jupyter_cc.widgets import AttestationCard
+
+__all__ = ["AttestMagics", "Outcome", "attest_here", "attest_target", "register", "save_bundle"]
+
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# Hardware sources (a vTPM quote, an IMDS round trip) can take seconds: the same minute the
+# provisioner allows.
+_ATTEST_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One attestation attempt: the state the card shows and the raw bundle, if one arrived.
+
+    Attributes:
+        state: an ``Attestation.to_json()`` dict plus ``passed``, ``verified``, ``reasons``,
+            ``errors``, ``notes`` and ``target``; when not passed, ``confidential`` is False and
+            ``error`` is one sentence.
+        bundle: the evidence bundle exactly as collected or received (None when none arrived).
+        verdict: the policy verdict (None when the evidence did not verify).
+        policy: the name of the policy it was judged under.
+    """
+
+    state: dict[str, Any]
+    bundle: bytes | None = None
+    verdict: Verdict | None = None
+    policy: str = "default"
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.state.get("passed"))
+
+
+def _failure(error: str, *, target: str, policy: str, bundle: bytes | None = None) -> Outcome:
+    state: dict[str, Any] = {
+        "confidential": False,
+        "passed": False,
+        "verified": False,
+        "error": error,
+        "reasons": [],
+        "errors": [error],
+        "claims": {},
+        "verdict": {"passed": False, "policy": policy, "reasons": []},
+        "attested_at": utcnow().strftime(_TIME_FORMAT),
+        "target": target,
+    }
+    if bundle is not None:
+        state["evidence_sha256"] = hashlib.sha256(bundle).hexdigest()
+    return Outcome(state=state, bundle=bundle, policy=policy)
+
+
+def _judge(
+    raw: bytes,
+    *,
+    nonce: bytes,
+    host_key_sha256: bytes,
+    policy: Policy,
+    target: str,
+    at: datetime | None = None,
+) -> Outcome:
+    """Parse, verify (nonce and host-key binding included) and appraise one bundle."""
+    when = at or utcnow()
+    try:
+        bundle = parse_bundle(raw)
+        claims = verify_bundle(bundle, at=when, nonce=nonce, host_key_sha256=host_key_sha256)
+    except CCError as exc:
+        return _failure(
+            f"{exc.check} check failed: {exc.diagnostics()}", target=target, policy=policy.name, bundle=raw
+        )
+    verdict = appraise(claims, policy)
+    notes = bundle.extra.get("notes", [])
+    attestation = Attestation(
+        claims=claims,
+        verdict=verdict,
+        attested_at=when,
+        bundle_sha256=hashlib.sha256(raw).hexdigest(),
+        host_key_sha256=host_key_sha256,
+        source=bundle.source,
+        notes=tuple(str(n) for n in notes) if isinstance(notes, list) else (),
+    )
+    return _outcome(attestation, raw, target)
+
+
+def _outcome(attestation: Attestation, raw: bytes, target: str) -> Outcome:
+    state = attestation.to_json()
+    verdict = attestation.verdict
+    reasons = [str(r) for r in verdict.reasons]
+    state.update(
+        passed=verdict.passed,
+        verified=True,
+        reasons=reasons,
+        errors=[],
+        notes=list(attestation.notes),
+        target=target,
+    )
+    if not verdict.passed:
+        # Genuine evidence the policy does not accept: not a confidential kernel to trust.
+        state["confidential"] = False
+        state["error"] = PolicyRejected(verdict, attestation.claims).diagnostics()
+    return Outcome(state=state, bundle=raw, verdict=verdict, policy=verdict.policy)
+
+
+def attest_here(
+    policy: Policy,
+    *,
+    tee: str = "auto",
+    sim_dir: Path | None = None,
+    at: datetime | None = None,
+) -> Outcome:
+    """Collect evidence in this process (a confidential kernel), then verify and appraise it.
+
+    The same steps as the guest agent's ``attest`` request with the ``local`` transport: a new
+    nonce, REPORT_DATA = SHA-512("jupyter-cc/v1" ‖ nonce ‖ 32 zero bytes), CPU evidence from
+    ``tee`` and any confidential GPU, one bundle.
+    """
+    from jupyter_cc.guest.collectors import collect_cpu_evidence, collect_gpu_evidence
+
+    target = "this kernel"
+    nonce = os.urandom(NONCE_SIZE)
+    digest = host_key_digest(None)
+    report_data = expected_report_data(nonce, digest)
+    try:
+        collected, unavailable = collect_cpu_evidence(report_data, tee=tee, sim_dir=sim_dir)
+        gpus, gpu_unavailable = collect_gpu_evidence(report_data[:32])
+    except CCError as exc:
+        return _failure(f"{exc.check} check failed: {exc.diagnostics()}", target=target, policy=policy.name)
+    notes = [*collected.notes, *(f"{u.source}: {u.reason}" for u in [*unavailable, *gpu_unavailable])]
+    raw = serialize_bundle(
+        collected.kind,
+        collected.evidence,
+        nonce=nonce,
+        host_key_sha256=digest,
+        source=collected.source,
+        collected_at=utcnow().strftime(_TIME_FORMAT),
+        gpus=gpus,
+        notes=notes,
+    )
+    return _judge(raw, nonce=nonce, host_key_sha256=digest, policy=policy, target=target, at=at)
+
+
+def attest_target(target: GuestTarget, policy: Policy, *, label: str | None = None) -> Outcome:
+    """Open ``target``, attest it over that connection, close it; never raises a :class:`CCError`.
+
+    The bundle is bound to the host key seen in this SSH handshake (design section 6 step 4),
+    as :meth:`GuestLink.attest <jupyter_cc.remote.guest.GuestLink.attest>` does; the request is
+    made here rather than through it because ``--save`` needs the raw bundle, which
+    :class:`~jupyter_cc.remote.attestation.Attestation` does not keep.
+    """
+    where = label or target.host or target.transport
+    try:
+        link = target.open()
+    except CCError as exc:
+        return _failure(f"{exc.check} check failed: {exc.diagnostics()}", target=where, policy=policy.name)
+    try:
+        key = link.ssh.host_key if link.ssh is not None else None
+        nonce = os.urandom(NONCE_SIZE)
+        answer = link.agent.request(
+            "attest",
+            nonce=nonce.hex(),
+            host_key_type=key.get_name() if key is not None else None,
+            timeout=_ATTEST_TIMEOUT,
+        )
+        raw = str(answer.get("bundle", "")).encode()
+        digest = host_key_digest(key.asbytes() if key is not None else None)
+        return _judge(raw, nonce=nonce, host_key_sha256=digest, policy=policy, target=where)
+    except CCError as exc:
+        return _failure(f"{exc.check} check failed: {exc.diagnostics()}", target=where, policy=policy.name)
+    finally:
+        link.close()
+
+
+def save_bundle(outcome: Outcome, path: Path) -> None:
+    """Write the bundle plus a top-level ``verdict`` member to ``path``, atomically.
+
+    ``parse_bundle`` keeps the extra member in ``Bundle.extra``, so ``jupyter-cc verify bundle
+    PATH`` re-verifies the very evidence; the verdict records what was decided then, and under
+    which policy. The file appears whole or not at all (a temporary file and a rename).
+
+    Raises:
+        ValueError: no bundle arrived, or what arrived is not a JSON object (nothing to save).
+        OSError: the file cannot be written.
+    """
+    if outcome.bundle is None:
+        raise ValueError("no evidence arrived")
+    try:
+        doc = json.loads(outcome.bundle)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise ValueError("what arrived is not an evidence bundle")
+    doc["verdict"] = {
+        "passed": outcome.passed,
+        "verified": bool(outcome.state.get("verified")),
+        "policy": outcome.policy,
+        "reasons": list(outcome.state.get("reasons", [])),
+        "errors": list(outcome.state.get("errors", [])),
+        "attested_at": outcome.state.get("attested_at"),
+        "evidence_sha256": hashlib.sha256(outcome.bundle).hexdigest(),
+    }
+    data = json.dumps(doc, indent=1).encode()
+    path = path.expanduser()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _audit(outcome: Outcome) -> Outcome:
+    """Record the attempt in the audit log (design section 7); a failure to do so is a note.
+
+    The attestation itself is read-only (nothing was released), so a log that cannot be written
+    does not hide the verdict: the card says the entry is missing instead.
+    """
+    from jupyter_cc.audit import record
+
+    state = outcome.state
+    claims = state.get("claims") or {}
+    try:
+        record(
+            "attest",
+            target=state.get("target"),
+            passed=outcome.passed,
+            policy=outcome.policy,
+            tee=claims.get("tee"),
+            simulated=bool(state.get("simulated")),
+            evidence_sha256=state.get("evidence_sha256"),
+            error=state.get("error"),
+        )
+    except CCError as exc:
+        note = f"this attestation is not in the audit log: {exc.diagnostics()}"
+        return replace(outcome, state={**state, "notes": [*state.get("notes", []), note]})
+    return outcome
+
+
+class _Args(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(f"%{self.prog}: {message}; usage: {self.format_usage().strip()}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Args(prog="attest", add_help=False)
+    parser.add_argument("target", nargs="?", metavar="PROFILE|HOST")
+    parser.add_argument("--policy", metavar="FILE")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--save", metavar="PATH")
+    return parser
+
+
+def _load_policy(path: str | None) -> Policy:
+    try:
+        return Policy.load(Path(path).expanduser()) if path else Policy()
+    except CCError as exc:
+        raise UsageError(f"%attest: {exc.diagnostics()}") from None
+
+
+def _host_target(text: str) -> GuestTarget:
+    """``[USER@]HOST[:PORT]`` as an SSH target with the defaults (``~/.ssh`` known_hosts)."""
+    user, _, host = text.rpartition("@")
+    port = 22
+    name, sep, digits = host.rpartition(":")
+    if sep and digits.isdigit() and ":" not in name:
+        host, port = name, int(digits)
+    if not host:
+        raise UsageError(f"%attest: '{text}' is not a profile name or [USER@]HOST[:PORT]")
+    return GuestTarget(transport="ssh", host=host, port=port, user=user or None)
+
+
+def _resolve(name: str) -> tuple[GuestTarget, str | None]:
+    """A profile's target and policy file when ``name`` is a profile, else ``name`` as a host.
+
+    Raises:
+        UsageError: the config file cannot be read (a broken config is not taken for a host).
+    """
+    try:
+        from jupyter_cc.profiles import load_profiles
+    except ImportError:  # a build without profiles: every target is a host
+        return _host_target(name), None
+    try:
+        profiles = load_profiles()
+    except CCError as exc:
+        raise UsageError(f"%attest: {exc.diagnostics()}") from None
+    profile = profiles.get(name)
+    if profile is None:
+        return _host_target(name), None
+    return profile.to_guest_target(), profile.policy
+
+
+@magics_class
+class AttestMagics(Magics):
+    """``%attest [PROFILE|HOST] [--policy FILE] [--json] [--save PATH]``."""
+
+    @line_magic
+    def attest(self, line: str) -> AttestationCard | dict[str, Any]:
+        """%attest [PROFILE|HOST] [--policy FILE] [--json] [--save PATH]: attest and show the verdict.
+
+        Without a target, inside a confidential kernel: this kernel's own TEE, fresh evidence.
+        With one: the remote CVM named by a profile, or a host reached over SSH. Returns the card
+        (its ``passed`` says whether the policy accepted the TEE), or with ``--json`` the state
+        as a dict. The policy is ``--policy FILE``, else the profile's, else
+        ``$JUPYTER_CC_POLICY``, else the safe default (no simulated TEE, no debug).
+        """
+        parser = _parser()
+        try:
+            args = parser.parse_args(shlex.split(line))
+        except ValueError as exc:
+            raise UsageError(f"%attest: {exc}") from None
+        env_policy = os.environ.get("JUPYTER_CC_POLICY") or None
+        if args.target:
+            target, profile_policy = _resolve(args.target)
+            policy = _load_policy(args.policy or profile_policy or env_policy)
+            outcome = attest_target(target, policy, label=args.target)
+        elif os.environ.get("JUPYTER_CC_CONFIDENTIAL") == "1":
+            policy = _load_policy(args.policy or env_policy)
+            sim_dir = os.environ.get("JUPYTER_CC_SIM_DIR") or None
+            outcome = attest_here(
+                policy,
+                tee=os.environ.get("JUPYTER_CC_TEE") or "auto",
+                sim_dir=Path(sim_dir) if sim_dir else None,
+            )
+        else:
+            raise UsageError(
+                "%attest: this is not a confidential kernel, so give the PROFILE or HOST of the CVM "
+                "to attest, for example %attest my-cvm"
+            )
+        outcome = _audit(outcome)  # first, so an attestation is logged even if saving it fails
+        if args.save:
+            outcome = self._save(outcome, Path(args.save))
+        if args.json:
+            return outcome.state
+        return AttestationCard(outcome.state)
+
+    @staticmethod
+    def _save(outcome: Outcome, path: Path) -> Outcome:
+        """Save the bundle; when there is none, the card says that nothing was saved, and why."""
+        try:
+            save_bundle(outcome, path)
+        except ValueError as exc:
+            note = f"{exc}, so nothing was saved to {path}"
+            return replace(outcome, state={**outcome.state, "notes": [*outcome.state.get("notes", []), note]})
+        except OSError as exc:
+            raise UsageError(f"%attest: cannot write {path} ({exc.strerror or exc})") from None
+        return replace(outcome, state={**outcome.state, "saved_to": str(path)})
+
+
+def register(ipython: Any) -> None:
+    """Register ``%attest`` with ``ipython`` (called from ``jupyter_cc.load_ipython_extension``)."""
+    ipython.register_magics(AttestMagics)

@@ -1,0 +1,138 @@
+"""``jupyter-cc profile add|list|remove``: named CVMs in the user config (:mod:`jupyter_cc.profiles`).
+
+:func:`add_commands` adds ``profile`` to the CLI's subparsers. The options are those of
+``jupyter-cc kernelspec install``; local paths (policy, identity file, known hosts) are stored
+absolute, paths on the CVM (host key file, Python) as given::
+
+    jupyter-cc profile add lab --host cvm.example.org --ssh-user azureuser --policy prod.toml
+    jupyter-cc profile list
+    jupyter-cc profile remove lab
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from jupyter_cc.errors import InputError
+from jupyter_cc.paths import config_path
+from jupyter_cc.profiles import TEES, TRANSPORTS, Profile, load_profiles, remove_profile, save_profile
+
+__all__ = ["add_commands"]
+
+
+def add_commands(sub: argparse._SubParsersAction[Any], parser_class: type[argparse.ArgumentParser]) -> None:
+    """Add ``profile add``, ``profile list`` and ``profile remove`` to the CLI's subparsers."""
+    profile_p = sub.add_parser("profile", help="named CVM profiles for %%cc connect, %%attest and kernels")
+    profile_sub = profile_p.add_subparsers(dest="profile_command", required=True, parser_class=parser_class)
+
+    add = profile_sub.add_parser(
+        "add",
+        help="add a profile to the user config",
+        description="Add NAME to the user config (~/.jupyter/jupyter_cc.toml, or $JUPYTER_CC_CONFIG).",
+    )
+    add.add_argument("name", metavar="NAME", help="letters, digits, '-' and '_'")
+    add.add_argument("--transport", choices=TRANSPORTS, default="ssh", help="ssh to a CVM, or local")
+    add.add_argument("--host", metavar="H", help="the CVM's address")
+    add.add_argument("--port", metavar="N", type=int, help="its sshd port (default 22)")
+    add.add_argument("--ssh-user", metavar="U", help="the SSH user (default: the local user name)")
+    add.add_argument("--identity-file", metavar="F", help="private key file for SSH (default: ssh-agent)")
+    add.add_argument("--known-hosts", metavar="F", help="known_hosts file (default ~/.ssh/known_hosts)")
+    add.add_argument(
+        "--host-key-file",
+        metavar="F",
+        help="path ON THE CVM of the sshd public key to bind (default /etc/ssh)",
+    )
+    add.add_argument("--policy", metavar="FILE", help="TOML policy (default: valid, no debug, no simulated)")
+    add.add_argument("--python", metavar="PATH", help="Python ON THE CVM with jupyter-cc (default python3)")
+    add.add_argument("--tee", choices=TEES, default="auto", help="which evidence to collect")
+    add.add_argument("--kbs", metavar="URL", help="the key broker, like http://host:8085")
+    add.add_argument("--sim-dir", metavar="PATH_ON_CVM", help=argparse.SUPPRESS)
+    add.add_argument("--replace", action="store_true", help="replace a profile of the same name")
+    add.set_defaults(func=_cmd_add)
+
+    lst = profile_sub.add_parser("list", help="list the profiles in the user config")
+    lst.add_argument("--json", action="store_true", help="print one JSON object, profiles by name")
+    lst.set_defaults(func=_cmd_list)
+
+    rm = profile_sub.add_parser("remove", help="remove a profile from the user config")
+    rm.add_argument("name", metavar="NAME")
+    rm.set_defaults(func=_cmd_remove)
+
+
+def _local_path(value: str | None, option: str) -> str | None:
+    """An absolute form of a local path, so the profile means the same from any directory."""
+    if value is None:
+        return None
+    if not value:
+        raise InputError(f"{option} is empty")
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    if args.transport == "ssh" and not args.host:
+        raise InputError(
+            "--transport ssh needs --host", hint="pass the CVM's address, or use --transport local"
+        )
+    if args.transport == "local" and args.host:
+        raise InputError("--host makes no sense with --transport local", hint="leave it out")
+    if args.tee == "sim" and not args.policy:
+        raise InputError(
+            "--tee sim needs a --policy with allow_simulated = true",
+            hint="the default policy rejects simulated evidence",
+        )
+    policy = _local_path(args.policy, "--policy")
+    if policy is not None and not os.path.isfile(policy):
+        raise InputError(f"policy file {policy} does not exist")
+    profile = Profile(
+        name=args.name,
+        transport=args.transport,
+        host=args.host,
+        port=args.port,
+        ssh_user=args.ssh_user,
+        identity_file=_local_path(args.identity_file, "--identity-file"),
+        known_hosts=_local_path(args.known_hosts, "--known-hosts"),
+        host_key_file=args.host_key_file,
+        policy=policy,
+        python=args.python,
+        tee=args.tee,
+        kbs=args.kbs,
+        sim_dir=args.sim_dir,
+    )
+    where = save_profile(profile, replace=args.replace)
+    print(f"{'saved' if args.replace else 'added'} profile {profile.name} to {where}")
+    return 0
+
+
+def _target(profile: Profile) -> str:
+    if profile.transport == "local":
+        return "local"
+    user = f"{profile.ssh_user}@" if profile.ssh_user else ""
+    port = f":{profile.port}" if profile.port is not None else ""
+    return f"{user}{profile.host}{port}"
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    profiles = load_profiles()
+    if args.json:
+        print(json.dumps({name: p.to_json() for name, p in sorted(profiles.items())}, indent=2))
+        return 0
+    if not profiles:
+        print(f"no profiles in {config_path()}; add one with 'jupyter-cc profile add NAME --host HOST'")
+        return 0
+    rows = [("NAME", "TARGET", "TEE", "POLICY", "KBS")]
+    for name, p in sorted(profiles.items()):
+        rows.append((name, _target(p), p.tee, p.policy or "(default)", p.kbs or "-"))
+    widths = [max(len(repr(r[i])) if "\n" in r[i] else len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        cells = [repr(c) if "\n" in c else c for c in row]
+        print("  ".join(c.ljust(w) for c, w in zip(cells[:4], widths, strict=True)) + "  " + cells[4])
+    return 0
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    where = remove_profile(args.name)
+    print(f"removed profile {args.name} from {where}")
+    return 0

@@ -1,0 +1,213 @@
+"""``%cc``, ``%%confidential`` and ``%declassify``: one notebook across ordinary and secure compute.
+
+From an ordinary kernel::
+
+    %cc connect PROFILE          # attest the CVM and start a kernel there (same provisioner code)
+    %cc status | %cc disconnect
+    %%confidential [PROFILE]     # run this cell in the confidential kernel
+    %cc push VAR [--as NAME]     # send a value in (safe codecs)
+    %cc pull VAR [--as NAME]     # bring back only sealed or declassified values
+
+Inside the confidential kernel::
+
+    %declassify VAR [--reason TEXT]   # snapshot VAR as releasable, audited
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+
+from jupyter_cc.errors import CCError
+from jupyter_cc.session import ConfidentialSession, RemoteError, check_name, replay_output
+
+__all__ = ["SessionMagics"]
+
+
+class _Args(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(f"%{self.prog}: {message}; usage: {self.format_usage().strip()}")
+
+
+def _parser(prog: str) -> _Args:
+    return _Args(prog=prog, add_help=False)
+
+
+def _audit(event: str, **fields: Any) -> None:
+    from jupyter_cc import audit
+
+    audit.record(event, **fields)
+
+
+@magics_class
+class SessionMagics(Magics):
+    """Sessions with attested confidential kernels, and moving data across."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.session: ConfidentialSession | None = None
+
+    @property
+    def _ns(self) -> dict[str, Any]:
+        assert self.shell is not None
+        namespace: dict[str, Any] = self.shell.user_ns
+        return namespace
+
+    # --- session ---------------------------------------------------------------------------
+
+    def _connect(self, profile_name: str) -> ConfidentialSession:
+        from jupyter_cc.profiles import get_profile
+
+        try:
+            profile = get_profile(profile_name)
+        except CCError as exc:
+            raise UsageError(f"%cc connect: {exc.diagnostics()}") from None
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        session = ConfidentialSession(profile_name, profile.provisioner_config())
+        try:
+            session.start()
+        except CCError as exc:
+            raise UsageError(f"%cc connect {profile_name}: {exc.diagnostics()}") from None
+        self.session = session
+        state = session.attestation_state
+        label = " (SIMULATED — not a hardware TEE)" if state.get("simulated") else ""
+        verdict = state.get("verdict", {})
+        print(
+            f"connected to {profile_name}: {state.get('evidence_kind')}{label} verified, "
+            f"policy {verdict.get('policy')} passed"
+        )
+        return session
+
+    def _require_session(self, what: str) -> ConfidentialSession:
+        if self.session is None or not self.session.alive:
+            raise UsageError(f"%{what}: no confidential session; run %cc connect PROFILE first")
+        return self.session
+
+    @line_magic
+    def cc(self, line: str) -> Any:
+        """%cc connect PROFILE | status | disconnect | push VAR [--as NAME] | pull VAR [--as NAME]."""
+        words = shlex.split(line)
+        if not words:
+            raise UsageError("%cc: say connect, status, disconnect, push or pull")
+        command, rest = words[0], words[1:]
+        if command == "connect":
+            if len(rest) != 1:
+                raise UsageError("%cc connect: give exactly one PROFILE (see 'jupyter-cc profile list')")
+            self._connect(rest[0])
+            return None
+        if command == "status":
+            if self.session is None:
+                print("not connected")
+                return None
+            state = self.session.attestation_state
+            alive = "running" if self.session.alive else "not running"
+            verdict = state.get("verdict", {})
+            print(
+                f"session {self.session.name}: kernel {alive}; {state.get('evidence_kind')} "
+                f"verified at {state.get('attested_at')} under policy {verdict.get('policy')}"
+            )
+            return None
+        if command == "disconnect":
+            if self.session is not None:
+                self.session.close()
+                print(f"disconnected from {self.session.name}")
+                self.session = None
+            return None
+        if command in ("push", "pull"):
+            parser = _parser(f"cc {command}")
+            parser.add_argument("var")
+            parser.add_argument("--as", dest="name")
+            parser.add_argument("--unsafe-pickle", action="store_true")
+            args = parser.parse_args(rest)
+            return self._push(args) if command == "push" else self._pull(args)
+        raise UsageError(f"%cc: unknown command {command!r}; say connect, status, disconnect, push or pull")
+
+    def _push(self, args: argparse.Namespace) -> None:
+        from jupyter_cc.transfer import pack
+
+        session = self._require_session("cc push")
+        try:
+            name = check_name(args.name or args.var)
+            if args.var not in self._ns:
+                raise UsageError(f"%cc push: there is no variable '{args.var}' here")
+            text = pack(self._ns[args.var], unsafe_pickle=args.unsafe_pickle)
+        except CCError as exc:
+            raise UsageError(f"%cc push: {exc.diagnostics()}") from None
+        code = (
+            "from jupyter_cc.transfer import unpack as __cc_unpack\n"
+            f"{name} = __cc_unpack({text!r}, unsafe_pickle={bool(args.unsafe_pickle)})[0]\n"
+            "del __cc_unpack\n"
+        )
+        reply = session.execute(code, on_output=replay_output)
+        if reply["content"]["status"] != "ok":
+            content = reply["content"]
+            raise RemoteError(
+                content.get("ename", "Error"), content.get("evalue", ""), content.get("traceback", [])
+            )
+        _audit("push", variable=args.var, remote_name=name, session=session.name)
+        print(f"pushed '{args.var}' to the confidential kernel as '{name}'")
+
+    def _pull(self, args: argparse.Namespace) -> None:
+        from jupyter_cc.transfer import unpack
+
+        session = self._require_session("cc pull")
+        try:
+            var = check_name(args.var)
+            name = check_name(args.name or args.var)
+        except CCError as exc:
+            raise UsageError(f"%cc pull: {exc.diagnostics()}") from None
+        expression = f"__import__('jupyter_cc.declassify', fromlist=['export']).export({var!r}, globals())"
+        try:
+            text = session.evaluate(expression)
+        except RemoteError as exc:
+            # The confidential kernel said no (PullRefused): show its one sentence, not a traceback.
+            raise UsageError(f"%cc pull: {exc.evalue}") from None
+        value, meta = unpack(text, unsafe_pickle=args.unsafe_pickle)
+        self._ns[name] = value
+        _audit("pull", variable=var, local_name=name, kind=meta.get("kind"), session=session.name)
+        reason = f" (declassified: {meta['reason']})" if meta.get("reason") else ""
+        print(f"pulled {meta.get('kind', 'value')} '{var}' as '{name}'{reason}")
+
+    @cell_magic
+    def confidential(self, line: str, cell: str) -> None:
+        """%%confidential [PROFILE]: run this cell in the attested confidential kernel."""
+        words = shlex.split(line)
+        if len(words) > 1:
+            raise UsageError("%%confidential: give at most one PROFILE")
+        if words and (self.session is None or self.session.name != words[0] or not self.session.alive):
+            self._connect(words[0])
+        session = self._require_session("%confidential")
+        reply = session.execute(cell, on_output=replay_output)
+        content = reply["content"]
+        if content.get("status") == "error":
+            raise RemoteError(
+                content.get("ename", "Error"), content.get("evalue", ""), content.get("traceback", [])
+            )
+
+    # --- inside the confidential kernel ----------------------------------------------------
+
+    @line_magic
+    def declassify(self, line: str) -> None:
+        """%declassify VAR [--reason TEXT] [--unsafe-pickle]: allow VAR's current value out."""
+        from jupyter_cc.declassify import declassify
+
+        parser = _parser("declassify")
+        parser.add_argument("var")
+        parser.add_argument("--reason", default="")
+        parser.add_argument("--unsafe-pickle", action="store_true")
+        args = parser.parse_args(shlex.split(line))
+        if args.var not in self._ns:
+            raise UsageError(f"%declassify: there is no variable '{args.var}' in this kernel")
+        if not args.reason:
+            raise UsageError("%declassify: say why with --reason TEXT; the reason is kept in the audit log")
+        try:
+            entry = declassify(args.var, self._ns[args.var], args.reason, unsafe_pickle=args.unsafe_pickle)
+        except CCError as exc:
+            raise UsageError(f"%declassify: {exc.diagnostics()}") from None
+        print(f"declassified '{args.var}' ({entry.sha256[:16]}...): {args.reason}")

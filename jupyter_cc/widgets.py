@@ -1,0 +1,267 @@
+"""The attestation card: what ``%attest`` shows, as an ipywidget with an HTML fallback.
+
+One view of an attestation *state*, the dict that :meth:`Attestation.to_json
+<jupyter_cc.remote.attestation.Attestation.to_json>` returns (and the provisioner keeps), or its
+failure form ``{"confidential": False, "passed": False, "error": sentence, "reasons": [...],
+"claims": {...}}``. The card shows the TEE kind and product, the measurement (shortened, the
+full value in a tooltip), the TCB, debug, the policy and its verdict, the GPU if any and the
+time; green when the policy passed, red when it did not (every failed rule listed), amber for a
+simulated TEE, which is always labelled "SIMULATED — not a hardware TEE" (design section 9).
+
+:class:`AttestationCard` is a :class:`ipywidgets.HTML` whose ``_repr_mimebundle_`` carries the
+widget view *and* ``text/html`` and ``text/plain``, so the same output renders in JupyterLab,
+in nbconvert/nbclient output and in frontends without widgets. Every value is HTML-escaped:
+claims come from evidence and are untrusted text until appraised (and even then).
+
+>>> card = AttestationCard({"confidential": False, "passed": False, "error": "no TEE."})
+>>> card.passed
+False
+>>> "no TEE." in card.html
+True
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import ipywidgets as widgets  # type: ignore[import-untyped]
+
+__all__ = ["SIMULATED_BANNER", "AttestationCard", "card_html", "card_text"]
+
+SIMULATED_BANNER = "SIMULATED — not a hardware TEE"
+
+# (border, background, headline colour) per status: readable in light and dark themes because the
+# card sets its own background and text colour.
+_COLOURS = {
+    "passed": ("#1a7f37", "#dafbe1", "#116329"),
+    "simulated": ("#9a6700", "#fff8c5", "#7d4e00"),
+    "failed": ("#cf222e", "#ffebe9", "#a40e26"),
+}
+_MEASUREMENT_KEYS = ("measurement", "mrtd", "x-ms-sevsnpvm-launchmeasurement", "launch_measurement")
+_SHORT_HEAD, _SHORT_TAIL = 12, 8
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return []
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= _SHORT_HEAD + _SHORT_TAIL + 1:
+        return text
+    return f"{text[:_SHORT_HEAD]}…{text[-_SHORT_TAIL:]}"
+
+
+class _View:
+    """The facts the card shows, read defensively from a state dict of either form."""
+
+    def __init__(self, state: Mapping[str, Any]) -> None:
+        self.state = state
+        self.claims = _mapping(state.get("claims"))
+        self.verdict = _mapping(state.get("verdict"))
+        passed = state.get("passed")
+        if not isinstance(passed, bool):
+            passed = bool(self.verdict.get("passed")) and bool(state.get("confidential"))
+        self.passed: bool = passed and not state.get("error")
+        self.simulated = bool(state.get("simulated") or self.claims.get("simulated"))
+        self.status = "failed" if not self.passed else "simulated" if self.simulated else "passed"
+        self.reasons = _strings(state.get("reasons")) or _strings(self.verdict.get("reasons"))
+        error = state.get("error")
+        self.error = str(error) if error else None
+        self.notes = [n for n in _strings(state.get("notes")) if n != SIMULATED_BANNER]
+
+    @property
+    def headline(self) -> str:
+        policy = self.verdict.get("policy")
+        where = f" — {self.state['target']}" if self.state.get("target") else ""
+        if self.passed:
+            return f"✔ Attested: policy '{policy}' passed{where}"
+        if policy and self.reasons:
+            return f"✘ Not attested: policy '{policy}' rejected the TEE{where}"
+        return f"✘ Not attested{where}"
+
+    def tee(self) -> str | None:
+        kind = self.claims.get("tee") or self.state.get("evidence_kind")
+        if not kind:
+            return None
+        product = self.claims.get("product")
+        return f"{kind} ({product})" if product else str(kind)
+
+    def measurement(self) -> str | None:
+        for key in _MEASUREMENT_KEYS:
+            value = self.claims.get(key)
+            if isinstance(value, str) and value:
+                return value
+        return None
+
+    def tcb(self) -> str | None:
+        parts: list[str] = []
+        reported = _mapping(self.claims.get("reported_tcb"))
+        if reported:
+            parts.append(" · ".join(f"{k} {v}" for k, v in reported.items()))
+        for key in ("tcb_status", "tee_tcb_svn"):
+            if self.claims.get(key) is not None:
+                parts.append(f"{key} {self.claims[key]}")
+        return ", ".join(parts) or None
+
+    def debug(self) -> str | None:
+        value = self.claims.get("debug")
+        if value is None:
+            return None
+        return "yes (a debugger can read this TEE's memory)" if value else "no"
+
+    def policy(self) -> str | None:
+        name = self.verdict.get("policy")
+        if not name:
+            return None
+        return f"{name}: {'passed' if self.passed else 'rejected'}"
+
+    def gpu(self) -> str | None:
+        gpu = _mapping(self.state.get("gpu")) or _mapping(self.claims.get("gpu"))
+        if not gpu:
+            return "none" if self.claims else None
+        text = str(gpu.get("tee", "GPU"))
+        if gpu.get("measurements") is not None:
+            text += f", {gpu['measurements']} measurements verified"
+        if gpu.get("debug"):
+            text += ", debug enabled"
+        return text
+
+    def evidence(self) -> str | None:
+        source = self.state.get("source")
+        digest = self.state.get("evidence_sha256")
+        parts = [f"from {source}" if source else "", f"SHA-256 {digest}" if digest else ""]
+        return ", ".join(p for p in parts if p) or None
+
+    def rows(self) -> Iterable[tuple[str, str, bool]]:
+        """(label, value, shorten) for each row that has a value."""
+        rows: list[tuple[str, str | None, bool]] = [
+            ("TEE", self.tee(), False),
+            ("Measurement", self.measurement(), True),
+            ("TCB", self.tcb(), False),
+            ("Debug", self.debug(), False),
+            ("Policy", self.policy(), False),
+            ("GPU", self.gpu(), False),
+            ("Time", self.state.get("attested_at"), False),
+            ("Evidence", self.evidence(), False),
+            ("Saved to", self.state.get("saved_to"), False),
+        ]
+        return [(label, str(value), short) for label, value, short in rows if value]
+
+
+def card_html(state: Mapping[str, Any]) -> str:
+    """The card as self-contained HTML (inline styles, every value escaped)."""
+    view = _View(state)
+    border, background, ink = _COLOURS[view.status]
+    out = [
+        f'<div class="jupyter-cc-attestation jupyter-cc-{view.status}" '
+        f'style="border:2px solid {border};border-radius:6px;background:{background};color:#1f2328;'
+        'padding:8px 12px;margin:4px 0;max-width:60em;font-family:system-ui,sans-serif;font-size:13px">',
+        f'<div style="font-weight:600;font-size:14px;color:{ink}">{_esc(view.headline)}</div>',
+    ]
+    if view.simulated:
+        out.append(
+            '<div class="jupyter-cc-simulated" style="display:inline-block;margin:4px 0;padding:1px 8px;'
+            f'border-radius:4px;background:#9a6700;color:#fff;font-weight:600">{_esc(SIMULATED_BANNER)}</div>'
+        )
+    if view.error and not view.reasons:
+        out.append(f'<div class="jupyter-cc-error" style="margin:4px 0">{_esc(view.error)}</div>')
+    if view.reasons:
+        items = "".join(f"<li><code>{_esc(reason)}</code></li>" for reason in view.reasons)
+        out.append(
+            f'<div style="margin-top:4px">Failed rules:</div><ul class="jupyter-cc-reasons">{items}</ul>'
+        )
+    rows = []
+    for label, value, short in view.rows():
+        cell = (
+            f'<code title="{_esc(value)}">{_esc(_shorten(value))}</code>'
+            if short
+            else f"<span>{_esc(value)}</span>"
+        )
+        rows.append(
+            f'<tr><th style="text-align:left;padding:1px 12px 1px 0;font-weight:600">{_esc(label)}</th>'
+            f'<td style="text-align:left">{cell}</td></tr>'
+        )
+    if rows:
+        out.append(f'<table style="border-collapse:collapse;margin-top:4px">{"".join(rows)}</table>')
+    if view.notes:
+        notes = "".join(f"<li>{_esc(note)}</li>" for note in view.notes)
+        out.append(f'<ul style="color:#59636e;font-size:12px;margin:4px 0 0 0">{notes}</ul>')
+    out.append("</div>")
+    return "".join(out)
+
+
+def card_text(state: Mapping[str, Any]) -> str:
+    """The card as plain text, full values included (for terminals and text-only outputs)."""
+    view = _View(state)
+    lines = [view.headline]
+    if view.simulated:
+        lines.append(SIMULATED_BANNER)
+    if view.error and not view.reasons:
+        lines.append(view.error)
+    lines += [f"  failed: {reason}" for reason in view.reasons]
+    lines += [f"  {label}: {value}" for label, value, _ in view.rows()]
+    lines += [f"  note: {note}" for note in view.notes]
+    return "\n".join(lines)
+
+
+class AttestationCard(widgets.HTML):  # type: ignore[misc]
+    """An attestation state shown as a card; also renders where widgets do not.
+
+    Args:
+        state: an ``Attestation.to_json()`` dict or the failure form (see the module docstring).
+
+    Attributes:
+        state: the state shown (a copy; :meth:`update` replaces it and re-renders).
+    """
+
+    def __init__(self, state: Mapping[str, Any], **kwargs: Any) -> None:
+        self.state: dict[str, Any] = dict(state)
+        super().__init__(value=card_html(self.state), **kwargs)
+
+    def __repr__(self) -> str:
+        view = _View(self.state)
+        return f"AttestationCard(passed={view.passed}, simulated={view.simulated})"
+
+    @property
+    def passed(self) -> bool:
+        """True only when the evidence verified and the policy accepted it."""
+        return _View(self.state).passed
+
+    @property
+    def simulated(self) -> bool:
+        return _View(self.state).simulated
+
+    @property
+    def html(self) -> str:
+        return card_html(self.state)
+
+    @property
+    def text(self) -> str:
+        return card_text(self.state)
+
+    def update(self, state: Mapping[str, Any]) -> None:
+        """Show a newer state (a re-attestation) in the same card, wherever it is displayed."""
+        self.state = dict(state)
+        self.value = card_html(self.state)
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """The widget view plus ``text/html`` and ``text/plain`` fallbacks in one bundle."""
+        data: dict[str, Any] = dict(super()._repr_mimebundle_(**kwargs) or {})
+        data["text/html"] = self.html
+        data["text/plain"] = self.text
+        return data
