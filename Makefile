@@ -9,20 +9,24 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # Real parts the tests start: OpenSSH sshd (a stand-in CVM), swtpm + tpm2-tools (the vTPM).
 APT_PACKAGES := openssh-server openssh-client swtpm swtpm-tools tpm2-tools
 
-.PHONY: demo test lint typecheck pytest bench clean system-deps
+.PHONY: demo demo-verify test lint typecheck pytest bench clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -e .
+	$(PIP) install -e '.[demo]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PIP) install -e '.[test]'
+	$(PIP) install -e '.[test,demo]'
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	@$(VENV)/bin/jupyter-cc kernelspec install-sim --sys-prefix >/dev/null
+	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) examples/run_demo.py
+
+demo-verify: $(VENV)/.installed
 	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/verify-demo.sh
 
 lint: $(VENV)/.installed-test

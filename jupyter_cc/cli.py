@@ -340,7 +340,7 @@ def _cmd_kernelspec_install_sim(args: argparse.Namespace) -> int:
     from jupyter_cc.kernelspec import install, kernelspec, simulated_policy_path
 
     config = {"transport": "local", "tee": "sim", "policy": str(simulated_policy_path())}
-    display = f"Python 3 (Confidential, {SIMULATED_BANNER})"
+    display = "Confidential Python (simulated)"
     where = install(args.name, kernelspec(display, config), user=args.user, prefix=_prefix(args))
     print(f"installed kernelspec {args.name} in {where} ({SIMULATED_BANNER})")
     return 0

@@ -25,6 +25,12 @@ from jupyter_cc.errors import CCError
 __all__ = ["KeyMagics", "KeyRing"]
 
 
+def _audit(event: str, **fields: Any) -> None:
+    from jupyter_cc import audit
+
+    audit.record(event, **fields)
+
+
 class KeyRing:
     """Released keys by name, in kernel memory only."""
 
@@ -97,6 +103,7 @@ class KeyMagics(Magics):
             raise UsageError(f"%release_key: {exc.check} check failed: {exc.diagnostics()}") from None
         name = args.name or _default_name(args.uri)
         self.keys.put(name, key)
+        _audit("release", uri=args.uri, key_id=key.key_id, key_fingerprint=key.fingerprint, policy=key.policy)
         policy = getattr(key, "policy", None) or "the broker's policy"
         print(f"released key '{name}' (id {key.key_id}, fingerprint {key.fingerprint}) allowed by {policy}")
 
@@ -121,6 +128,7 @@ class KeyMagics(Magics):
             except CCError as exc:
                 raise UsageError(f"%seal: {exc.diagnostics()}") from None
             size = Path(args.path).expanduser().stat().st_size
+            _audit("seal", file=str(args.file), to=str(args.path), key_fingerprint=key.fingerprint, size=size)
             what = f"sealed file {args.file} with key '{args.key}' ({key.fingerprint})"
             print(f"{what}: {size} bytes to {args.path}")
             return
@@ -141,6 +149,7 @@ class KeyMagics(Magics):
                 self._ns[f"{args.var}_sealed"] = blob
         except CCError as exc:
             raise UsageError(f"%seal: {exc.diagnostics()}") from None
+        _audit("seal", variable=args.var, to=where, key_fingerprint=key.fingerprint, size=size)
         print(f"sealed '{args.var}' with key '{args.key}' ({key.fingerprint}): {size} bytes to {where}")
 
     @line_magic
@@ -161,6 +170,7 @@ class KeyMagics(Magics):
                 unseal_file(Path(args.source).expanduser(), Path(args.path).expanduser(), key.material)
             except CCError as exc:
                 raise UsageError(f"%unseal: {exc.diagnostics()}") from None
+            _audit("unseal", source=str(args.source), to=str(args.path), key_fingerprint=key.fingerprint)
             print(f"unsealed {args.source} with key '{args.key}' to file {args.path}")
             return
         from jupyter_cc.seal import unseal_value, unseal_value_from_file
@@ -178,4 +188,5 @@ class KeyMagics(Magics):
             raise UsageError(f"%unseal: {exc.diagnostics()}") from None
         name = args.name or default
         self._ns[name] = restored
+        _audit("unseal", source=str(args.source), variable=name, key_fingerprint=key.fingerprint)
         print(f"unsealed {args.source} with key '{args.key}' into '{name}' ({type(restored).__name__})")

@@ -359,7 +359,7 @@ def test_kernelspec_install_cli(tmp_path: Path, capsys) -> None:  # type: ignore
     assert main(["kernelspec", "install-sim", "--prefix", str(prefix)]) == 0
     sim = json.loads((prefix / "share/jupyter/kernels/python3-confidential-sim/kernel.json").read_text())
     assert sim["metadata"]["kernel_provisioner"]["config"]["tee"] == "sim"
-    assert "SIMULATED" in sim["display_name"]
+    assert sim["display_name"] == "Confidential Python (simulated)"
     assert main(["kernelspec", "install", "bad name", "--host", "h", "--prefix", str(prefix)]) == 2
     assert main(["kernelspec", "install", "cc-x", "--prefix", str(prefix)]) == 2
     assert (

@@ -1,0 +1,92 @@
+"""Every notebook in examples/ runs headless (nbclient) against the simulated TEE behind a real
+sshd, with the embedded key broker: what ``make demo`` does, over SSH instead of locally."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jupyter_cc import audit
+from jupyter_cc.kernelspec import simulated_policy_path
+from jupyter_cc.paths import data_dir
+from jupyter_cc.profiles import Profile, save_profile
+
+from sshd import SSHD, Sshd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+import run_demo  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+NOTEBOOKS = sorted((ROOT / "examples").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def cvm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    if not Path(SSHD).exists():
+        from conftest import need_tool
+
+        need_tool("OpenSSH sshd (Debian openssh-server)")
+    folder = tmp_path_factory.mktemp("cvm")
+    env = {
+        "JUPYTER_DATA_DIR": os.environ["JUPYTER_DATA_DIR"],
+        "JUPYTER_CC_AUDIT_LOG": str(folder / "guest-audit.jsonl"),
+    }
+    server = Sshd.create(folder, env=env).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
+def test_notebook_runs_against_the_simulated_cvm(
+    cvm: Sshd, notebook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUPYTER_CC_CONFIG", str(tmp_path / "jupyter_cc.toml"))
+    monkeypatch.setenv("JUPYTER_CC_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    policy = simulated_policy_path()
+    save_profile(
+        Profile(
+            name="cvm-ssh",
+            transport="ssh",
+            host="127.0.0.1",
+            port=cvm.port,
+            identity_file=str(cvm.identity_file),
+            known_hosts=str(cvm.known_hosts),
+            host_key_file=str(cvm.host_pub),
+            policy=str(policy),
+            python=sys.executable,
+            tee="sim",
+            sim_dir=str(data_dir() / "sim"),
+        )
+    )
+    sealed = run_demo.prepare(tmp_path, policy)
+    with run_demo.broker(tmp_path) as kbs:
+        env = {
+            "JUPYTER_CC_CONFIG": str(tmp_path / "jupyter_cc.toml"),
+            "JUPYTER_CC_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
+            "JUPYTER_CC_DEMO_KBS": kbs,
+            "JUPYTER_CC_DEMO_DATA": str(sealed),
+            "JUPYTER_CC_DEMO_PROFILE": "cvm-ssh",
+        }
+        nb = run_demo.execute(notebook, tmp_path / "executed.ipynb", env, tmp_path)
+    text = run_demo.outputs_text(nb)
+    assert "rows analysed: 240" in text
+    assert "neither sealed nor declassified" in text
+    local = [e["event"] for e in audit.read(tmp_path / "audit.jsonl")]
+    assert {"attest", "push", "pull"} <= set(local)
+    guest = [e["event"] for e in audit.read(cvm.dir / "guest-audit.jsonl")]
+    assert {"release", "unseal", "declassify"} <= set(guest)
+    assert audit.verify(tmp_path / "audit.jsonl").ok
+    assert audit.verify(cvm.dir / "guest-audit.jsonl").ok
+    # The card is in the executed notebook, with its HTML fallback for frontends without widgets.
+    html = [
+        o["data"]["text/html"]
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if "text/html" in o.get("data", {})
+    ]
+    assert any("SIMULATED" in h for h in html)
