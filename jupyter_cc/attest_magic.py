@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shlex
 import tempfile
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -39,6 +38,7 @@ from jupyter_cc.attest.binding import NONCE_SIZE, expected_report_data, host_key
 from jupyter_cc.attest.certs import utcnow
 from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bundle
 from jupyter_cc.errors import CCError
+from jupyter_cc.magic_args import MagicArgs, parse_line
 from jupyter_cc.policy import Policy, Verdict, appraise
 from jupyter_cc.remote.attestation import Attestation, PolicyRejected
 from jupyter_cc.remote.guest import GuestTarget
@@ -281,13 +281,8 @@ def _audit(outcome: Outcome) -> Outcome:
     return outcome
 
 
-class _Args(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise UsageError(f"%{self.prog}: {message}; usage: {self.format_usage().strip()}")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Args(prog="attest", add_help=False)
+    parser = MagicArgs("attest")
     parser.add_argument("target", nargs="?", metavar="PROFILE|HOST")
     parser.add_argument("--policy", metavar="FILE")
     parser.add_argument("--json", action="store_true")
@@ -349,10 +344,7 @@ class AttestMagics(Magics):
         ``$JUPYTER_CC_POLICY``, else the safe default (no simulated TEE, no debug).
         """
         parser = _parser()
-        try:
-            args = parser.parse_args(shlex.split(line))
-        except ValueError as exc:
-            raise UsageError(f"%attest: {exc}") from None
+        args = parse_line(parser, line)
         env_policy = os.environ.get("JUPYTER_CC_POLICY") or None
         if args.target:
             target, profile_policy = _resolve(args.target)

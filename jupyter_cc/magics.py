@@ -12,8 +12,6 @@ success and one sentence on failure (no traceback).
 
 from __future__ import annotations
 
-import argparse
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from jupyter_cc.errors import CCError
+from jupyter_cc.magic_args import MagicArgs, parse_line
 
 __all__ = ["KeyMagics", "KeyRing"]
 
@@ -58,18 +57,6 @@ class KeyRing:
         return sorted(self._keys)
 
 
-class _Args(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise UsageError(f"%{self.prog}: {message}; usage: {self.format_usage().strip()}")
-
-
-def _parse(parser: argparse.ArgumentParser, line: str) -> argparse.Namespace:
-    try:
-        return parser.parse_args(shlex.split(line))
-    except ValueError as exc:
-        raise UsageError(f"%{parser.prog}: {exc}") from None
-
-
 def _default_name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1] or "key"
 
@@ -91,10 +78,10 @@ class KeyMagics(Magics):
     @line_magic
     def release_key(self, line: str) -> None:
         """%release_key URI [--as NAME]: release a key to this attested kernel."""
-        parser = _Args(prog="release_key", add_help=False)
+        parser = MagicArgs("release_key")
         parser.add_argument("uri")
         parser.add_argument("--as", dest="name")
-        args = _parse(parser, line)
+        args = parse_line(parser, line)
         from jupyter_cc.keys import release
 
         try:
@@ -110,13 +97,13 @@ class KeyMagics(Magics):
     @line_magic
     def seal(self, line: str) -> None:
         """%seal VAR --key NAME [--to PATH] [--unsafe-pickle] | %seal --file IN --key NAME --to OUT."""
-        parser = _Args(prog="seal", add_help=False)
+        parser = MagicArgs("seal")
         parser.add_argument("var", nargs="?")
         parser.add_argument("--file", dest="file")
         parser.add_argument("--key", required=True)
         parser.add_argument("--to", dest="path")
         parser.add_argument("--unsafe-pickle", action="store_true")
-        args = _parse(parser, line)
+        args = parse_line(parser, line)
         key = self.keys.get(args.key)
         from jupyter_cc.seal import seal_file, seal_value, seal_value_to_file
 
@@ -155,13 +142,13 @@ class KeyMagics(Magics):
     @line_magic
     def unseal(self, line: str) -> None:
         """%unseal PATH|VAR --key NAME [--as VAR | --to FILE] [--unsafe-pickle]: restore sealed data."""
-        parser = _Args(prog="unseal", add_help=False)
+        parser = MagicArgs("unseal")
         parser.add_argument("source")
         parser.add_argument("--key", required=True)
         parser.add_argument("--as", dest="name")
         parser.add_argument("--to", dest="path", help="write the plaintext to this file (streaming)")
         parser.add_argument("--unsafe-pickle", action="store_true")
-        args = _parse(parser, line)
+        args = parse_line(parser, line)
         key = self.keys.get(args.key)
         if args.path:
             from jupyter_cc.seal import unseal_file

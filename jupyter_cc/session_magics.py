@@ -16,25 +16,16 @@ Inside the confidential kernel::
 from __future__ import annotations
 
 import argparse
-import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from jupyter_cc.errors import CCError
+from jupyter_cc.magic_args import MagicArgs, parse_line, words
 from jupyter_cc.session import ConfidentialSession, RemoteError, check_name, replay_output
 
 __all__ = ["SessionMagics"]
-
-
-class _Args(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise UsageError(f"%{self.prog}: {message}; usage: {self.format_usage().strip()}")
-
-
-def _parser(prog: str) -> _Args:
-    return _Args(prog=prog, add_help=False)
 
 
 def _audit(event: str, **fields: Any) -> None:
@@ -92,10 +83,10 @@ class SessionMagics(Magics):
     @line_magic
     def cc(self, line: str) -> Any:
         """%cc connect PROFILE | status | disconnect | push VAR [--as NAME] | pull VAR [--as NAME]."""
-        words = shlex.split(line)
-        if not words:
+        args_words = words(line, "cc")
+        if not args_words:
             raise UsageError("%cc: say connect, status, disconnect, push or pull")
-        command, rest = words[0], words[1:]
+        command, rest = args_words[0], args_words[1:]
         if command == "connect":
             if len(rest) != 1:
                 raise UsageError("%cc connect: give exactly one PROFILE (see 'jupyter-cc profile list')")
@@ -120,7 +111,7 @@ class SessionMagics(Magics):
                 self.session = None
             return None
         if command in ("push", "pull"):
-            parser = _parser(f"cc {command}")
+            parser = MagicArgs(f"cc {command}")
             parser.add_argument("var")
             parser.add_argument("--as", dest="name")
             parser.add_argument("--unsafe-pickle", action="store_true")
@@ -177,11 +168,11 @@ class SessionMagics(Magics):
     @cell_magic
     def confidential(self, line: str, cell: str) -> None:
         """%%confidential [PROFILE]: run this cell in the attested confidential kernel."""
-        words = shlex.split(line)
-        if len(words) > 1:
+        target = words(line, "%confidential")
+        if len(target) > 1:
             raise UsageError("%%confidential: give at most one PROFILE")
-        if words and (self.session is None or self.session.name != words[0] or not self.session.alive):
-            self._connect(words[0])
+        if target and (self.session is None or self.session.name != target[0] or not self.session.alive):
+            self._connect(target[0])
         session = self._require_session("%confidential")
         reply = session.execute(cell, on_output=replay_output)
         content = reply["content"]
@@ -197,11 +188,11 @@ class SessionMagics(Magics):
         """%declassify VAR [--reason TEXT] [--unsafe-pickle]: allow VAR's current value out."""
         from jupyter_cc.declassify import declassify
 
-        parser = _parser("declassify")
+        parser = MagicArgs("declassify")
         parser.add_argument("var")
         parser.add_argument("--reason", default="")
         parser.add_argument("--unsafe-pickle", action="store_true")
-        args = parser.parse_args(shlex.split(line))
+        args = parse_line(parser, line)
         if args.var not in self._ns:
             raise UsageError(f"%declassify: there is no variable '{args.var}' in this kernel")
         if not args.reason:

@@ -173,7 +173,7 @@ def test_outside_a_confidential_kernel_a_target_is_required(
 
 
 def test_usage_errors_are_one_sentence(shell: InteractiveShell, tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="usage: attest"):
+    with pytest.raises(UsageError, match="usage: %attest "):
         shell.run_line_magic("attest", "--bogus")
     with pytest.raises(UsageError, match=r"^%attest: cannot read policy file"):
         shell.run_line_magic("attest", f"--policy {tmp_path / 'nope.toml'}")
