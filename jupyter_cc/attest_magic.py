@@ -49,7 +49,6 @@ __all__ = ["AttestMagics", "Outcome", "attest_here", "attest_target", "register"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # Hardware sources (a vTPM quote, an IMDS round trip) can take seconds: the same minute the
 # provisioner allows.
-_ATTEST_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -185,10 +184,9 @@ def attest_here(
 def attest_target(target: GuestTarget, policy: Policy, *, label: str | None = None) -> Outcome:
     """Open ``target``, attest it over that connection, close it; never raises a :class:`CCError`.
 
-    The bundle is bound to the host key seen in this SSH handshake (design section 6 step 4),
-    as :meth:`GuestLink.attest <jupyter_cc.remote.guest.GuestLink.attest>` does; the request is
-    made here rather than through it because ``--save`` needs the raw bundle, which
-    :class:`~jupyter_cc.remote.attestation.Attestation` does not keep.
+    The bundle is bound to the host key seen in this SSH handshake (design section 6 step 4);
+    :meth:`GuestLink.request_evidence <jupyter_cc.remote.guest.GuestLink.request_evidence>`
+    keeps the raw bundle, which ``--save`` writes.
     """
     where = label or target.host or target.transport
     try:
@@ -196,16 +194,7 @@ def attest_target(target: GuestTarget, policy: Policy, *, label: str | None = No
     except CCError as exc:
         return _failure(f"{exc.check} check failed: {exc.diagnostics()}", target=where, policy=policy.name)
     try:
-        key = link.ssh.host_key if link.ssh is not None else None
-        nonce = os.urandom(NONCE_SIZE)
-        answer = link.agent.request(
-            "attest",
-            nonce=nonce.hex(),
-            host_key_type=key.get_name() if key is not None else None,
-            timeout=_ATTEST_TIMEOUT,
-        )
-        raw = str(answer.get("bundle", "")).encode()
-        digest = host_key_digest(key.asbytes() if key is not None else None)
+        nonce, raw, digest = link.request_evidence()
         return _judge(raw, nonce=nonce, host_key_sha256=digest, policy=policy, target=where)
     except CCError as exc:
         return _failure(f"{exc.check} check failed: {exc.diagnostics()}", target=where, policy=policy.name)

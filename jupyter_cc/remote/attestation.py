@@ -21,7 +21,7 @@ from jupyter_cc.errors import CCError
 from jupyter_cc.policy import Policy, Verdict, appraise
 from jupyter_cc.remote.agent_client import AgentClient
 
-__all__ = ["Attestation", "PolicyRejected", "attest"]
+__all__ = ["Attestation", "PolicyRejected", "attest", "request_evidence"]
 
 
 class PolicyRejected(CCError):
@@ -63,6 +63,18 @@ class Attestation:
         }
 
 
+def request_evidence(agent: AgentClient, *, host_key_type: str | None) -> tuple[bytes, bytes]:
+    """Ask the agent for evidence bound to a fresh nonce; return (nonce, raw bundle bytes).
+
+    Nothing is verified here: :func:`attest` (or a caller keeping the raw bundle, like
+    ``%attest --save``) verifies it against this nonce and the connection's host key.
+    """
+    nonce = os.urandom(NONCE_SIZE)
+    # Hardware sources (a vTPM quote, an IMDS round trip) can take seconds: allow a minute.
+    answer = agent.request("attest", nonce=nonce.hex(), host_key_type=host_key_type, timeout=60.0)
+    return nonce, str(answer.get("bundle", "")).encode()
+
+
 def attest(
     agent: AgentClient,
     *,
@@ -82,10 +94,7 @@ def attest(
         EvidenceError: the evidence is invalid, stale, or bound to another nonce or host key.
         PolicyRejected: genuine evidence that ``policy`` does not accept.
     """
-    nonce = os.urandom(NONCE_SIZE)
-    # Hardware sources (a vTPM quote, an IMDS round trip) can take seconds: allow a minute.
-    answer = agent.request("attest", nonce=nonce.hex(), host_key_type=host_key_type, timeout=60.0)
-    raw = str(answer.get("bundle", "")).encode()
+    nonce, raw = request_evidence(agent, host_key_type=host_key_type)
     bundle = parse_bundle(raw)
     digest = host_key_digest(host_key_blob)
     when = at or utcnow()

@@ -9,10 +9,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from jupyter_cc.attest.binding import host_key_digest
 from jupyter_cc.errors import InputError
 from jupyter_cc.policy import Policy
 from jupyter_cc.remote.agent_client import AgentClient, agent_argv
-from jupyter_cc.remote.attestation import Attestation, attest
+from jupyter_cc.remote.attestation import Attestation, attest, request_evidence
 from jupyter_cc.remote.ssh import SshConnection, SshTarget
 
 __all__ = ["GuestLink", "GuestTarget"]
@@ -87,6 +88,13 @@ class GuestLink:
             host_key_type=key.get_name() if key is not None else None,
             policy=policy,
         )
+
+    def request_evidence(self) -> tuple[bytes, bytes, bytes]:
+        """Unverified evidence for a caller that keeps the raw bundle: (nonce, bundle, host key
+        digest the bundle must bind; 32 zero bytes for the local transport)."""
+        key = self.ssh.host_key if self.ssh is not None else None
+        nonce, raw = request_evidence(self.agent, host_key_type=key.get_name() if key is not None else None)
+        return nonce, raw, host_key_digest(key.asbytes() if key is not None else None)
 
     def close(self) -> None:
         self.agent.close()
