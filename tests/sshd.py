@@ -109,3 +109,17 @@ class Sshd:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+def guest_sshd(folder: Path) -> Sshd:
+    """A started sshd standing in for a CVM, whose sessions use this test run's data dir (so
+    the guest finds the same simulated TEE) and write their own audit log in ``folder``."""
+    if not Path(SSHD).exists():
+        from conftest import need_tool
+
+        need_tool("OpenSSH sshd (Debian openssh-server)")
+    env = {
+        "JUPYTER_DATA_DIR": os.environ["JUPYTER_DATA_DIR"],
+        "JUPYTER_CC_AUDIT_LOG": str(folder / "guest-audit.jsonl"),
+    }
+    return Sshd.create(folder, env=env).start()

@@ -30,7 +30,7 @@ from jupyter_cc.policy import Policy
 from jupyter_cc.remote.guest import GuestTarget
 from jupyter_cc.widgets import SIMULATED_BANNER, AttestationCard
 
-from sshd import Sshd
+from sshd import Sshd, guest_sshd
 
 SIM_POLICY = str(simulated_policy_path())
 AMBER, RED = "#9a6700", "#cf222e"
@@ -207,12 +207,7 @@ def test_unreachable_host_is_a_red_card(shell: InteractiveShell, monkeypatch: py
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    from conftest import need_tool
-    from sshd import SSHD
-
-    if not Path(SSHD).exists():
-        need_tool("OpenSSH sshd (Debian openssh-server)")
-    server = Sshd.create(tmp_path_factory.mktemp("sshd")).start()
+    server = guest_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()
 

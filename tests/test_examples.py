@@ -3,7 +3,6 @@ sshd, with the embedded key broker: what ``make demo`` does, over SSH instead of
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.paths import data_dir
 from jupyter_cc.profiles import Profile, save_profile
 
-from sshd import SSHD, Sshd
+from sshd import Sshd, guest_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -27,16 +26,7 @@ NOTEBOOKS = sorted((ROOT / "examples").glob("*.ipynb"))
 
 @pytest.fixture(scope="module")
 def cvm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    if not Path(SSHD).exists():
-        from conftest import need_tool
-
-        need_tool("OpenSSH sshd (Debian openssh-server)")
-    folder = tmp_path_factory.mktemp("cvm")
-    env = {
-        "JUPYTER_DATA_DIR": os.environ["JUPYTER_DATA_DIR"],
-        "JUPYTER_CC_AUDIT_LOG": str(folder / "guest-audit.jsonl"),
-    }
-    server = Sshd.create(folder, env=env).start()
+    server = guest_sshd(tmp_path_factory.mktemp("cvm"))
     yield server
     server.stop()
 

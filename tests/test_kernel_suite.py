@@ -14,7 +14,7 @@ from jupyter_cc.cli import main
 from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.paths import data_dir
 
-from sshd import SSHD, Sshd
+from sshd import Sshd, guest_sshd
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -60,13 +60,9 @@ class ConfidentialKernelSuite(jupyter_kernel_test.KernelTests):
 
     @classmethod
     def setUpClass(cls) -> None:
-        if not Path(SSHD).exists():
-            from conftest import need_tool
-
-            need_tool("OpenSSH sshd (Debian openssh-server)")
         cls._tmp = tempfile.TemporaryDirectory()
         root = Path(cls._tmp.name)
-        cls._sshd = Sshd.create(root / "sshd").start()
+        cls._sshd = guest_sshd(root / "sshd")
         # Installed with the CLI, as a user would: jupyter-cc kernelspec install ... --prefix.
         status = main(
             [

@@ -7,10 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,9 @@ from jupyter_client.manager import AsyncKernelManager
 
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
 
-from sshd import free_port
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+import run_demo  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,6 +34,7 @@ def cli(*argv: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[str]:
+    """``jupyter-cc kbs serve`` with one key the simulated TEE may have and one it may not."""
     db = str(tmp_path / "kbs" / "kbs.sqlite")
     (tmp_path / "kbs").mkdir()
     (tmp_path / "deny.toml").write_text('name = "hardware-only"\n')
@@ -44,28 +45,8 @@ def broker(tmp_path: Path) -> Iterator[str]:
     for resource, policy in resources:
         done = cli("kbs", "add-key", resource, "--generate", "32", "--policy", policy, "--db", db)
         assert done.returncode == 0, done.stderr
-    port = free_port()
-    with open(tmp_path / "kbs.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_cc", "kbs", "serve", "--port", str(port), "--db", db],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((tmp_path / "kbs.log").read_text()) from None
-                time.sleep(0.1)
-        yield f"kbs://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with run_demo.broker(tmp_path) as url:
+        yield url
 
 
 async def run(kc, code: str) -> tuple[str, dict]:  # type: ignore[no-untyped-def,type-arg]

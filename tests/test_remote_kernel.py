@@ -20,19 +20,14 @@ from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
 from jupyter_cc.paths import data_dir
 from jupyter_cc.provisioner import KernelRefused
 
-from sshd import Sshd, keygen
+from sshd import Sshd, guest_sshd, keygen
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    from conftest import need_tool
-    from sshd import SSHD
-
-    if not Path(SSHD).exists():
-        need_tool("OpenSSH sshd (Debian openssh-server)")
-    server = Sshd.create(tmp_path_factory.mktemp("sshd")).start()
+    server = guest_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()
 
@@ -405,7 +400,7 @@ def _children(pid: int) -> list[int]:
 async def test_killing_sshd_mid_session_shows_the_kernel_dead_and_leaves_nothing(
     tmp_path: Path, kernel_dir: Path
 ) -> None:
-    server = Sshd.create(tmp_path / "sshd").start()
+    server = guest_sshd(tmp_path / "sshd")
     try:
         name = install_spec(kernel_dir, "cc-cut", provisioner_config(server))
         before = set(guest_processes())

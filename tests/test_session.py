@@ -23,24 +23,14 @@ from jupyter_cc.seal import MAGIC
 from jupyter_cc.session import RemoteError
 from jupyter_cc.session_magics import SessionMagics
 
-from sshd import SSHD, Sshd
+from sshd import Sshd, guest_sshd
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    if not Path(SSHD).exists():
-        from conftest import need_tool
-
-        need_tool("OpenSSH sshd (Debian openssh-server)")
-    folder = tmp_path_factory.mktemp("sshd-session")
-    # The guest's own audit log (what a CVM records) lives beside the test's, not in $HOME.
-    guest_env = {
-        "JUPYTER_DATA_DIR": os.environ["JUPYTER_DATA_DIR"],
-        "JUPYTER_CC_AUDIT_LOG": str(folder / "guest-audit.jsonl"),
-    }
-    server = Sshd.create(folder, env=guest_env).start()
+    server = guest_sshd(tmp_path_factory.mktemp("sshd-session"))
     yield server
     server.stop()
 
