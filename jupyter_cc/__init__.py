@@ -13,6 +13,18 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load_ipython_extension"]
 
 
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """jupyter_server's entry point: this package is the server extension (jupyter_cc.server)."""
+    return [{"module": "jupyter_cc"}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    """jupyter_server's loader: register the attestation REST API (jupyter_cc.server.load)."""
+    from jupyter_cc.server import load
+
+    load(serverapp)
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_cc``: the confidential-computing magics (loaded in confidential kernels)."""
     from jupyter_cc.attest_magic import register as register_attest

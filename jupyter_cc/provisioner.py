@@ -107,6 +107,38 @@ class ConfidentialProvisioner(KernelProvisionerBase):
             return self.attestation.to_json()
         return {"confidential": False, "error": self.attestation_error}
 
+    async def reattest(self) -> Attestation:
+        """Re-attest the running kernel now (fresh nonce, same link) and keep the result.
+
+        For the server extension's "re-attest" button. It fails closed like the periodic
+        re-attestation: if the TEE no longer attests, ``attestation`` is cleared,
+        ``attestation_error`` holds the sentence and the kernel is stopped before this raises.
+
+        Raises:
+            CCError: the kernel is not running (nothing is changed), or the re-attestation
+                failed (the kernel was stopped).
+        """
+        if self._link is None or self._pid is None:
+            raise CCError("the confidential kernel is not running, so it cannot be re-attested")
+        try:
+            attestation = await asyncio.to_thread(self._attest_now)
+        except Exception as exc:
+            failure = (
+                exc
+                if isinstance(exc, CCError)
+                else CCError(f"re-attestation failed: unexpected {exc.__class__.__name__} ({exc})")
+            )
+            self.attestation = None
+            self.attestation_error = failure.diagnostics()
+            self.log.error("re-attestation failed, stopping the kernel: %s", failure.diagnostics())
+            await self.kill()
+            if failure is exc:
+                raise
+            raise failure from exc
+        self.attestation = attestation
+        self.attestation_error = None
+        return attestation
+
     # --- KernelProvisionerBase ------------------------------------------------------------
 
     @property
@@ -223,14 +255,9 @@ class ConfidentialProvisioner(KernelProvisionerBase):
             if self._link is None or self._pid is None:
                 return
             try:
-                self.attestation = await asyncio.to_thread(self._attest_now)
-            except CCError as exc:
-                # A TEE that no longer attests is no longer trusted: stop its kernel.
-                self.attestation = None
-                self.attestation_error = exc.diagnostics()
-                self.log.error("re-attestation failed, stopping the kernel: %s", exc.diagnostics())
-                await self.kill()
-                return
+                await self.reattest()
+            except CCError:
+                return  # reattest() already stopped the kernel: a TEE that no longer attests is not trusted
 
     async def _request(self, op: str, **fields: Any) -> dict[str, Any] | None:
         agent = self._link.agent if self._link is not None else None

@@ -61,6 +61,44 @@ def _drain_stderr(channel: paramiko.Channel) -> None:
             log.debug("guest agent: %s", line)
 
 
+class _ChannelStream:
+    """Line reads and writes straight on a paramiko channel.
+
+    paramiko's own file objects flush again when garbage-collected, which fails noisily once
+    the channel is closed; the protocol needs only ``readline`` and ``write``.
+    """
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self._channel = channel
+        self._buffer = bytearray()
+
+    def readline(self, size: int = -1, /) -> bytes:
+        limit = size if size >= 0 else None
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0 and (limit is None or end < limit):
+                line = bytes(self._buffer[: end + 1])
+                del self._buffer[: end + 1]
+                return line
+            if limit is not None and len(self._buffer) >= limit:
+                line = bytes(self._buffer[:limit])
+                del self._buffer[:limit]
+                return line
+            chunk = self._channel.recv(65536)
+            if not chunk:
+                line = bytes(self._buffer)
+                self._buffer.clear()
+                return line
+            self._buffer += chunk
+
+    def write(self, data: bytes, /) -> int:
+        self._channel.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+
 class AgentClient:
     """Requests to one running guest agent."""
 
@@ -91,12 +129,16 @@ class AgentClient:
         channel: paramiko.Channel = connection.exec(argv)
         channel.settimeout(timeout)
         threading.Thread(target=_drain_stderr, args=(channel,), name="cc-agent-stderr", daemon=True).start()
-        reader = channel.makefile("rb")
-        writer = channel.makefile_stdin("wb")
+        stream = _ChannelStream(channel)
+        reader = writer = stream
+
+        def close() -> None:
+            channel.close()
+
         return cls(
             reader,
             writer,
-            closer=channel.close,
+            closer=close,
             what=f"guest agent on {connection.target.host}",
             set_timeout=channel.settimeout,
             timeout=timeout,
