@@ -20,6 +20,7 @@ from typing import Any
 from jupyter_cc.attest.binding import expected_report_data, host_key_digest
 from jupyter_cc.encoding import decode_hex
 from jupyter_cc.errors import CCError, InputError
+from jupyter_cc.guest import server as guest_server
 from jupyter_cc.guest.kernel import GuestKernel
 from jupyter_cc.guest.protocol import (
     PROTOCOL_VERSION,
@@ -146,6 +147,15 @@ class Agent:
     def _stop(self, msg: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "exit_code": self.kernel.stop(now=bool(msg.get("now")))}
 
+    def _start_server(self, msg: dict[str, Any]) -> dict[str, Any]:
+        # A JupyterHub single-user server takes the kernel's place (see jupyter_cc.guest.server).
+        self.kernel, answer = guest_server.start_server_request(self.kernel, msg)
+        return answer
+
+    def _attach(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.kernel, answer = guest_server.attach_request(self.kernel, msg)
+        return answer
+
     def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
         handlers = {
             "hello": self._hello,
@@ -154,6 +164,8 @@ class Agent:
             "poll": self._poll,
             "signal": self._signal,
             "stop": self._stop,
+            "start_server": self._start_server,
+            "attach": self._attach,
         }
         op = msg.get("op")
         handler = handlers.get(op) if isinstance(op, str) else None
@@ -179,4 +191,6 @@ class Agent:
                     return
                 write_message(stdout, self.handle(msg))
         finally:
-            self.kernel.stop(now=True)
+            # A kernel stops with its connection; a Hub's server outlives it, for a restarted
+            # Hub to re-attach (it is stopped by an explicit stop or bye).
+            guest_server.connection_ended(self.kernel)

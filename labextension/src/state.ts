@@ -1,0 +1,337 @@
+/**
+ * Pure state logic of the status bar item and the attestation panel: the REST API's JSON in,
+ * a label, a colour class, a tooltip and "n min ago" out. No JupyterLab imports, no DOM, no
+ * clock of its own (the caller passes `now`), so it is unit-tested under plain Node.
+ */
+
+/** `verdict` of the REST API: did the evidence pass the policy, and if not, why. */
+export interface IVerdict {
+  passed: boolean;
+  policy?: string | null;
+  reasons?: string[] | null;
+}
+
+/**
+ * `GET /jupyter-cc/api/kernels/<id>` and `POST .../attest` (jupyter_cc.server.state).
+ * A refused or no-longer-trusted confidential kernel is `confidential: false` with `error`.
+ */
+export interface IKernelAttestation {
+  kernel_id?: string | null;
+  confidential: boolean;
+  simulated?: boolean | null;
+  evidence_kind?: string | null;
+  verdict?: IVerdict | null;
+  claims?: { [key: string]: unknown } | null;
+  attested_at?: string | null;
+  evidence_sha256?: string | null;
+  source?: string | null;
+  gpu?: { [key: string]: unknown } | null;
+  error?: string | null;
+}
+
+/** One entry of `GET /jupyter-cc/api/audit?limit=N`. */
+export interface IAuditEntry {
+  seq?: number;
+  time?: string;
+  event?: string;
+  [key: string]: unknown;
+}
+
+/** What the status bar shows, in increasing order of alarm. */
+export type Level =
+  | 'verified'
+  | 'simulated'
+  | 'none'
+  | 'pending'
+  | 'unknown'
+  | 'failed';
+
+/** Where the kernel behind the active notebook or console stands. */
+export type KernelPhase = 'none' | 'starting' | 'running' | 'dead';
+
+export interface IStatusInput {
+  /** Is a kernel there, and is it up? */
+  phase: KernelPhase;
+  /** Does the session's kernelspec name the confidential provisioner (null: not known)? */
+  specConfidential: boolean | null;
+  /** The kernel's display name, for tooltips. */
+  kernelName?: string;
+  /** The last answer of the REST API for this kernel, if any. */
+  attestation: IKernelAttestation | null;
+  /** Why the last REST call failed, if it did. */
+  fetchError?: string | null;
+  /** A confidential kernel's start was refused (the kernel never came up). */
+  startFailed?: string | null;
+  /** Milliseconds since the epoch. */
+  now: number;
+}
+
+export interface IStatusView {
+  level: Level;
+  /** The status bar text (after the lock icon). */
+  label: string;
+  /** CSS class for the colour: `jp-cc-level-<level>`. */
+  className: string;
+  tooltip: string;
+  /** Should the icon be a closed lock (verified or simulated)? */
+  locked: boolean;
+}
+
+export const SIMULATED_BANNER = 'SIMULATED — not a hardware TEE';
+
+/** "SEV-SNP", "TDX", ... for an evidence kind (design section 4). */
+export function teeName(kind: string | null | undefined): string {
+  switch (kind) {
+    case 'snp':
+    case 'az-snp-vtpm':
+    case 'sim-snp':
+      return 'SEV-SNP';
+    case 'tdx':
+    case 'az-tdx-vtpm':
+      return 'TDX';
+    case 'maa':
+      return 'Azure Attestation';
+    case 'nvidia':
+      return 'NVIDIA CC';
+    case null:
+    case undefined:
+    case '':
+      return 'TEE';
+    default:
+      return kind.toUpperCase();
+  }
+}
+
+/** The evidence kind of an attestation: `evidence_kind`, else `claims.tee`. */
+export function evidenceKind(att: IKernelAttestation | null): string | null {
+  if (!att) {
+    return null;
+  }
+  if (att.evidence_kind) {
+    return att.evidence_kind;
+  }
+  const tee = att.claims ? att.claims['tee'] : undefined;
+  return typeof tee === 'string' ? tee : null;
+}
+
+/** Milliseconds since the epoch of an ISO-8601 time, or null when absent or unreadable. */
+export function parseTime(iso: string | null | undefined): number | null {
+  if (!iso) {
+    return null;
+  }
+  const t = Date.parse(iso);
+  return Number.isNaN(t) ? null : t;
+}
+
+/** "just now", "1 min ago", "5 min ago", "2 h ago", "3 d ago" (a clock skew reads "just now"). */
+export function relativeTime(iso: string | null | undefined, now: number): string | null {
+  const t = parseTime(iso);
+  if (t === null) {
+    return null;
+  }
+  const seconds = Math.max(0, Math.floor((now - t) / 1000));
+  if (seconds < 60) {
+    return 'just now';
+  }
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) {
+    return `${minutes} min ago`;
+  }
+  const hours = Math.floor(minutes / 60);
+  if (hours < 48) {
+    return `${hours} h ago`;
+  }
+  return `${Math.floor(hours / 24)} d ago`;
+}
+
+/** Did a trusted attestation come back (confidential and a verdict that passed, no error)? */
+export function isTrusted(att: IKernelAttestation | null): boolean {
+  return (
+    !!att &&
+    att.confidential === true &&
+    !att.error &&
+    !!att.verdict &&
+    att.verdict.passed === true
+  );
+}
+
+/** The failed policy rules and errors of an attestation, one sentence each. */
+export function failureReasons(att: IKernelAttestation | null): string[] {
+  if (!att) {
+    return [];
+  }
+  const out: string[] = [];
+  if (att.error) {
+    out.push(att.error);
+  }
+  if (att.verdict && att.verdict.passed === false) {
+    for (const r of att.verdict.reasons || []) {
+      if (typeof r === 'string' && !out.includes(r)) {
+        out.push(r);
+      }
+    }
+  }
+  return out;
+}
+
+function view(level: Level, label: string, tooltip: string): IStatusView {
+  return {
+    level,
+    label,
+    className: `jp-cc-level-${level}`,
+    tooltip,
+    locked: level === 'verified' || level === 'simulated'
+  };
+}
+
+/** The status bar's view of the active kernel. */
+export function statusView(input: IStatusInput): IStatusView {
+  const who = input.kernelName ? `${input.kernelName}: ` : '';
+  if (input.startFailed) {
+    return view(
+      'failed',
+      'attestation FAILED',
+      `The confidential kernel was refused at start: ${input.startFailed}.`
+    );
+  }
+  const att = input.attestation;
+  if (input.phase === 'none') {
+    return view('none', 'no kernel', 'No kernel is running for this document.');
+  }
+  if (input.phase === 'starting' && !att) {
+    return input.specConfidential
+      ? view(
+          'pending',
+          'attesting…',
+          `${who}the confidential kernel is starting; its attestation is checked before it runs code.`
+        )
+      : view('pending', 'kernel starting', `${who}the kernel is starting.`);
+  }
+  if (!att) {
+    if (input.fetchError) {
+      return view(
+        'unknown',
+        'attestation unknown',
+        `${who}the attestation API did not answer: ${input.fetchError}`
+      );
+    }
+    return view('pending', 'checking…', `${who}asking the server for the attestation.`);
+  }
+  if (isTrusted(att)) {
+    const ago = relativeTime(att.attested_at, input.now);
+    const policy = att.verdict && att.verdict.policy ? att.verdict.policy : 'the policy';
+    const when = att.attested_at ? ` at ${att.attested_at}` : '';
+    if (att.simulated) {
+      return view(
+        'simulated',
+        'SIMULATED',
+        `${who}${SIMULATED_BANNER}. Evidence ${evidenceKind(att) || 'sim'} passed ${policy}` +
+          `${when}${ago ? ` (${ago})` : ''}. Click for the attestation.`
+      );
+    }
+    const tee = teeName(evidenceKind(att));
+    return view(
+      'verified',
+      ago ? `${tee} · verified ${ago}` : `${tee} · verified`,
+      `${who}running in a verified ${tee} TEE; evidence passed ${policy}${when}. ` +
+        'Click for the attestation.'
+    );
+  }
+  const reasons = failureReasons(att);
+  if (reasons.length > 0 || att.confidential || input.specConfidential) {
+    const why = reasons.length > 0 ? reasons.join('; ') : 'no passed policy verdict';
+    return view('failed', 'attestation FAILED', `${who}the kernel is NOT trusted: ${why}`);
+  }
+  if (input.phase === 'dead') {
+    return view('none', 'not confidential', `${who}the kernel is not running.`);
+  }
+  return view(
+    'none',
+    'not confidential',
+    `${who}this kernel does not run in an attested TEE.`
+  );
+}
+
+/** The rows of the panel's claims table: [name, text], nested values flattened with dots. */
+export function claimRows(
+  claims: { [key: string]: unknown } | null | undefined
+): Array<[string, string]> {
+  const rows: Array<[string, string]> = [];
+  const walk = (prefix: string, value: unknown): void => {
+    if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+      const entries = Object.entries(value as { [key: string]: unknown });
+      if (entries.length === 0) {
+        rows.push([prefix, '{}']);
+      }
+      for (const [k, v] of entries) {
+        walk(prefix ? `${prefix}.${k}` : k, v);
+      }
+      return;
+    }
+    rows.push([prefix, formatValue(value)]);
+  };
+  if (claims) {
+    for (const [k, v] of Object.entries(claims)) {
+      if (k === 'gpu') {
+        continue; // shown in its own section
+      }
+      walk(k, v);
+    }
+  }
+  return rows;
+}
+
+/** One claim value as text (never HTML). */
+export function formatValue(value: unknown): string {
+  if (value === null || value === undefined) {
+    return '—';
+  }
+  if (typeof value === 'string') {
+    return value;
+  }
+  if (typeof value === 'number' || typeof value === 'boolean') {
+    return String(value);
+  }
+  return JSON.stringify(value);
+}
+
+/** The audit entries of `GET audit` (`{entries: [...]}` or a bare list), newest first. */
+export function auditEntries(body: unknown): IAuditEntry[] {
+  let list: unknown = body;
+  if (body && typeof body === 'object' && !Array.isArray(body)) {
+    list = (body as { entries?: unknown }).entries;
+  }
+  if (!Array.isArray(list)) {
+    return [];
+  }
+  const entries = list.filter(
+    (e): e is IAuditEntry => !!e && typeof e === 'object' && !Array.isArray(e)
+  );
+  return entries.slice().reverse();
+}
+
+/** One audit entry as a line: the fields other than seq/time/event, as `key=value`. */
+export function auditSummary(entry: IAuditEntry): string {
+  const skip = new Set(['seq', 'time', 'event', 'prev', 'hash', 'mac']);
+  const parts: string[] = [];
+  for (const [k, v] of Object.entries(entry)) {
+    if (skip.has(k) || v === null || v === undefined || v === '') {
+      continue;
+    }
+    parts.push(`${k}=${formatValue(v)}`);
+  }
+  return parts.join(' ');
+}
+
+/** Does a kernelspec (its `metadata`) name the confidential provisioner? */
+export function specIsConfidential(
+  metadata: { [key: string]: unknown } | null | undefined
+): boolean {
+  const prov = metadata ? metadata['kernel_provisioner'] : undefined;
+  return (
+    !!prov &&
+    typeof prov === 'object' &&
+    (prov as { provisioner_name?: unknown }).provisioner_name ===
+      'confidential-provisioner'
+  );
+}

@@ -1,0 +1,194 @@
+// Unit tests of the pure state logic (node:test, no browser): `jlpm test`.
+import { strict as assert } from 'node:assert';
+import { describe, it } from 'node:test';
+
+import {
+  IKernelAttestation,
+  IStatusInput,
+  auditEntries,
+  auditSummary,
+  claimRows,
+  failureReasons,
+  relativeTime,
+  specIsConfidential,
+  statusView,
+  teeName
+} from '../src/state';
+
+const NOW = Date.parse('2026-03-01T12:00:00Z');
+
+function verified(over: Partial<IKernelAttestation> = {}): IKernelAttestation {
+  return {
+    kernel_id: 'k1',
+    confidential: true,
+    simulated: false,
+    evidence_kind: 'snp',
+    verdict: { passed: true, policy: 'prod', reasons: [] },
+    claims: { tee: 'snp', measurement: 'ab'.repeat(48), debug: false },
+    attested_at: '2026-03-01T11:58:00Z',
+    gpu: null,
+    error: null,
+    ...over
+  };
+}
+
+function input(over: Partial<IStatusInput> = {}): IStatusInput {
+  return {
+    phase: 'running',
+    specConfidential: true,
+    attestation: null,
+    now: NOW,
+    ...over
+  };
+}
+
+describe('relativeTime', () => {
+  it('reads seconds as just now and skew as just now', () => {
+    assert.equal(relativeTime('2026-03-01T11:59:30Z', NOW), 'just now');
+    assert.equal(relativeTime('2026-03-01T12:05:00Z', NOW), 'just now');
+  });
+  it('counts minutes, hours and days', () => {
+    assert.equal(relativeTime('2026-03-01T11:58:00Z', NOW), '2 min ago');
+    assert.equal(relativeTime('2026-03-01T11:59:00Z', NOW), '1 min ago');
+    assert.equal(relativeTime('2026-03-01T09:00:00Z', NOW), '3 h ago');
+    assert.equal(relativeTime('2026-02-25T12:00:00Z', NOW), '4 d ago');
+  });
+  it('accepts microseconds and offsets, refuses garbage', () => {
+    assert.equal(relativeTime('2026-03-01T11:49:59.123456+00:00', NOW), '10 min ago');
+    assert.equal(relativeTime('not a time', NOW), null);
+    assert.equal(relativeTime(null, NOW), null);
+  });
+});
+
+describe('teeName', () => {
+  it('names the CPU TEE of each evidence kind', () => {
+    assert.equal(teeName('snp'), 'SEV-SNP');
+    assert.equal(teeName('az-snp-vtpm'), 'SEV-SNP');
+    assert.equal(teeName('sim-snp'), 'SEV-SNP');
+    assert.equal(teeName('tdx'), 'TDX');
+    assert.equal(teeName('az-tdx-vtpm'), 'TDX');
+    assert.equal(teeName(null), 'TEE');
+  });
+});
+
+describe('statusView', () => {
+  it('shows a verified SEV-SNP kernel with its age', () => {
+    const v = statusView(input({ attestation: verified() }));
+    assert.equal(v.level, 'verified');
+    assert.equal(v.label, 'SEV-SNP · verified 2 min ago');
+    assert.equal(v.className, 'jp-cc-level-verified');
+    assert.equal(v.locked, true);
+    assert.match(v.tooltip, /prod/);
+  });
+  it('shows TDX without a time when attested_at is missing', () => {
+    const v = statusView(
+      input({ attestation: verified({ evidence_kind: null, claims: { tee: 'az-tdx-vtpm' }, attested_at: null }) })
+    );
+    assert.equal(v.label, 'TDX · verified');
+  });
+  it('labels the simulated TEE SIMULATED, never verified hardware', () => {
+    const v = statusView(
+      input({ attestation: verified({ simulated: true, evidence_kind: 'sim-snp', claims: { tee: 'sim-snp' } }) })
+    );
+    assert.equal(v.level, 'simulated');
+    assert.equal(v.label, 'SIMULATED');
+    assert.match(v.tooltip, /not a hardware TEE/);
+    assert.equal(v.locked, true);
+  });
+  it('shows a refused confidential kernel as attestation FAILED with the reason', () => {
+    const att: IKernelAttestation = {
+      confidential: false,
+      error: 'policy default refused the evidence: allow_simulated'
+    };
+    const v = statusView(input({ attestation: att }));
+    assert.equal(v.level, 'failed');
+    assert.equal(v.label, 'attestation FAILED');
+    assert.match(v.tooltip, /allow_simulated/);
+    assert.equal(v.locked, false);
+  });
+  it('fails closed on confidential without a passed verdict', () => {
+    const v = statusView(
+      input({ attestation: verified({ verdict: { passed: false, policy: 'p', reasons: ['debug'] } }) })
+    );
+    assert.equal(v.label, 'attestation FAILED');
+    assert.match(v.tooltip, /debug/);
+  });
+  it('shows a plain kernel as not confidential', () => {
+    const v = statusView(
+      input({ specConfidential: false, attestation: { confidential: false, error: null } })
+    );
+    assert.equal(v.level, 'none');
+    assert.equal(v.label, 'not confidential');
+  });
+  it('shows a start refusal as attestation FAILED', () => {
+    const v = statusView(input({ phase: 'none', startFailed: 'the kernel did not start' }));
+    assert.equal(v.label, 'attestation FAILED');
+  });
+  it('shows attesting while a confidential kernel starts, then unknown on API errors', () => {
+    assert.equal(statusView(input({ phase: 'starting' })).label, 'attesting…');
+    assert.equal(
+      statusView(input({ phase: 'starting', specConfidential: false })).label,
+      'kernel starting'
+    );
+    const v = statusView(input({ fetchError: '404 Not Found' }));
+    assert.equal(v.level, 'unknown');
+    assert.match(v.tooltip, /404/);
+  });
+  it('shows no kernel', () => {
+    assert.equal(statusView(input({ phase: 'none' })).label, 'no kernel');
+  });
+});
+
+describe('panel helpers', () => {
+  it('flattens claims into rows, nested with dots, gpu left out', () => {
+    const rows = claimRows({
+      tee: 'snp',
+      reported_tcb: { bootloader: 3, snp: 20 },
+      rtmr: ['a', 'b'],
+      gpu: { x: 1 },
+      host_data: null
+    });
+    assert.deepEqual(rows, [
+      ['tee', 'snp'],
+      ['reported_tcb.bootloader', '3'],
+      ['reported_tcb.snp', '20'],
+      ['rtmr', '["a","b"]'],
+      ['host_data', '—']
+    ]);
+  });
+  it('lists failure reasons once each', () => {
+    assert.deepEqual(
+      failureReasons({
+        confidential: false,
+        error: 'e',
+        verdict: { passed: false, reasons: ['e', 'r'] }
+      }),
+      ['e', 'r']
+    );
+    assert.deepEqual(failureReasons(verified()), []);
+  });
+  it('reads audit answers newest first, in either shape', () => {
+    const e = [
+      { seq: 1, time: 't1', event: 'attest' },
+      { seq: 2, time: 't2', event: 'release', target: 'k', prev: 'x' }
+    ];
+    assert.deepEqual(
+      auditEntries({ entries: e, limit: 20 }).map(x => x.seq),
+      [2, 1]
+    );
+    assert.deepEqual(
+      auditEntries(e).map(x => x.seq),
+      [2, 1]
+    );
+    assert.deepEqual(auditEntries({ message: 'no' }), []);
+    assert.equal(auditSummary(e[1]), 'target=k');
+  });
+  it('recognises confidential kernelspecs by their provisioner', () => {
+    assert.equal(
+      specIsConfidential({ kernel_provisioner: { provisioner_name: 'confidential-provisioner' } }),
+      true
+    );
+    assert.equal(specIsConfidential({ kernel_provisioner: { provisioner_name: 'local-provisioner' } }), false);
+    assert.equal(specIsConfidential(undefined), false);
+  });
+});

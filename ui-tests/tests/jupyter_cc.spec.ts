@@ -1,0 +1,140 @@
+/**
+ * jupyter-cc in a real JupyterLab (galata + Debian Chromium): the status bar item, the
+ * attestation panel, re-attestation, and a kernel whose policy refuses the simulated TEE.
+ *
+ * The server (jupyter_server_test_config.py) has two confidential kernelspecs: `cc-sim`
+ * (simulated TEE, a policy that allows it) and `cc-sim-refused` (no policy: the default one
+ * refuses the simulated TEE at start). Screenshots go to ui-tests/screenshots/.
+ */
+import { expect, test } from '@jupyterlab/galata';
+import * as fs from 'fs';
+import * as path from 'path';
+
+const SHOTS = path.join(__dirname, '..', 'screenshots');
+fs.mkdirSync(SHOTS, { recursive: true });
+
+// A confidential kernel attests before it runs code: allow it more than galata's default.
+test.setTimeout(180 * 1000);
+
+test.use({ autoGoto: true });
+
+test.describe('jupyter-cc labextension', () => {
+  test('activates and offers its commands', async ({ page }) => {
+    const logs: string[] = [];
+    page.on('console', message => logs.push(message.text()));
+    await page.reload();
+    await page.waitForSelector('#jupyterlab-splash', { state: 'detached' });
+    await expect
+      .poll(() => logs.filter(s => s === 'jupyter-cc-labextension is activated').length)
+      .toBe(1);
+    const ids = await page.evaluate(() => window.jupyterapp.commands.listCommands());
+    expect(ids).toContain('jupyter-cc:show-attestation');
+    expect(ids).toContain('jupyter-cc:reattest');
+  });
+
+  test('the launcher marks confidential kernels with a lock', async ({ page }) => {
+    await page.evaluate(() => window.jupyterapp.commands.execute('launcher:create'));
+    const launcher = page.locator('.jp-Launcher').filter({ visible: true }).last();
+    const card = launcher.locator('.jp-LauncherCard[title="Confidential Python (simulated)"]').first();
+    await expect(card).toBeVisible();
+    await expect(card).toHaveAttribute('data-jp-cc-confidential', 'true');
+    const plain = launcher.locator('.jp-LauncherCard[data-category="Notebook"][title="Python 3 (ipykernel)"]');
+    await expect(plain).toBeVisible();
+    await expect(plain).not.toHaveAttribute('data-jp-cc-confidential', 'true');
+    await launcher.screenshot({ path: path.join(SHOTS, 'launcher.png') });
+  });
+
+  test('simulated kernel: status bar, panel, re-attest, then a refused kernel', async ({ page }) => {
+    await page.notebook.createNew('cc-sim.ipynb', { kernel: 'cc-sim' });
+
+    // Status bar: the lock item says SIMULATED once the kernel has attested.
+    const item = page.locator('.jp-cc-StatusItem');
+    await expect(item).toBeVisible();
+    await expect(item).toContainText('SIMULATED', { timeout: 120 * 1000 });
+    await expect(item).toHaveAttribute('data-cc-level', 'simulated');
+    await expect(item).toHaveAttribute('title', /not a hardware TEE/);
+    await item.screenshot({ path: path.join(SHOTS, 'status-bar-simulated.png') });
+    await page.locator('#jp-main-statusbar').screenshot({ path: path.join(SHOTS, 'status-bar.png') });
+
+    // The kernel runs code (it is a real ipykernel behind the attestation).
+    await page.notebook.setCell(0, 'code', '6 * 7');
+    await page.notebook.runCell(0);
+    await expect(page.locator('.jp-OutputArea-output').first()).toContainText('42');
+
+    // Panel, from the status item.
+    await item.click();
+    const panel = page.locator('.jp-cc-Panel');
+    await expect(panel).toBeVisible();
+    await expect(panel.locator('.jp-cc-Panel-status')).toHaveText('SIMULATED');
+    await expect(panel.locator('.jp-cc-banner')).toContainText('not a hardware TEE');
+    await expect(panel.locator('.jp-cc-verdict-passed')).toContainText('PASSED');
+    const measurement = panel.locator('tr[data-claim="measurement"] td');
+    await expect(measurement).toHaveText(/^[0-9a-f]{32,}$/);
+    const hex = (await measurement.textContent()) || '';
+    console.log(`simulated measurement: ${hex}`);
+    await expect(panel.locator('tr[data-claim="tee"] td')).toHaveText('sim-snp');
+    await expect(panel).toContainText('Recent audit entries');
+    await panel.screenshot({ path: path.join(SHOTS, 'panel.png') });
+
+    // Re-attest: a fresh attestation, so the time changes (attested_at has second resolution).
+    const when = panel.locator('tr[data-field="attested at"] td');
+    const before = (await when.textContent()) || '';
+    expect(before).toMatch(/^20\d\d-/);
+    await page.waitForTimeout(1500);
+    await panel.locator('button.jp-cc-reattest').click();
+    await expect(when).not.toHaveText(before, { timeout: 60 * 1000 });
+    await expect(panel.locator('.jp-cc-Panel-status')).toHaveText('SIMULATED');
+    await expect(panel.locator('.jp-cc-audit')).toContainText('attest');
+    await panel.screenshot({ path: path.join(SHOTS, 'panel-reattested.png') });
+
+    // Restart: the kernel attests again, so the item comes back SIMULATED with a new time.
+    const beforeRestart = (await when.textContent()) || '';
+    await page.waitForTimeout(1100);
+    await page.notebook.activate('cc-sim.ipynb');
+    await page.evaluate(() => {
+      void window.jupyterapp.commands.execute('kernelmenu:restart');
+    });
+    await page.click('.jp-Dialog .jp-mod-accept');
+    await expect(when).not.toHaveText(beforeRestart, { timeout: 120 * 1000 });
+    await expect(item).toContainText('SIMULATED', { timeout: 120 * 1000 });
+
+    // The command palette command opens the same panel.
+    await page.evaluate(() => window.jupyterapp.commands.execute('jupyter-cc:show-attestation'));
+    await expect(page.locator('.jp-cc-Panel')).toHaveCount(1);
+
+    // Switch the notebook to the kernel whose policy refuses the simulated TEE.
+    // (Kernel > Change Kernel…: the split view hides the toolbar's kernel name in its overflow.)
+    await page.notebook.activate('cc-sim.ipynb');
+    await page.evaluate(() => {
+      void window.jupyterapp.commands.execute('kernelmenu:change');
+    });
+    const select = page.locator('.jp-Dialog').getByRole('combobox');
+    await select.selectOption('{"name":"cc-sim-refused"}');
+    await page.click('.jp-Dialog .jp-mod-accept');
+
+    const error = page.locator('.jp-Dialog', { hasText: 'Error Starting Kernel' });
+    await expect(error).toBeVisible({ timeout: 120 * 1000 });
+    await expect(error).toContainText('allow_simulated');
+    await error.screenshot({ path: path.join(SHOTS, 'refused-dialog.png') });
+    await error.locator('.jp-mod-accept').click();
+
+    await expect(item).toContainText('attestation FAILED');
+    await expect(item).toHaveAttribute('data-cc-level', 'failed');
+    await item.screenshot({ path: path.join(SHOTS, 'status-bar-failed.png') });
+    await page.locator('#jp-main-statusbar').screenshot({ path: path.join(SHOTS, 'status-bar-failed-full.png') });
+  });
+
+  test('a plain kernel is not confidential', async ({ page }) => {
+    const specs = await page.evaluate(async () => {
+      const m = window.jupyterapp.serviceManager.kernelspecs;
+      await m.ready;
+      return Object.keys(m.specs?.kernelspecs ?? {});
+    });
+    expect(specs).toContain('python3'); // ipykernel's own kernelspec, installed with it
+    await page.notebook.createNew('plain.ipynb', { kernel: 'python3' });
+    const item = page.locator('.jp-cc-StatusItem');
+    await expect(item).toContainText('not confidential', { timeout: 60 * 1000 });
+    await expect(item).toHaveAttribute('data-cc-level', 'none');
+  });
+});
+
