@@ -49,6 +49,7 @@ from jupyter_cc.kernelspec import kernelspec
 from jupyter_cc.policy import Policy
 from jupyter_cc.remote.attestation import Attestation
 from jupyter_cc.remote.guest import GuestLink, GuestTarget
+from jupyter_cc.remote.ssh import relay
 
 __all__ = ["AttestedSSHSpawner", "SpawnRefused", "confidential_kernels"]
 
@@ -79,44 +80,7 @@ def _relay(channel: paramiko.Channel, address: tuple[str, int]) -> None:
         channel.close()
         return
     sock.settimeout(None)
-    done = threading.Event()
-
-    def finish() -> None:
-        if not done.is_set():
-            done.set()
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            try:
-                channel.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                pass
-
-    def upstream() -> None:
-        try:
-            while True:
-                data = channel.recv(65536)
-                if not data:
-                    break
-                sock.sendall(data)
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
-        finally:
-            finish()
-
-    threading.Thread(target=upstream, name="cc-hub-api-up", daemon=True).start()
-    try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            channel.sendall(data)
-    except (OSError, EOFError, paramiko.SSHException):
-        pass
-    finally:
-        finish()
-        sock.close()
+    relay(sock, channel, name="cc-hub-api-up")
 
 
 def _hub_api_address(api_url: str) -> tuple[str, int]:

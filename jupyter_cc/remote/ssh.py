@@ -28,7 +28,7 @@ import paramiko
 
 from jupyter_cc.errors import CCError, InputError
 
-__all__ = ["SshConnection", "SshError", "SshTarget", "remote_command"]
+__all__ = ["SshConnection", "SshError", "SshTarget", "relay", "remote_command"]
 
 log = logging.getLogger("jupyter_cc.remote")
 
@@ -84,6 +84,63 @@ def _load_private_key(path: str) -> paramiko.PKey:
     raise InputError(f"the identity file {path} is not an Ed25519, ECDSA or RSA private key")
 
 
+def relay(
+    sock: socket.socket,
+    channel: paramiko.Channel,
+    *,
+    stop: threading.Event | None = None,
+    name: str = "cc-relay",
+) -> None:
+    """Copy bytes both ways between a local socket and an SSH channel until either side ends.
+
+    Two blocking pumps rather than select(): Channel.fileno() makes a pipe that paramiko may
+    close twice, and a second os.close() can hit a descriptor already reused by another
+    connection's socket. ``stop`` ends the relay early (a forward being closed). Closes both.
+    """
+    stop = stop or threading.Event()
+    done = threading.Event()
+
+    def finish() -> None:
+        if done.is_set():
+            return
+        done.set()
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            channel.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the transport is already gone
+
+    def upstream() -> None:
+        try:
+            while not stop.is_set():
+                data = sock.recv(262144)
+                if not data:
+                    break
+                channel.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # either side went away: the relay ends, nothing to report
+        finally:
+            finish()
+
+    up = threading.Thread(target=upstream, name=name, daemon=True)
+    up.start()
+    try:
+        while not stop.is_set():
+            data = channel.recv(262144)
+            if not data:
+                break
+            sock.sendall(data)
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+    finally:
+        finish()
+        up.join(timeout=5)
+        sock.close()
+
+
 class _Forward:
     """One local listener relaying each accepted connection to a port inside the guest."""
 
@@ -118,50 +175,7 @@ class _Forward:
             threading.Thread(target=self._relay, args=(sock, channel), daemon=True).start()
 
     def _relay(self, sock: socket.socket, channel: paramiko.Channel) -> None:
-        # Two blocking pumps rather than select(): Channel.fileno() makes a pipe that paramiko
-        # may close twice, and a second os.close() can hit a descriptor already reused by
-        # another connection's socket.
-        done = threading.Event()
-
-        def finish() -> None:
-            if done.is_set():
-                return
-            done.set()
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            try:
-                channel.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                pass  # the transport is already gone
-
-        def upstream() -> None:
-            try:
-                while not self._closed.is_set():
-                    data = sock.recv(262144)
-                    if not data:
-                        break
-                    channel.sendall(data)
-            except (OSError, EOFError, paramiko.SSHException):
-                pass  # either side went away: the relay ends, nothing to report
-            finally:
-                finish()
-
-        up = threading.Thread(target=upstream, name=f"cc-up-{self.remote_port}", daemon=True)
-        up.start()
-        try:
-            while not self._closed.is_set():
-                data = channel.recv(262144)
-                if not data:
-                    break
-                sock.sendall(data)
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
-        finally:
-            finish()
-            up.join(timeout=5)
-            sock.close()
+        relay(sock, channel, stop=self._closed, name=f"cc-up-{self.remote_port}")
 
     def close(self) -> None:
         self._closed.set()
