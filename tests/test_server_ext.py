@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from jupyter_cc import audit
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
 from jupyter_cc.server import state
 
-from sshd import free_port
+from server_process import jupyter_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -110,56 +109,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     audit_log = tmp / "audit.jsonl"
     audit.record("seal", path=audit_log, file="before-1.sealed", key_id="demo")
     audit.record("unseal", path=audit_log, file="before-2.sealed", key_id="demo")
-    token = secrets.token_hex(16)
-    port = free_port()
-    env = {
-        **os.environ,
-        "JUPYTER_PATH": str(tmp / "jupyter"),
-        "JUPYTER_CONFIG_DIR": str(tmp / "config"),
-        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
-        "JUPYTER_TOKEN": token,
-        "JUPYTER_CC_AUDIT_LOG": str(audit_log),
-    }
-    log_path = tmp / "server.log"
-    log = open(log_path, "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyter_server",
-            "--ip=127.0.0.1",
-            f"--port={port}",
-            "--no-browser",
-            "--allow-root",
-            f"--ServerApp.root_dir={tmp}",
-            "--ServerApp.jpserver_extensions={'jupyter_cc': True}",
-            "--ServerApp.allow_unauthenticated_access=False",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(log_path.read_text()[-2000:]) from None
-                time.sleep(0.2)
-        yield Server(url, token, log_path, audit_log, tmp / "jupyter" / "flip.toml")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    args = [
+        "--ServerApp.jpserver_extensions={'jupyter_cc': True}",
+        "--ServerApp.allow_unauthenticated_access=False",
+    ]
+    with jupyter_server(tmp, env={"JUPYTER_CC_AUDIT_LOG": str(audit_log)}, args=args) as running:
+        yield Server(running.url, running.token, running.log, audit_log, tmp / "jupyter" / "flip.toml")
 
 
 @pytest.fixture(scope="module")
