@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import multiprocessing
 import stat
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 from jupyter_cc import audit
 from jupyter_cc.audit import GENESIS, AuditError, read, record, verify
-from jupyter_cc.audit_cli import add_commands
-from jupyter_cc.errors import CCError, InputError
+from jupyter_cc.cli import main
+from jupyter_cc.errors import InputError
 from jupyter_cc.kbs.server import append_audit
 
 
@@ -260,23 +258,9 @@ def test_broker_append_audit_is_chained(tmp_path: Path) -> None:
 # --- the CLI --------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message}\n")
-
-
 def run_cli(argv: Sequence[str]) -> int:
-    """What jupyter_cc.cli.main does with a command: its status, or a CCError's."""
-    parser = _Parser(prog="jupyter-cc")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_commands(sub, _Parser)
-    args = parser.parse_args(argv)
-    try:
-        status: int = args.func(args)
-    except CCError as exc:
-        print(f"jupyter-cc: {exc.check} check failed: {exc.diagnostics()}", file=sys.stderr)
-        return exc.exit_status
-    return status
+    """The real ``jupyter-cc`` entry point: its exit status, and its one sentence on stderr."""
+    return main(list(argv))
 
 
 def test_cli_verify_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
-from jupyter_cc.errors import CCError, InputError
-from jupyter_cc.profile_cli import add_commands
+from jupyter_cc.cli import main
+from jupyter_cc.errors import InputError
 from jupyter_cc.profiles import Profile, get_profile, load_profiles, remove_profile, save_profile, toml_string
 from jupyter_cc.remote.guest import GuestTarget
 
@@ -245,23 +243,9 @@ def test_guest_target_and_provisioner_config() -> None:
 # --- the CLI --------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message}\n")
-
-
 def run_cli(argv: Sequence[str]) -> int:
-    """What jupyter_cc.cli.main does with a command: its status, or a CCError's."""
-    parser = _Parser(prog="jupyter-cc")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_commands(sub, _Parser)
-    args = parser.parse_args(argv)
-    try:
-        status: int = args.func(args)
-    except CCError as exc:
-        print(f"jupyter-cc: error: {exc.diagnostics()}", file=sys.stderr)
-        return exc.exit_status
-    return status
+    """The real ``jupyter-cc`` entry point: its exit status, and its one sentence on stderr."""
+    return main(list(argv))
 
 
 def test_cli_add_list_remove(
