@@ -484,18 +484,22 @@ async def bench_exec_and_display(
     return main, shell, display
 
 
+def connect(server: Sshd) -> SshConnection:
+    """An SSH connection to the benchmark sshd, host key checked as the provisioner does."""
+    target = SshTarget(
+        host="127.0.0.1",
+        port=server.port,
+        identity_file=str(server.identity_file),
+        known_hosts=str(server.known_hosts),
+    )
+    return SshConnection(target).connect()
+
+
 def bench_bulk(server: Sshd, tmp: Path) -> tuple[Result, list[str]]:
     size = BULK_MB * 1_000_000
     source = Source()
     info: list[str] = []
-    conn = SshConnection(
-        SshTarget(
-            host="127.0.0.1",
-            port=server.port,
-            identity_file=str(server.identity_file),
-            known_hosts=str(server.known_hosts),
-        )
-    ).connect()
+    conn = connect(server)
     try:
         assert conn.transport is not None
         para_cipher = str(getattr(conn.transport, "remote_cipher", ""))
@@ -561,14 +565,7 @@ def timed(phases: Phases, name: str, fn: Callable[..., T], *args: Any, **kwargs:
 
 def shell_cost(server: Sshd, rounds: int = 5) -> float:
     """Median seconds for sshd to run ``true`` on an open connection (session + shell + rc)."""
-    conn = SshConnection(
-        SshTarget(
-            host="127.0.0.1",
-            port=server.port,
-            identity_file=str(server.identity_file),
-            known_hosts=str(server.known_hosts),
-        )
-    ).connect()
+    conn = connect(server)
     try:
         samples = []
         for _ in range(rounds):
