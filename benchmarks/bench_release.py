@@ -118,7 +118,7 @@ def serve_child(db: str, cache_sim: bool) -> int:
     """The broker process: ``jupyter-cc kbs serve`` (optionally with the --cache-sim what-if)."""
     if cache_sim:
         cache_simulated_tee()
-    from jupyter_cc.kbs.cli import add_commands
+    from jupyter_cc.cli.kbs import add_commands
 
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command", required=True), argparse.ArgumentParser)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from jupyter_cc.attest import snp, tdx
 from jupyter_cc.attest.certs import load_certificate, load_certificates
-from jupyter_cc.encoding import decode_blob
+from jupyter_cc.decoding import decode_blob
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 AT = datetime(2024, 6, 1, tzinfo=timezone.utc)

@@ -27,10 +27,6 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_cc``: the confidential-computing magics (loaded in confidential kernels)."""
-    from jupyter_cc.attest_magic import register as register_attest
-    from jupyter_cc.magics import KeyMagics
-    from jupyter_cc.session_magics import SessionMagics
+    from jupyter_cc.notebook import register
 
-    ipython.register_magics(KeyMagics)
-    ipython.register_magics(SessionMagics)
-    register_attest(ipython)
+    register(ipython)

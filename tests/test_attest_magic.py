@@ -14,7 +14,9 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_cc.attest.binding import NONCE_SIZE, host_key_digest
-from jupyter_cc.attest_magic import (
+from jupyter_cc.cli import main
+from jupyter_cc.kernelspec import simulated_policy_path
+from jupyter_cc.notebook.attest_magic import (
     _host_target,
     _judge,
     _resolve,
@@ -23,12 +25,10 @@ from jupyter_cc.attest_magic import (
     register,
     save_bundle,
 )
-from jupyter_cc.cli import main
-from jupyter_cc.kernelspec import simulated_policy_path
+from jupyter_cc.notebook.card import SIMULATED_BANNER, AttestationCard
 from jupyter_cc.paths import data_dir
 from jupyter_cc.policy import Policy
 from jupyter_cc.remote.guest import GuestTarget
-from jupyter_cc.widgets import SIMULATED_BANNER, AttestationCard
 
 from sshd import Sshd, guest_sshd
 

@@ -13,7 +13,7 @@ import pytest
 from jupyter_cc.attest.binding import expected_report_data
 from jupyter_cc.attest.evidence import serialize_bundle
 from jupyter_cc.cli import main
-from jupyter_cc.encoding import b64url_encode
+from jupyter_cc.decoding import b64url_encode
 
 AT = "2024-06-01T00:00:00Z"
 

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from jupyter_cc.attest import azure, tpm
 from jupyter_cc.attest.binding import expected_report_data
 from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bundle
-from jupyter_cc.encoding import b64url_encode
+from jupyter_cc.decoding import b64url_encode
 from jupyter_cc.errors import EvidenceError, InputError
 from jupyter_cc.guest import collectors, nvml, sevguest, tsm, vtpm
 from jupyter_cc.guest.results import Collected, SourceUnavailable, Unavailable

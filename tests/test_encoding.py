@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jupyter_cc.encoding import b64decode_any, b64url_encode, decode_blob, decode_hex
+from jupyter_cc.decoding import b64decode_any, b64url_encode, decode_blob, decode_hex
 from jupyter_cc.errors import CCError, InputError
 
 # Bytes whose standard and URL-safe encodings differ (they contain + and / or - and _).

@@ -1,7 +1,7 @@
 """The embedded key broker and the kbs:// client, end to end on loopback with the simulated TEE.
 
 Every test talks HTTP to a real broker: in-process (tornado in a thread, free 127.0.0.1 port)
-or, for the CLI, ``python -m jupyter_cc.kbs.cli kbs serve`` in a subprocess.
+or, for the CLI, ``python -m jupyter_cc.cli.kbs kbs serve`` in a subprocess.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwe
 from joserfc.jwk import ECKey, RSAKey
 
-from jupyter_cc.encoding import b64url_encode as b64url
+from jupyter_cc.cli.kbs import add_commands
+from jupyter_cc.decoding import b64url_encode as b64url
 from jupyter_cc.guest.collectors import collect_cpu_evidence
-from jupyter_cc.kbs.cli import add_commands
 from jupyter_cc.kbs.protocol import (
     JWE_MEMBERS,
     MAX_BODY,
@@ -573,7 +573,7 @@ def test_cli_serve_in_a_subprocess(tmp_path: Path) -> None:
         == 0
     )
     with subprocess.Popen(
-        [sys.executable, "-m", "jupyter_cc.kbs.cli", "kbs", "serve", "--port", "0", "--db", db],
+        [sys.executable, "-m", "jupyter_cc.cli.kbs", "kbs", "serve", "--port", "0", "--db", db],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

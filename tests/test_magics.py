@@ -10,7 +10,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_cc.keys import ReleasedKey
-from jupyter_cc.magics import KeyMagics
+from jupyter_cc.notebook.key_magics import KeyMagics
 
 
 @pytest.fixture

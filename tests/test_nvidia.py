@@ -28,7 +28,7 @@ from jupyter_cc.attest.nvidia import (
     verify_nvidia,
 )
 from jupyter_cc.attest.roots import TrustAnchor, TrustStore
-from jupyter_cc.encoding import decode_blob
+from jupyter_cc.decoding import decode_blob
 from jupyter_cc.errors import (
     BindingError,
     CCError,

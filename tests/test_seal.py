@@ -24,8 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jupyter_cc import seal_cli
-from jupyter_cc.codecs import CodecError, ContentType
+from jupyter_cc.cli import seal as seal_cli
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.seal import (
     MAGIC,
@@ -44,6 +43,7 @@ from jupyter_cc.seal import (
     unseal_value,
     unseal_value_from_file,
 )
+from jupyter_cc.seal.codecs import CodecError, ContentType
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))

@@ -17,11 +17,11 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_cc import audit
 from jupyter_cc.kernelspec import simulated_policy_path
+from jupyter_cc.notebook.session import RemoteError
+from jupyter_cc.notebook.session_magics import SessionMagics
 from jupyter_cc.paths import data_dir
 from jupyter_cc.profiles import Profile, save_profile
 from jupyter_cc.seal import MAGIC
-from jupyter_cc.session import RemoteError
-from jupyter_cc.session_magics import SessionMagics
 
 from sshd import Sshd, guest_sshd
 

@@ -14,7 +14,7 @@ from jupyter_cc.attest import snp
 from jupyter_cc.attest.certs import fingerprint, load_certificate, load_certificates, verify_chain
 from jupyter_cc.attest.roots import AMD_ARKS, TrustStore
 from jupyter_cc.attest.sim import SimulatedTee
-from jupyter_cc.encoding import decode_blob
+from jupyter_cc.decoding import decode_blob
 from jupyter_cc.errors import CCError, ChainError, EvidenceError, FormatError, SignatureError, TcbError
 from jupyter_cc.policy import Policy, appraise
 

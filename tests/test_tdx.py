@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jupyter_cc.attest import tdx_collateral as tc
 from jupyter_cc.attest.roots import TrustStore
+from jupyter_cc.attest.tdx import collateral as tc
 from jupyter_cc.attest.tdx import parse_quote, pck_chain, verify_quote, verify_tdx
 from jupyter_cc.errors import (
     BindingError,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_cc.widgets import SIMULATED_BANNER, AttestationCard, card_html, card_text
+from jupyter_cc.notebook.card import SIMULATED_BANNER, AttestationCard, card_html, card_text
 
 MEASUREMENT = "ab" * 48
 GREEN, AMBER, RED = "#1a7f37", "#9a6700", "#cf222e"
@@ -172,7 +172,9 @@ def test_card_renders_in_nbconvert_output_without_widget_state(
     monkeypatch.setenv("JUPYTER_CC_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     nb = nbformat.v4.new_notebook()
     nb.cells = [
-        nbformat.v4.new_code_cell("from jupyter_cc.attest_magic import register\nregister(get_ipython())"),
+        nbformat.v4.new_code_cell(
+            "from jupyter_cc.notebook.attest_magic import register\nregister(get_ipython())"
+        ),
         nbformat.v4.new_code_cell(f"%attest --policy {simulated_policy_path()}"),
     ]
     NotebookClient(

@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jupyter_cc.attest import snp, tpm
 from jupyter_cc.attest.claims import Claims, freeze
 from jupyter_cc.attest.roots import TrustStore
-from jupyter_cc.encoding import b64decode_any, decode_hex, strict_json
+from jupyter_cc.decoding import b64decode_any, decode_hex, strict_json
 from jupyter_cc.errors import BindingError, FormatError, InputError
 
 __all__ = [

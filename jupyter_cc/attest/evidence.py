@@ -32,7 +32,7 @@ from jupyter_cc.attest.binding import check_report_data, expected_report_data
 from jupyter_cc.attest.certs import load_certificates
 from jupyter_cc.attest.claims import REAL_KINDS, SIMULATED_KINDS, Claims
 from jupyter_cc.attest.roots import TrustStore
-from jupyter_cc.encoding import b64decode_any, decode_hex, strict_json
+from jupyter_cc.decoding import b64decode_any, decode_hex, strict_json
 from jupyter_cc.errors import FormatError, InputError
 
 __all__ = ["BUNDLE_FORMAT", "KINDS", "Bundle", "Evidence", "parse_bundle", "verify", "verify_bundle"]

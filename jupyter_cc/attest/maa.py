@@ -42,7 +42,7 @@ from joserfc.jwk import RSAKey
 from joserfc.jws import JWSRegistry
 
 from jupyter_cc.attest.claims import Claims
-from jupyter_cc.encoding import strict_json
+from jupyter_cc.decoding import strict_json
 from jupyter_cc.errors import (
     BindingError,
     FormatError,

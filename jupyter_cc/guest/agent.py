@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_cc.attest.binding import expected_report_data, host_key_digest
-from jupyter_cc.encoding import decode_hex
+from jupyter_cc.decoding import decode_hex
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.guest import server as guest_server
 from jupyter_cc.guest.kernel import GuestKernel

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_cc.attest import azure, tpm
-from jupyter_cc.encoding import b64decode_any, b64url_encode
+from jupyter_cc.decoding import b64decode_any, b64url_encode
 from jupyter_cc.errors import CCError, EvidenceError, InputError
 from jupyter_cc.guest.reportcheck import hex_prefix
 from jupyter_cc.guest.results import Collected, SourceUnavailable

@@ -60,7 +60,7 @@ from joserfc import jwe
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
-from jupyter_cc.encoding import b64decode_any
+from jupyter_cc.decoding import b64decode_any
 from jupyter_cc.errors import CCError, InputError
 
 __all__ = [

@@ -57,7 +57,7 @@ from joserfc.jwk import ECKey
 from jupyter_cc.attest.binding import check_report_data
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.evidence import BUNDLE_FORMAT, bound_report_data, parse_bundle, verify
-from jupyter_cc.encoding import strict_json
+from jupyter_cc.decoding import strict_json
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.kbs.protocol import (
     API_PREFIX,

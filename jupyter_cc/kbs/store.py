@@ -8,7 +8,7 @@ additional data is ``jupyter-cc-kbs/v1|<id>|<version>``, so a ciphertext copied 
 row or version fails to open instead of releasing the wrong key.
 
 Used by :mod:`jupyter_cc.kbs.server` (read-only lookups on each release) and by
-:mod:`jupyter_cc.kbs.cli` (``add-key``, ``list``, ``set-policy``, ``revoke``, ``rotate``).
+:mod:`jupyter_cc.cli.kbs` (``add-key``, ``list``, ``set-policy``, ``revoke``, ``rotate``).
 
 >>> store = KeyStore(tmp / "kbs.sqlite")                              # doctest: +SKIP
 >>> store.add("default/key/demo", os.urandom(32), policy_text=None)   # doctest: +SKIP

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jupyter_cc.attest.maa import claim_path
-from jupyter_cc.encoding import b64decode_any, strict_json
+from jupyter_cc.decoding import b64decode_any, strict_json
 from jupyter_cc.errors import PolicyError
 
 __all__ = [

@@ -1,10 +1,10 @@
 """Sealed envelopes: streaming AES-256-GCM with an authenticated header (docs/sealed-format.md).
 
-Callers: the ``jupyter-cc seal``/``unseal`` commands (:mod:`jupyter_cc.seal_cli`) and the
+Callers: the ``jupyter-cc seal``/``unseal`` commands (:mod:`jupyter_cc.cli.seal`) and the
 ``%seal``/``%unseal`` magics. An envelope binds its header (key id, chunk size, content type,
 creation time) into every chunk and marks the final chunk, so truncation, reordering,
 duplication, appended bytes, header edits and bit flips all fail; nothing partial is ever
-returned or left on disk. Values go through :mod:`jupyter_cc.codecs` (pickle only with
+returned or left on disk. Values go through :mod:`jupyter_cc.seal.codecs` (pickle only with
 ``unsafe_pickle=True``); files stream in constant memory.
 
 >>> key = bytes(range(32))
@@ -36,9 +36,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from jupyter_cc.codecs import Buffer, CodecError, ContentType, decode, encode
-from jupyter_cc.encoding import strict_json
+from jupyter_cc.decoding import strict_json
 from jupyter_cc.errors import CCError, InputError
+from jupyter_cc.seal.codecs import Buffer, CodecError, ContentType, decode, encode
 
 __all__ = [
     "ALGORITHM",
@@ -528,7 +528,7 @@ def seal_value(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     unsafe_pickle: bool = False,
 ) -> bytearray:
-    """Encode ``value`` with its codec (:mod:`jupyter_cc.codecs`) and seal it.
+    """Encode ``value`` with its codec (:mod:`jupyter_cc.seal.codecs`) and seal it.
 
     Bytes and C-ordered NumPy arrays are sealed from their own memory, without a copy.
 

@@ -16,7 +16,7 @@ Verification, in order (each failure its own error, naming the check):
    attestation key (``SignatureError``);
 3. the QE report signature verifies with the PCK leaf key (``SignatureError``);
 4. QE REPORTDATA = SHA-256(attestation key ‖ QE auth data) ‖ 32 zero bytes (``BindingError``);
-5. with collateral (:mod:`jupyter_cc.attest.tdx_collateral`): TCB info and QE identity are
+5. with collateral (:mod:`jupyter_cc.attest.tdx.collateral`): TCB info and QE identity are
    signed and fresh, the QE is the one the QE identity names, and the platform's TCB level is
    found; ``tcb_status`` then joins the claims (``CollateralError``, ``TcbError``).
 
@@ -46,7 +46,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from jupyter_cc.attest.certs import describe, verify_chain
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.roots import INTEL_SGX_ROOT, TrustStore
-from jupyter_cc.attest.tdx_collateral import (
+from jupyter_cc.attest.tdx.collateral import (
     PckExtensions,
     TdxCollateral,
     check_revocation,
@@ -499,9 +499,9 @@ def appraise_collateral(
 
     Raises:
         ChainError, SignatureError, CollateralError, TcbError: see
-        :func:`~jupyter_cc.attest.tdx_collateral.verify_collateral`,
-        :func:`~jupyter_cc.attest.tdx_collateral.match_tcb_level` and
-        :func:`~jupyter_cc.attest.tdx_collateral.match_qe_identity`.
+        :func:`~jupyter_cc.attest.tdx.collateral.verify_collateral`,
+        :func:`~jupyter_cc.attest.tdx.collateral.match_tcb_level` and
+        :func:`~jupyter_cc.attest.tdx.collateral.match_qe_identity`.
     """
     verify_collateral(collateral, at=at, roots=roots)
     qe = quote.qe_report

@@ -206,7 +206,7 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_rotate)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m jupyter_cc.kbs.cli ...` for tests
+if __name__ == "__main__":  # pragma: no cover - `python -m jupyter_cc.cli.kbs ...` for tests
     from jupyter_cc.errors import CCError
 
     parser = argparse.ArgumentParser(prog="jupyter-cc")

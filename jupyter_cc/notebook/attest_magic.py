@@ -7,7 +7,7 @@ host-key part is 32 zero bytes), verifies it and appraises it. From an ordinary 
 guest agent, with the evidence bound to the host key of that very SSH connection, exactly as the
 kernel provisioner does.
 
-The result is an :class:`~jupyter_cc.widgets.AttestationCard` (green, amber for simulated, red
+The result is an :class:`~jupyter_cc.notebook.card.AttestationCard` (green, amber for simulated, red
 with every failed rule); ``--json`` returns the state as a dict instead, and ``--save PATH``
 writes the evidence bundle with the verdict so that ``jupyter-cc verify bundle PATH`` can
 re-verify it later. A rejection or invalid evidence is a red card, not an exception; what the
@@ -38,11 +38,11 @@ from jupyter_cc.attest.binding import NONCE_SIZE, expected_report_data, host_key
 from jupyter_cc.attest.certs import utcnow
 from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bundle
 from jupyter_cc.errors import CCError
-from jupyter_cc.magic_args import MagicArgs, parse_line
+from jupyter_cc.notebook.args import MagicArgs, parse_line
+from jupyter_cc.notebook.card import AttestationCard
 from jupyter_cc.policy import Policy, Verdict, appraise
 from jupyter_cc.remote.attestation import Attestation, PolicyRejected
 from jupyter_cc.remote.guest import GuestTarget
-from jupyter_cc.widgets import AttestationCard
 
 __all__ = ["AttestMagics", "Outcome", "attest_here", "attest_target", "register", "save_bundle"]
 

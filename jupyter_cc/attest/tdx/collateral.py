@@ -46,7 +46,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from jupyter_cc.attest import der
 from jupyter_cc.attest.certs import describe, load_certificates, verify_chain
 from jupyter_cc.attest.roots import INTEL_SGX_ROOT, TrustAnchor, TrustStore
-from jupyter_cc.encoding import JSON_DECODER
+from jupyter_cc.decoding import JSON_DECODER
 from jupyter_cc.errors import (
     ChainError,
     CollateralError,

@@ -12,8 +12,8 @@ import base64
 import json
 from typing import Any
 
-from jupyter_cc.codecs import ContentType, decode, encode
 from jupyter_cc.errors import InputError
+from jupyter_cc.seal.codecs import ContentType, decode, encode
 
 __all__ = ["MAX_TRANSFER", "pack", "unpack"]
 

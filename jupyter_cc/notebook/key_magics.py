@@ -19,7 +19,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from jupyter_cc.errors import CCError
-from jupyter_cc.magic_args import MagicArgs, parse_line
+from jupyter_cc.notebook.args import MagicArgs, parse_line
 
 __all__ = ["KeyMagics", "KeyRing"]
 

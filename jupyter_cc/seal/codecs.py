@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from jupyter_cc.encoding import strict_json
+from jupyter_cc.decoding import strict_json
 from jupyter_cc.errors import InputError
 
 __all__ = ["CODECS", "Buffer", "CodecError", "ContentType", "decode", "encode"]

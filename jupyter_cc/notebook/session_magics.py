@@ -22,8 +22,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from jupyter_cc.errors import CCError
-from jupyter_cc.magic_args import MagicArgs, parse_line, words
-from jupyter_cc.session import ConfidentialSession, RemoteError, check_name, replay_output
+from jupyter_cc.notebook.args import MagicArgs, parse_line, words
+from jupyter_cc.notebook.session import ConfidentialSession, RemoteError, check_name, replay_output
 
 __all__ = ["SessionMagics"]
 
@@ -120,7 +120,7 @@ class SessionMagics(Magics):
         raise UsageError(f"%cc: unknown command {command!r}; say connect, status, disconnect, push or pull")
 
     def _push(self, args: argparse.Namespace) -> None:
-        from jupyter_cc.transfer import pack
+        from jupyter_cc.notebook.transfer import pack
 
         session = self._require_session("cc push")
         try:
@@ -131,7 +131,7 @@ class SessionMagics(Magics):
         except CCError as exc:
             raise UsageError(f"%cc push: {exc.diagnostics()}") from None
         code = (
-            "from jupyter_cc.transfer import unpack as __cc_unpack\n"
+            "from jupyter_cc.notebook.transfer import unpack as __cc_unpack\n"
             f"{name} = __cc_unpack({text!r}, unsafe_pickle={bool(args.unsafe_pickle)})[0]\n"
             "del __cc_unpack\n"
         )
@@ -145,7 +145,7 @@ class SessionMagics(Magics):
         print(f"pushed '{args.var}' to the confidential kernel as '{name}'")
 
     def _pull(self, args: argparse.Namespace) -> None:
-        from jupyter_cc.transfer import unpack
+        from jupyter_cc.notebook.transfer import unpack
 
         session = self._require_session("cc pull")
         try:
@@ -153,7 +153,9 @@ class SessionMagics(Magics):
             name = check_name(args.name or args.var)
         except CCError as exc:
             raise UsageError(f"%cc pull: {exc.diagnostics()}") from None
-        expression = f"__import__('jupyter_cc.declassify', fromlist=['export']).export({var!r}, globals())"
+        expression = (
+            f"__import__('jupyter_cc.notebook.declassify', fromlist=['export']).export({var!r}, globals())"
+        )
         try:
             text = session.evaluate(expression)
         except RemoteError as exc:
@@ -186,7 +188,7 @@ class SessionMagics(Magics):
     @line_magic
     def declassify(self, line: str) -> None:
         """%declassify VAR [--reason TEXT] [--unsafe-pickle]: allow VAR's current value out."""
-        from jupyter_cc.declassify import declassify
+        from jupyter_cc.notebook.declassify import declassify
 
         parser = MagicArgs("declassify")
         parser.add_argument("var")

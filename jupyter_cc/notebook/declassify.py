@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from jupyter_cc.errors import CCError
+from jupyter_cc.notebook.transfer import pack
 from jupyter_cc.seal import MAGIC
-from jupyter_cc.transfer import pack
 
 __all__ = ["PullRefused", "declassified", "declassify", "export"]
 

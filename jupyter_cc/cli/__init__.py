@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from jupyter_cc.attest.certs import load_certificates, utcnow
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.evidence import Evidence, parse_bundle, verify, verify_bundle
-from jupyter_cc.encoding import decode_blob, decode_hex
+from jupyter_cc.decoding import decode_blob, decode_hex
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.policy import Policy, Verdict, appraise
 
@@ -460,10 +460,10 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_install_location(inst_sim)
     inst_sim.set_defaults(func=_cmd_kernelspec_install_sim)
 
-    from jupyter_cc.audit_cli import add_commands as add_audit_commands
-    from jupyter_cc.kbs.cli import add_commands as add_kbs_commands
-    from jupyter_cc.profile_cli import add_commands as add_profile_commands
-    from jupyter_cc.seal_cli import add_commands as add_seal_commands
+    from jupyter_cc.cli.audit import add_commands as add_audit_commands
+    from jupyter_cc.cli.kbs import add_commands as add_kbs_commands
+    from jupyter_cc.cli.profile import add_commands as add_profile_commands
+    from jupyter_cc.cli.seal import add_commands as add_seal_commands
 
     add_kbs_commands(sub, _Parser)
     add_seal_commands(sub, _Parser)

@@ -84,7 +84,7 @@ from joserfc.jws import JWSRegistry
 
 from jupyter_cc.attest.certs import utcnow
 from jupyter_cc.attest.maa import claim_path, verify_maa
-from jupyter_cc.encoding import b64decode_any, b64url_encode, strict_json
+from jupyter_cc.decoding import b64decode_any, b64url_encode, strict_json
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.guest.collectors import Collected, collect_cpu_evidence
 from jupyter_cc.keys import KeyReleaseError, ReleasedKey

@@ -1,0 +1,1 @@
+"""The host side of an attested kernel: SSH transport, the agent client, and judging evidence."""
