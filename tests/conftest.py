@@ -1,17 +1,20 @@
-"""Shared fixtures: the real evidence in ../shared/vectors and a pinned verification time."""
+"""Session fixtures: the real evidence in ../shared/vectors, a private data dir, the simulated TEE.
+
+Tests under ``integration/`` start real parts and are marked ``integration``, so
+``pytest -m "not integration"`` (or ``pytest tests/unit``) runs the fast ones alone.
+"""
 
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-ROOT = Path(__file__).resolve().parents[1]
-VECTORS = Path(os.environ.get("JUPYTER_CC_VECTORS", ROOT.parent / "shared" / "vectors"))
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tests.support.env import IN_CI, VECTORS, need_tool
 
 # Shared machines are noisy: no per-example deadline; under CI the examples are derandomized so
 # a green main stays green, while local runs keep exploring new inputs.
@@ -20,12 +23,13 @@ settings.register_profile(
 )
 settings.load_profile("jupyter-cc")
 
+_INTEGRATION = Path(__file__).parent / "integration"
 
-def need_tool(name: str) -> None:
-    """Skip a test for a missing tool, except under CI=true, where it is a failure."""
-    if IN_CI:
-        pytest.fail(f"{name} is required under CI=true but is not available")
-    pytest.skip(f"{name} is not available")
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _INTEGRATION in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -37,19 +41,15 @@ def vectors() -> Path:
 
 
 @pytest.fixture(scope="session")
-def read_vector(vectors: Path):  # type: ignore[no-untyped-def]
+def read_vector(vectors: Path) -> Callable[[str], bytes]:
     def read(name: str) -> bytes:
         return (vectors / name).read_bytes()
 
     return read
 
 
-# Public sample certificates and collateral expire; verify them as of a fixed time.
-SAMPLE_TIME = datetime(2024, 6, 1, tzinfo=timezone.utc)
-
-
 @pytest.fixture(autouse=True, scope="session")
-def _private_data_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Keep tests out of the user's data dir: the simulated TEE is created in a temp folder."""
     old = os.environ.get("JUPYTER_DATA_DIR")
     os.environ["JUPYTER_DATA_DIR"] = str(tmp_path_factory.mktemp("jupyter-data"))
@@ -61,7 +61,7 @@ def _private_data_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore
 
 
 @pytest.fixture(scope="session")
-def sim_tee():  # type: ignore[no-untyped-def]
+def sim_tee() -> Any:
     from jupyter_cc.attest.sim import SimulatedTee
 
     return SimulatedTee.load_or_create()

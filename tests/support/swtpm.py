@@ -13,7 +13,7 @@ Nothing plays the paravisor: a test plants the HCL report it wants with :meth:`S
 :func:`snp_hcl_report` builds such a report around a simulated-TEE SNP report, bound the way
 Azure binds it. swtpm is stopped at teardown.
 
-Import it from a test module (``from swtpm_fixture import swtpm``) or from conftest. Without
+Import it from a test module (``from tests.support.swtpm import swtpm``) or from conftest. Without
 swtpm or tpm2-tools the fixture skips, and fails under ``CI=true`` (``conftest.need_tool``).
 """
 
@@ -229,7 +229,7 @@ def _provision(tpm: SoftTpm) -> None:
 def snp_hcl_report(sim_tee: Any, ak_public: rsa.RSAPublicKey, user_data: bytes, **runtime: Any) -> bytes:
     """An Azure SNP HCL report: runtime JSON with ``ak_public`` as HCLAkPub and ``user_data``,
     around a simulated-TEE SNP report whose REPORT_DATA starts with SHA-256 of that JSON."""
-    from azure_builder import hcl_report, runtime_json
+    from tests.support.azure_builder import hcl_report, runtime_json
 
     variable = runtime_json(ak_public, user_data=user_data, **runtime)
     hw = sim_tee.mint(hashlib.sha256(variable).digest() + bytes(32))
@@ -238,7 +238,7 @@ def snp_hcl_report(sim_tee: Any, ak_public: rsa.RSAPublicKey, user_data: bytes, 
 
 def tdx_hcl_report(ak_public: rsa.RSAPublicKey, user_data: bytes) -> bytes:
     """An Azure TDX HCL report (TDREPORT, MAC not computed) binding runtime JSON with ``user_data``."""
-    from azure_builder import hcl_report, runtime_json, td_report
+    from tests.support.azure_builder import hcl_report, runtime_json, td_report
 
     variable = runtime_json(ak_public, user_data=user_data)
     td = td_report(hashlib.sha256(variable).digest() + bytes(32))
@@ -254,7 +254,7 @@ def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftTpm]:
     """A provisioned swtpm (module scope: key generation is the slow part); stopped afterwards."""
     missing = tools_missing()
     if missing:
-        from conftest import need_tool
+        from tests.support.env import need_tool
 
         need_tool(f"swtpm and tpm2-tools (missing: {', '.join(missing)})")
     tpm = start_swtpm(tmp_path_factory.mktemp("swtpm"))

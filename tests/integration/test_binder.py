@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sshd import free_port
+from tests.support.sshd import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -25,7 +25,7 @@ def test_repo2docker_reads_the_binder_folder() -> None:
         "jupyter-repo2docker"
     )
     if r2d is None:
-        from conftest import need_tool
+        from tests.support.env import need_tool
 
         need_tool("jupyter-repo2docker")
     done = subprocess.run(

@@ -115,7 +115,7 @@ def guest_sshd(folder: Path) -> Sshd:
     """A started sshd standing in for a CVM, whose sessions use this test run's data dir (so
     the guest finds the same simulated TEE) and write their own audit log in ``folder``."""
     if not Path(SSHD).exists():
-        from conftest import need_tool
+        from tests.support.env import need_tool
 
         need_tool("OpenSSH sshd (Debian openssh-server)")
     env = {

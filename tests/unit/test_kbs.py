@@ -41,7 +41,7 @@ from jupyter_cc.kbs.store import KeyStore
 from jupyter_cc.keys import KeyReleaseError, ReleasedKey, fingerprint, release
 from jupyter_cc.keys.kbs_client import parse_kbs_uri
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIM_POLICY = (ROOT / "jupyter_cc" / "policies" / "simulated.toml").read_text()
 KEY = bytes(range(32))
 STRICT_KEY = b"\xa5" * 32

@@ -13,8 +13,7 @@ import pytest
 from jupyter_cc.cli import main
 from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.paths import data_dir
-
-from sshd import Sshd, guest_sshd
+from tests.support.sshd import Sshd, guest_sshd
 
 pytestmark = pytest.mark.timeout(300)
 

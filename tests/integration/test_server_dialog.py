@@ -17,8 +17,7 @@ import pytest
 
 from jupyter_cc.kernelspec import kernelspec
 from jupyter_cc.paths import data_dir
-
-from server_process import jupyter_server
+from tests.support.jupyter_server import jupyter_server
 
 pytestmark = pytest.mark.timeout(120)
 

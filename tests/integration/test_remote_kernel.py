@@ -19,8 +19,7 @@ from jupyter_cc.cli import main
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
 from jupyter_cc.paths import data_dir
 from jupyter_cc.provisioner import KernelRefused
-
-from sshd import Sshd, guest_sshd, keygen
+from tests.support.sshd import Sshd, guest_sshd, keygen
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -29,8 +29,7 @@ from jupyter_cc.notebook.card import SIMULATED_BANNER, AttestationCard
 from jupyter_cc.paths import data_dir
 from jupyter_cc.policy import Policy
 from jupyter_cc.remote.guest import GuestTarget
-
-from sshd import Sshd, guest_sshd
+from tests.support.sshd import Sshd, guest_sshd
 
 SIM_POLICY = str(simulated_policy_path())
 AMBER, RED = "#9a6700", "#cf222e"
@@ -195,7 +194,7 @@ def test_host_names_parse_user_and_port() -> None:
 
 def test_unreachable_host_is_a_red_card(shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JUPYTER_CC_CONFIDENTIAL")
-    from sshd import free_port
+    from tests.support.sshd import free_port
 
     card = shell.run_line_magic("attest", f"127.0.0.1:{free_port()}")
     assert not card.passed and f"border:2px solid {RED}" in card.html

@@ -13,8 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jupyter_cc.attest.binding import expected_report_data, host_key_digest
 from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bundle
 from jupyter_cc.errors import BindingError, FormatError, InputError
-
-import azure_builder as ab
+from tests.support import azure_builder as ab
 
 NOW = datetime.now(timezone.utc)
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sshd import free_port
+from tests.support.sshd import free_port
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ from jupyter_cc.attest.certs import load_certificates
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.errors import BindingError, CCError, FormatError, InputError, SignatureError
-
-import azure_builder as ab
+from tests.support import azure_builder as ab
 
 AT = datetime(2024, 6, 1, tzinfo=timezone.utc)  # inside the VCEK's 2023-05-02..2030-05-02 validity
 SNP_HCL = "azure/snp-vtpm.hcl-report.bin"
@@ -614,13 +613,13 @@ def test_fuzz_quote_signature(data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def tdx_pki() -> Any:
-    import tdx_builder
+    from tests.support import tdx_builder
 
     return tdx_builder.make_pki()
 
 
 def td_quote_for(pki: Any, td: azure.TdReport, **changes: Any) -> bytes:
-    import tdx_builder
+    from tests.support import tdx_builder
 
     spec = tdx_builder.QuoteSpec(report_data=td.report_data, mrtd=td.mrtd, rtmr=td.rtmr)
     for name, value in changes.items():

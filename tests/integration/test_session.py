@@ -22,8 +22,7 @@ from jupyter_cc.notebook.session_magics import SessionMagics
 from jupyter_cc.paths import data_dir
 from jupyter_cc.profiles import Profile, save_profile
 from jupyter_cc.seal import MAGIC
-
-from sshd import Sshd, guest_sshd
+from tests.support.sshd import Sshd, guest_sshd
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,10 +13,9 @@ from jupyter_cc import audit
 from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.paths import data_dir
 from jupyter_cc.profiles import Profile, save_profile
+from tests.support.sshd import Sshd, guest_sshd
 
-from sshd import Sshd, guest_sshd
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
 import run_demo  # noqa: E402
 

@@ -33,8 +33,7 @@ from jupyter_cc.errors import EvidenceError, InputError
 from jupyter_cc.guest import collectors, nvml, sevguest, tsm, vtpm
 from jupyter_cc.guest.results import Collected, SourceUnavailable, Unavailable
 from jupyter_cc.policy import Policy, appraise
-
-from swtpm_fixture import USER_DATA_INDEX, SoftTpm, snp_hcl_report, swtpm, tdx_hcl_report
+from tests.support.swtpm import USER_DATA_INDEX, SoftTpm, snp_hcl_report, swtpm, tdx_hcl_report
 
 __all__ = ["swtpm"]  # the fixture, imported for pytest
 

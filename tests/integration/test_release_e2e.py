@@ -17,7 +17,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
 import run_demo  # noqa: E402
 

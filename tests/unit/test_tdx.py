@@ -23,8 +23,7 @@ from jupyter_cc.errors import (
     SignatureError,
     TcbError,
 )
-
-from tdx_builder import (
+from tests.support.tdx_builder import (
     QuoteSpec,
     SyntheticPki,
     build_quote,

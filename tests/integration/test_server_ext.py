@@ -27,8 +27,7 @@ import pytest
 from jupyter_cc import audit
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
 from jupyter_cc.server import state
-
-from server_process import jupyter_server
+from tests.support.jupyter_server import jupyter_server
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -17,9 +17,8 @@ import pytest
 from jupyter_cc.guest.agent import Agent
 from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.paths import data_dir
-
-from hub_fixture import Hub, find_chp, hub_config
-from sshd import Sshd
+from tests.support.hub import Hub, find_chp, hub_config
+from tests.support.sshd import Sshd
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -28,7 +27,7 @@ def need_module(name: str) -> None:
     """Skip without the Hub packages, except under CI=true, where that is a failure."""
     import importlib.util
 
-    from conftest import need_tool
+    from tests.support.env import need_tool
 
     if importlib.util.find_spec(name) is None:
         need_tool(f"the Python package {name} (pip install -e '.[hub]')")
@@ -82,8 +81,8 @@ def wait_for(predicate: Any, timeout: float = 20, what: str = "condition") -> No
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory, sim_tee: Any) -> Iterator[Sshd]:
-    from conftest import need_tool
-    from sshd import SSHD
+    from tests.support.env import need_tool
+    from tests.support.sshd import SSHD
 
     if not Path(SSHD).exists():
         need_tool("OpenSSH sshd (Debian openssh-server)")
@@ -96,7 +95,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory, sim_tee: Any) -> Iterator[Ssh
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory, sshd: Sshd) -> Iterator[Hub]:
-    from conftest import need_tool
+    from tests.support.env import need_tool
 
     need_module("jupyterhub")
     chp = find_chp()

@@ -30,8 +30,16 @@ from jupyter_cc.guest.results import Collected
 from jupyter_cc.keys import KeyReleaseError, ReleasedKey, akv, release
 from jupyter_cc.keys.akv import AkvReleaseError, parse_akv_uri, release_akv
 from jupyter_cc.keys.skr_policy import evaluate, parse_release_policy
-
-from fake_azure import BEARER, MAA_HOST, TENANT, VAULT_DOMAIN, FakeKeyVault, FakeMaa, Pki, route_azure_names
+from tests.support.fake_azure import (
+    BEARER,
+    MAA_HOST,
+    TENANT,
+    VAULT_DOMAIN,
+    FakeKeyVault,
+    FakeMaa,
+    Pki,
+    route_azure_names,
+)
 
 MAA = f"https://{MAA_HOST}"
 ALGORITHMS = ("CKM_RSA_AES_KEY_WRAP", "RSA_AES_KEY_WRAP_256", "RSA_AES_KEY_WRAP_384")

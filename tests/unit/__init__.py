@@ -1,0 +1,1 @@
+"""Tests that need nothing beyond the Python process: parsers, verifiers, policy, CLI, broker."""
