@@ -58,6 +58,10 @@ class CCError(Exception):
             text = f"{text}; {self.hint.rstrip('.')}"
         return text + "."
 
+    def sentence(self) -> str:
+        """The refusal as every face shows it: ``"<check> check failed: <diagnostics>"``."""
+        return f"{self.check} check failed: {self.diagnostics()}"
+
     def __str__(self) -> str:
         return self.diagnostics()
 
