@@ -17,7 +17,7 @@ NODE_ENV_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 LABEXT_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json \
 	labextension/tsconfig.json labextension/yarn.lock
 
-.PHONY: demo demo-verify test lint typecheck pytest jstest uitest bench clean system-deps
+.PHONY: demo demo-verify test lint typecheck pytest unit jstest uitest bench clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ $(CHP):
 
 pytest: $(VENV)/.installed-test system-deps $(CHP)
 	$(PY) -m pytest
+
+# The fast tests alone (tests/unit: nothing started beyond this process); `make test` runs all.
+unit: $(VENV)/.installed-test
+	$(PY) -m pytest tests/unit
 
 # Unit tests of the lab extension's state logic (node:test; jlpm install is a no-op when current).
 jstest: $(VENV)/.installed-test

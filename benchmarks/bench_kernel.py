@@ -1,6 +1,6 @@
 """Attested kernels over SSH, as ratios against baselines measured in the same run (design 11).
 
-Everything runs on loopback: a real OpenSSH sshd from ``tests/sshd.py`` stands in for the
+Everything runs on loopback: a real OpenSSH sshd from ``tests/support/sshd.py`` stands in for the
 confidential VM, the guest agent behind it uses the simulated TEE, and every listener binds
 127.0.0.1. Measured, with the baselines interleaved so that both share the machine's noise:
 
@@ -41,35 +41,31 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 from jupyter_client.asynchronous.client import AsyncKernelClient  # noqa: E402
 from jupyter_client.manager import AsyncKernelManager  # noqa: E402
+from loopback import Source, connect, openssh_cipher, openssh_forward, pull, start_sshd  # noqa: E402
 
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path  # noqa: E402
 from jupyter_cc.policy import Policy  # noqa: E402
 from jupyter_cc.remote.agent_client import AgentClient, agent_argv  # noqa: E402
 from jupyter_cc.remote.guest import GuestLink  # noqa: E402
-from jupyter_cc.remote.ssh import SshConnection, SshTarget  # noqa: E402
-
-from sshd import Sshd, free_port  # type: ignore[import-not-found]  # noqa: E402
+from tests.support.sshd import Sshd  # noqa: E402
 
 START_ROUNDS = 8
 EXEC_ROUNDS = 300
@@ -79,7 +75,6 @@ BULK_ROUNDS = 5
 DISPLAY_BYTES = 50_000_000
 DISPLAY_ROUNDS = 5
 DEADLINE_S = 420.0  # the whole run; each loop also stops early when this is passed
-CHUNK = 1 << 20
 
 CC_KERNEL = "cc-bench"
 CC_BARE_KERNEL = "cc-bench-bare-home"
@@ -153,22 +148,8 @@ def machine() -> str:
     )
 
 
-def start_sshd(directory: Path, bare_home: Path | None = None) -> Sshd:
-    """The tests' sshd; with ``bare_home``, sessions get HOME there, so no shell rc file runs.
-
-    Debian's bash sources ~/.bashrc for every command sshd runs (``SSH_SOURCE_BASHRC``); the
-    second sshd shows what the agent's start costs without the account's rc file.
-    """
-    server: Sshd = Sshd.create(directory)
-    if bare_home is not None:
-        bare_home.mkdir(parents=True)
-        config = directory / "sshd_config"
-        config.write_text(config.read_text() + f"SetEnv HOME={bare_home}\n")
-    return server.start()
-
-
 def provisioner_config(server: Sshd, sim_dir: Path) -> dict[str, object]:
-    """As ``tests/test_remote_kernel.py`` writes it: the simulated TEE behind the loopback sshd."""
+    """As ``tests/integration/test_remote_kernel.py`` writes it: the simulated TEE behind this sshd."""
     return {
         "transport": "ssh",
         "host": "127.0.0.1",
@@ -276,125 +257,6 @@ async def drain(kc: AsyncKernelClient) -> None:
             return
 
 
-# --- bulk data ----------------------------------------------------------------------------------
-
-
-class Source:
-    """A TCP source on 127.0.0.1: a client sends a byte count (8 bytes), gets that many, then EOF."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self._block = bytes(range(256)) * (CHUNK // 256)
-        self._thread = threading.Thread(target=self._serve, name="bench-source", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._send, args=(conn,), daemon=True).start()
-
-    def _send(self, conn: socket.socket) -> None:
-        conn.settimeout(120)
-        view = memoryview(self._block)
-        try:
-            with conn:
-                request = b""
-                while len(request) < 8:
-                    more = conn.recv(8 - len(request))
-                    if not more:
-                        return
-                    request += more
-                left = min(int.from_bytes(request, "big"), 1 << 32)
-                while left > 0:
-                    n = min(left, len(view))
-                    conn.sendall(view[:n])
-                    left -= n
-                conn.shutdown(socket.SHUT_WR)
-                conn.recv(1)  # until the client closes
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-
-
-def pull(port: int, size: int) -> float:
-    """Seconds to ask 127.0.0.1:port for ``size`` bytes and receive them up to EOF."""
-    buf = bytearray(CHUNK)
-    got = 0
-    t0 = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(size.to_bytes(8, "big"))
-        while True:
-            n = sock.recv_into(buf)
-            if not n:
-                break
-            got += n
-    elapsed = time.perf_counter() - t0
-    if got != size:
-        raise RuntimeError(f"pulled {got} bytes of {size} through port {port}")
-    return elapsed
-
-
-@contextlib.contextmanager
-def openssh_forward(server: Sshd, remote_port: int, log: Path, cipher: str | None) -> Iterator[int]:
-    """``ssh -N -L`` to the sshd; yields the local port."""
-    local = free_port()
-    argv = [
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-v",
-        "-N",
-        "-L",
-        f"127.0.0.1:{local}:127.0.0.1:{remote_port}",
-        "-i",
-        str(server.identity_file),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-o",
-        f"UserKnownHostsFile={server.known_hosts}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-p",
-        str(server.port),
-    ]
-    if cipher:
-        argv += ["-c", cipher]
-    argv.append(f"{server.user}@127.0.0.1")
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + 15
-        while "Entering interactive session" not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ssh -L did not come up: {log.read_text(errors='replace')[-500:]}")
-            time.sleep(0.05)
-        yield local
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def openssh_cipher(log: Path) -> str:
-    found = re.search(r"kex: server->client cipher: (\S+)", log.read_text(errors="replace"))
-    return found.group(1) if found else "unknown"
-
-
 # --- the measurements ---------------------------------------------------------------------------
 
 
@@ -430,10 +292,8 @@ async def bench_start(names: tuple[str, ...]) -> list[Result]:
     return results
 
 
-async def bench_exec_and_display(
-    cc: AsyncKernelClient, local: AsyncKernelClient
-) -> tuple[Result, Result, Result]:
-    clients = {"cc": cc, "local": local}
+async def bench_exec(clients: dict[str, AsyncKernelClient]) -> tuple[Result, Result]:
+    """Execute round trips through the tunnel ("cc") against the local kernel, in blocks."""
     reply: dict[str, list[float]] = {"cc": [], "local": []}
     full: dict[str, list[float]] = {"cc": [], "local": []}
     for kc in clients.values():
@@ -458,7 +318,11 @@ async def bench_exec_and_display(
         main.notes.append(f"p95 tunnel {p95.get('cc', 0):.2f} ms, local {p95.get('local', 0):.2f} ms")
     shell = Result("execute round trip (shell reply)", "ms", 0, 0, "(info)", None, n)
     shell.median, shell.baseline = med(reply["cc"]) * 1000, med(reply["local"]) * 1000
+    return main, shell
 
+
+async def bench_display(clients: dict[str, AsyncKernelClient]) -> Result:
+    """The 50 MB display output through the tunnel ("cc") against the local kernel."""
     disp: dict[str, list[float]] = {"cc": [], "local": []}
     for kc in clients.values():
         await roundtrip(kc, f"_bench_big = 'x' * {DISPLAY_BYTES}")
@@ -481,18 +345,15 @@ async def bench_exec_and_display(
     )
     mb = DISPLAY_BYTES / 1e6
     display.notes.append(f"{mb / display.median:.0f} MB/s tunnel, {mb / display.baseline:.0f} MB/s local")
-    return main, shell, display
+    return display
 
 
-def connect(server: Sshd) -> SshConnection:
-    """An SSH connection to the benchmark sshd, host key checked as the provisioner does."""
-    target = SshTarget(
-        host="127.0.0.1",
-        port=server.port,
-        identity_file=str(server.identity_file),
-        known_hosts=str(server.known_hosts),
-    )
-    return SshConnection(target).connect()
+async def bench_exec_and_display(
+    cc: AsyncKernelClient, local: AsyncKernelClient
+) -> tuple[Result, Result, Result]:
+    clients = {"cc": cc, "local": local}
+    main, shell = await bench_exec(clients)
+    return main, shell, await bench_display(clients)
 
 
 def bench_bulk(server: Sshd, tmp: Path) -> tuple[Result, list[str]]:
@@ -588,13 +449,7 @@ async def bench_phases(server: Sshd, config: dict[str, object], rounds: int = 3)
         if not BUDGET.check("phases"):
             break
         t_total = time.perf_counter()
-        target = SshTarget(
-            host="127.0.0.1",
-            port=server.port,
-            identity_file=str(server.identity_file),
-            known_hosts=str(server.known_hosts),
-        )
-        ssh = timed(phases, "cc: ssh connect+auth", SshConnection(target).connect)
+        ssh = timed(phases, "cc: ssh connect+auth", connect, server)
         link: GuestLink | None = None
         kc: AsyncKernelClient | None = None
         try:

@@ -137,7 +137,8 @@ def profile_broker(store: object, uri_for: object) -> None:
 
     import tornado.netutil
 
-    from jupyter_cc.kbs.server import Broker, _server
+    from jupyter_cc.kbs.broker import Broker
+    from jupyter_cc.kbs.server import _server
     from jupyter_cc.keys import release
 
     logging.getLogger("tornado.access").setLevel(logging.ERROR)
@@ -197,7 +198,8 @@ def main() -> int:
     os.environ["JUPYTER_DATA_DIR"] = str(tmp / "data")
 
     from jupyter_cc.attest.sim import SimulatedTee
-    from jupyter_cc.kbs.server import Broker, start_in_thread
+    from jupyter_cc.kbs.broker import Broker
+    from jupyter_cc.kbs.server import start_in_thread
     from jupyter_cc.kbs.store import KeyStore
 
     SimulatedTee.load_or_create()  # made once, shared by the broker and the clients

@@ -41,7 +41,8 @@ from typing import Any
 import cryptography
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from jupyter_cc.seal import DEFAULT_CHUNK_SIZE, seal_bytes, seal_file, seal_value, unseal_file
+from jupyter_cc.seal import seal_file, seal_value, unseal_file
+from jupyter_cc.seal.envelope import DEFAULT_CHUNK_SIZE, seal_bytes
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -113,6 +114,7 @@ def child(case: str, arg: str) -> None:
     import tracemalloc
 
     import jupyter_cc.seal as seal
+    from jupyter_cc.seal.files import seal_value_to_file
 
     data = os.urandom(GiB) if case in ("object", "object-to-file") else b""
     out_size = 0
@@ -128,7 +130,7 @@ def child(case: str, arg: str) -> None:
         envelope = seal.seal_value(data, KEY)
         out_size = len(envelope)
     elif case == "object-to-file":
-        seal.seal_value_to_file(data, arg, KEY)
+        seal_value_to_file(data, arg, KEY)
     else:
         seal.seal_file(arg + ".in", arg, KEY)
     _, traced = tracemalloc.get_traced_memory()

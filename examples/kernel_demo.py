@@ -16,8 +16,9 @@ from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 
+from jupyter_cc.attest.kinds import SIMULATED_BANNER
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
-from jupyter_cc.provisioner import KernelRefused
+from jupyter_cc.provisioner import KernelRefusedError
 
 
 def write_spec(root: Path, name: str, config: dict[str, object]) -> None:
@@ -36,7 +37,7 @@ async def run(root: Path) -> int:
     try:
         state = km.provisioner.attestation_state()
         claims = state["claims"]
-        label = "SIMULATED — not a hardware TEE" if state["simulated"] else "hardware"
+        label = SIMULATED_BANNER if state["simulated"] else "hardware"
         print(f"attested {state['evidence_kind']} ({label})")
         print(
             f"  policy {state['verdict']['policy']}: {'PASSED' if state['verdict']['passed'] else 'REJECTED'}"
@@ -55,7 +56,7 @@ async def run(root: Path) -> int:
     km = AsyncKernelManager(kernel_name="cc-demo-default-policy")
     try:
         await km.start_kernel()
-    except KernelRefused as exc:
+    except KernelRefusedError as exc:
         print(exc)
     else:
         await km.shutdown_kernel()

@@ -33,10 +33,11 @@ import nbformat
 from nbclient import NotebookClient
 
 from jupyter_cc import audit
+from jupyter_cc.attest.kinds import SIMULATED_BANNER
+from jupyter_cc.files import write_private
 from jupyter_cc.kernelspec import simulated_policy_path
-from jupyter_cc.paths import write_private
 from jupyter_cc.profiles import Profile, save_profile
-from jupyter_cc.seal import seal_bytes
+from jupyter_cc.seal.envelope import seal_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "examples" / "confidential-analysis.ipynb"
@@ -212,7 +213,7 @@ def main() -> int:
         "?",
     )
     refused = next((line for line in text.splitlines() if "neither sealed nor declassified" in line), "")
-    print("\nsummary (SIMULATED — not a hardware TEE)")
+    print(f"\nsummary ({SIMULATED_BANNER})")
     verdict = "PASSED" if attest.get("passed") else "FAILED"
     print(f"  verdict:       {verdict} under policy {attest.get('policy')}")
     print(f"  key released:  {release.get('key_id')} (fingerprint {release.get('key_fingerprint')})")

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_cc.errors import CCError, InputError
+from jupyter_cc.files import read_if_present
 from jupyter_cc.paths import data_dir
 
 try:
@@ -197,28 +198,14 @@ def _check_name(name: str, where: str) -> None:
 
 def _clean(value: Any, where: str) -> Any:
     """``value`` as JSON data, refusing secrets-by-name, private keys, bytes and non-finite floats."""
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InputError(f"audit field {where} is {value}, which JSON cannot hold")
-        return value
-    if isinstance(value, str):
-        if _PRIVATE_PEM.search(value):
-            raise InputError(f"audit field {where} holds a PEM private key; audit entries never hold keys")
-        return value
+    if value is None or isinstance(value, bool | int | float | str):
+        return _clean_scalar(value, where)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InputError(f"audit field {where} has a key {key!r} that is not a string")
-            _check_name(key, f"{where}.{key}")
-            out[key] = _clean(item, f"{where}.{key}")
-        return out
+        return _clean_mapping(value, where)
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
         return [_clean(item, f"{where}[{i}]") for i, item in enumerate(items)]
@@ -228,6 +215,26 @@ def _clean(value: Any, where: str) -> Any:
             hint="record a hex digest or a length, never the bytes themselves",
         )
     raise InputError(f"audit field {where} is a {type(value).__name__}, which is not JSON data")
+
+
+def _clean_scalar(value: int | float | str | None, where: str) -> Any:
+    """A JSON scalar as it is, unless it is a non-finite float or a string holding a private key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"audit field {where} is {value}, which JSON cannot hold")
+    if isinstance(value, str) and _PRIVATE_PEM.search(value):
+        raise InputError(f"audit field {where} holds a PEM private key; audit entries never hold keys")
+    return value
+
+
+def _clean_mapping(value: Mapping[Any, Any], where: str) -> dict[str, Any]:
+    """A JSON object of string keys, each named and valued as :func:`_clean` allows."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise InputError(f"audit field {where} has a key {key!r} that is not a string")
+        _check_name(key, f"{where}.{key}")
+        out[key] = _clean(item, f"{where}.{key}")
+    return out
 
 
 def _entry_fields(event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -347,17 +354,6 @@ def record(event: str, /, *, path: str | os.PathLike[str] | None = None, **field
     return entry
 
 
-def _read_bytes(log: Path) -> bytes | None:
-    try:
-        return log.read_bytes()
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
-        raise InputError(f"audit log {log} is a directory, not a file") from None
-    except OSError as exc:
-        raise InputError(f"cannot read audit log {log} ({exc.strerror})") from None
-
-
 def _split(data: bytes) -> list[bytes]:
     """Lines with their newline (the last may lack one)."""
     return data.splitlines(keepends=True) if data else []
@@ -375,7 +371,7 @@ def read(path: str | os.PathLike[str] | None = None, limit: int | None = None) -
     if limit is not None and limit < 0:
         raise InputError(f"limit {limit} is negative")
     log = audit_path(path)
-    data = _read_bytes(log)
+    data = read_if_present(log, "audit log")
     if data is None:
         return []
     lines = _split(data)
@@ -413,61 +409,65 @@ def verify(path: str | os.PathLike[str] | None = None) -> VerifyResult:
         InputError: the log cannot be read (a directory, no permission).
     """
     log = audit_path(path)
-    data = _read_bytes(log)
+    data = read_if_present(log, "audit log")
     if data is None:
         return VerifyResult(ok=True, entries=0)
     lines = _split(data)
-
     digests = [GENESIS]  # digests[n] is the SHA-256 of line n; digests[0] the genesis value
-
-    def broken(number: int, reason: str) -> VerifyResult:
-        return VerifyResult(
-            ok=False, entries=len(lines), first_broken=number, reason=reason, head=digests[number - 1]
-        )
-
     for number, raw in enumerate(lines, start=1):
-        if not raw.endswith(b"\n"):
-            return broken(
-                number,
-                f"line {number} is truncated: expected a complete JSON line ending in a newline, "
-                f"found {len(raw)} bytes without one ({_preview(raw)})",
+        problem = _line_problem(number, raw, digests[number - 1])
+        if problem is not None:
+            broken, reason = problem
+            return VerifyResult(
+                ok=False, entries=len(lines), first_broken=broken, reason=reason, head=digests[broken - 1]
             )
-        line = raw[:-1]
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            entry = None
-        if not isinstance(entry, dict):
-            what = "an empty line" if not line.strip() else _preview(raw)
-            return broken(number, f"line {number} is not a JSON object: found {what}")
-        seq = entry.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq != number:
-            if isinstance(seq, int) and not isinstance(seq, bool) and seq > number:
-                story = f"{seq - number} line(s) before it were removed, or lines were reordered"
-            elif isinstance(seq, int) and not isinstance(seq, bool):
-                story = "a line was duplicated or inserted, or lines were reordered"
-            else:
-                story = "the line was edited"
-            return broken(number, f"line {number} has seq {seq!r}, expected {number}: {story}")
-        for name in ("time", "event"):
-            if not isinstance(entry.get(name), str):
-                return broken(
-                    number,
-                    f"line {number} has {name} {entry.get(name)!r}, expected a string: the line was edited",
-                )
-        recorded = entry.get("prev")
-        expected = digests[number - 1]
-        if recorded != expected:
-            if number == 1:
-                return broken(
-                    1,
-                    f"line 1 records prev {recorded!r}, expected {GENESIS}: "
-                    "the log does not start at its first entry",
-                )
-            return broken(
-                number - 1,
-                f"line {number - 1} was edited (or line {number}'s prev was): line {number} records "
-                f"its SHA-256 as {recorded!r}, found {expected}",
-            )
-        digests.append(_digest(line))
+        digests.append(_digest(raw[:-1]))
     return VerifyResult(ok=True, entries=len(lines), head=digests[-1])
+
+
+def _line_problem(number: int, raw: bytes, expected: str) -> tuple[int, str] | None:
+    """The broken line (this one, or the one before when ``prev`` does not match) and why; None if intact.
+
+    ``expected`` is the SHA-256 of the line before (the genesis value for line 1).
+    """
+    if not raw.endswith(b"\n"):
+        return number, (
+            f"line {number} is truncated: expected a complete JSON line ending in a newline, "
+            f"found {len(raw)} bytes without one ({_preview(raw)})"
+        )
+    line = raw[:-1]
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict):
+        what = "an empty line" if not line.strip() else _preview(raw)
+        return number, f"line {number} is not a JSON object: found {what}"
+    seq = entry.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq != number:
+        return number, f"line {number} has seq {seq!r}, expected {number}: {_seq_story(seq, number)}"
+    for name in ("time", "event"):
+        if not isinstance(entry.get(name), str):
+            return number, (
+                f"line {number} has {name} {entry.get(name)!r}, expected a string: the line was edited"
+            )
+    recorded = entry.get("prev")
+    if recorded == expected:
+        return None
+    if number == 1:
+        return 1, (
+            f"line 1 records prev {recorded!r}, expected {GENESIS}: the log does not start at its first entry"
+        )
+    return number - 1, (
+        f"line {number - 1} was edited (or line {number}'s prev was): line {number} records "
+        f"its SHA-256 as {recorded!r}, found {expected}"
+    )
+
+
+def _seq_story(seq: Any, number: int) -> str:
+    """What a wrong ``seq`` on line ``number`` says happened to the log."""
+    if isinstance(seq, int) and not isinstance(seq, bool) and seq > number:
+        return f"{seq - number} line(s) before it were removed, or lines were reordered"
+    if isinstance(seq, int) and not isinstance(seq, bool):
+        return "a line was duplicated or inserted, or lines were reordered"
+    return "the line was edited"

@@ -1,4 +1,7 @@
-"""Where jupyter-cc keeps its state: the data dir and the user config file (design section 3)."""
+"""Where jupyter-cc keeps its state: the data dir and the user config file (design section 3).
+
+How files there are written (whole, or private from the start) is :mod:`jupyter_cc.files`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_config_dir, jupyter_data_dir
 
-__all__ = ["config_path", "data_dir", "write_private"]
+__all__ = ["config_path", "data_dir"]
 
 
 def data_dir() -> Path:
@@ -19,10 +22,3 @@ def config_path() -> Path:
     """The user config, ``~/.jupyter/jupyter_cc.toml`` unless ``JUPYTER_CC_CONFIG`` names another."""
     override = os.environ.get("JUPYTER_CC_CONFIG")
     return Path(override) if override else Path(jupyter_config_dir()) / "jupyter_cc.toml"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 from the start (never world-readable, not even briefly)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jupyter_cc.attest.claims import REAL_KINDS, SIMULATED_KINDS, Claims
+from jupyter_cc.attest.claims import Claims
+from jupyter_cc.attest.kinds import KIND_NAMES, KINDS, REAL_KINDS, SIMULATED_KINDS, SNP_PRODUCTS, TCB_STATUSES
 from jupyter_cc.errors import InputError, PolicyError
 
 if sys.version_info >= (3, 11):
@@ -37,20 +38,9 @@ else:  # pragma: no cover
 
 __all__ = ["Policy", "Reason", "Verdict", "appraise"]
 
-_KNOWN_KINDS = (*REAL_KINDS, *SIMULATED_KINDS)
-_SNP_KINDS = ("snp", "az-snp-vtpm")
-_TDX_KINDS = ("tdx", "az-tdx-vtpm")
+_SNP_KINDS = tuple(k.name for k in KINDS if k.family == "snp" and not k.simulated)
+_TDX_KINDS = tuple(k.name for k in KINDS if k.family == "tdx" and not k.simulated)
 _TCB_FIELDS = ("bootloader", "tee", "snp", "microcode", "fmc")
-_PRODUCTS = ("Milan", "Genoa", "Turin")
-_TCB_STATUSES = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
 
 
 @dataclass(frozen=True)
@@ -204,17 +194,17 @@ class Policy:
             name=name,
             allow_debug=_bool(doc.get("allow_debug", False), "allow_debug"),
             allow_simulated=_bool(doc.get("allow_simulated", False), "allow_simulated"),
-            tee=_strings(doc["tee"], _KNOWN_KINDS, "tee") if "tee" in doc else None,
+            tee=_strings(doc["tee"], KIND_NAMES, "tee") if "tee" in doc else None,
             snp_measurement=_hex_list(snp["measurement"], 48, "[snp] measurement")
             if "measurement" in snp
             else None,
             snp_host_data=_hex(snp["host_data"], 32, "[snp] host_data") if "host_data" in snp else None,
             snp_vmpl=_int(snp["vmpl"], "[snp] vmpl") if "vmpl" in snp else None,
             snp_min_tcb=min_tcb,
-            snp_product=_strings(snp["product"], _PRODUCTS, "[snp] product") if "product" in snp else None,
+            snp_product=_strings(snp["product"], SNP_PRODUCTS, "[snp] product") if "product" in snp else None,
             tdx_mrtd=_hex_list(tdx["mrtd"], 48, "[tdx] mrtd") if "mrtd" in tdx else None,
             tdx_rtmr=rtmr,
-            tdx_tcb_status=_strings(tdx["tcb_status"], _TCB_STATUSES, "[tdx] tcb_status")
+            tdx_tcb_status=_strings(tdx["tcb_status"], TCB_STATUSES, "[tdx] tcb_status")
             if "tcb_status" in tdx
             else None,
             azure_compliance_status=compliance,
@@ -243,8 +233,8 @@ class Policy:
             if self._has_tdx_rules():
                 families += _TDX_KINDS
             kinds = families or list(REAL_KINDS)
-        if self.allow_simulated and "sim-snp" not in kinds:
-            kinds.append("sim-snp")
+        if self.allow_simulated:
+            kinds += [name for name in SIMULATED_KINDS if name not in kinds]
         return tuple(kinds)
 
 
@@ -293,6 +283,26 @@ def _check_tdx(policy: Policy, claims: Claims, fail: Any) -> None:
             )
 
 
+def _check_azure(policy: Policy, claims: Claims, fail: Any) -> None:
+    if (
+        policy.azure_compliance_status is not None
+        and claims.get("compliance_status") != policy.azure_compliance_status
+    ):
+        fail("azure.compliance_status", policy.azure_compliance_status, claims.get("compliance_status"))
+    if policy.azure_secure_boot is not None and claims.get("secure_boot") != policy.azure_secure_boot:
+        fail("azure.secure_boot", policy.azure_secure_boot, claims.get("secure_boot"))
+
+
+def _check_gpu(policy: Policy, claims: Claims, fail: Any) -> None:
+    gpu = claims if claims.kind == "nvidia" else claims.gpu
+    if gpu is None:
+        fail("gpu.required", "a verified confidential GPU", "no GPU evidence")
+    elif gpu.get("cc_mode") is False:
+        fail("gpu.required", "a GPU in confidential computing mode", "CC mode off")
+    elif gpu.debug and not policy.allow_debug:
+        fail("gpu.required", "a GPU without debug access", "GPU debug enabled")
+
+
 def appraise(claims: Claims, policy: Policy | None = None) -> Verdict:
     """Judge ``claims`` under ``policy`` (the safe default when None), naming every failed rule."""
     policy = policy or Policy()
@@ -316,19 +326,7 @@ def appraise(claims: Claims, policy: Policy | None = None) -> Verdict:
         _check_snp(policy, claims, fail)
     elif claims.family == "tdx":
         _check_tdx(policy, claims, fail)
-    if (
-        policy.azure_compliance_status is not None
-        and claims.get("compliance_status") != policy.azure_compliance_status
-    ):
-        fail("azure.compliance_status", policy.azure_compliance_status, claims.get("compliance_status"))
-    if policy.azure_secure_boot is not None and claims.get("secure_boot") != policy.azure_secure_boot:
-        fail("azure.secure_boot", policy.azure_secure_boot, claims.get("secure_boot"))
+    _check_azure(policy, claims, fail)
     if policy.gpu_required:
-        gpu = claims if claims.kind == "nvidia" else claims.gpu
-        if gpu is None:
-            fail("gpu.required", "a verified confidential GPU", "no GPU evidence")
-        elif gpu.get("cc_mode") is False:
-            fail("gpu.required", "a GPU in confidential computing mode", "CC mode off")
-        elif gpu.debug and not policy.allow_debug:
-            fail("gpu.required", "a GPU without debug access", "GPU debug enabled")
+        _check_gpu(policy, claims, fail)
     return Verdict(passed=not reasons, policy=policy.name, reasons=tuple(reasons))

@@ -20,13 +20,14 @@ the kernelspec provisioner's config. Profiles hold no secrets (an identity file 
 Profile names are letters, digits, ``-`` and ``_`` (no dots, so a name never looks like a host
 name). Unknown keys are refused, so a typo never silently falls back to a default.
 
-Writing: the stdlib reads TOML but does not write it, so :func:`save_profile` writes this flat
-schema itself (basic strings with backslash, quote and control characters escaped). The rest of
-the file (other tables such as policies or key brokers, their comments and layout) is kept
-verbatim: only the ``[profiles.*]`` tables are re-emitted (comments inside them are not kept).
-The result is parsed back and compared with what was meant; if the file's layout defeats that
-(say ``profiles`` written as dotted keys or an inline table), nothing is written and the error
-says to edit the file by hand. The file is replaced atomically and is mode 0600.
+Writing: the stdlib reads TOML but does not write it, so :func:`save_profile` and
+:func:`remove_profile` edit the file with tomlkit, which keeps the rest of it (other tables such
+as policies or key brokers, comments, blank lines, the order of keys and tables, comments inside
+profile tables) as the user wrote it; a new profile is added after the existing ones. Only plain
+``[profiles.NAME]`` tables are edited: with another layout (say ``profiles`` written as dotted
+keys or an inline table) nothing is written and the error says to edit the file by hand. The
+result is parsed back and compared with what was meant before it is written. The file is
+replaced atomically and is mode 0600.
 """
 
 from __future__ import annotations
@@ -34,14 +35,20 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import tomlkit
+from tomlkit.container import OutOfOrderTableProxy
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import Table
+
+from jupyter_cc.attest.kinds import TEE_CHOICES
 from jupyter_cc.errors import InputError
+from jupyter_cc.files import write_atomic
 from jupyter_cc.paths import config_path
 
 if sys.version_info >= (3, 11):
@@ -53,21 +60,16 @@ if TYPE_CHECKING:
     from jupyter_cc.remote.guest import GuestTarget
 
 __all__ = [
-    "TEES",
     "TRANSPORTS",
     "Profile",
     "get_profile",
     "load_profiles",
     "remove_profile",
     "save_profile",
-    "toml_string",
 ]
 
 TRANSPORTS = ("ssh", "local")
-TEES = ("auto", "snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sim")
 KBS_SCHEMES = ("http", "https", "kbs")
-DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-DEFAULT_PYTHON = "python3"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _STRING_KEYS = (
@@ -81,7 +83,6 @@ _STRING_KEYS = (
     "kbs",
     "sim_dir",
 )
-_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
 
 
 @dataclass(frozen=True)
@@ -119,26 +120,20 @@ class Profile:
         where = f"profile {self.name}"
         if self.transport not in TRANSPORTS:
             raise InputError(f"{where}: transport {self.transport!r} is not one of ssh, local")
-        if self.tee not in TEES:
-            raise InputError(f"{where}: tee {self.tee!r} is not one of {', '.join(TEES)}")
+        if self.tee not in TEE_CHOICES:
+            raise InputError(f"{where}: tee {self.tee!r} is not one of {', '.join(TEE_CHOICES)}")
         if self.port is not None and (
             not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 < self.port < 65536
         ):
             raise InputError(f"{where}: port {self.port!r} is not a TCP port (1 to 65535)")
         for key in _STRING_KEYS:
-            value = getattr(self, key)
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                raise InputError(f"{where}: {key} is a {type(value).__name__}, expected a string")
-            if not value:
-                raise InputError(f"{where}: {key} is empty", hint="leave it out to use the default")
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InputError(f"{where}: {key} is not valid Unicode text") from None
+            _check_string(where, key, getattr(self, key))
         if self.transport == "ssh" and not self.host:
             raise InputError(f"{where}: transport ssh needs a host", hint="set host, or use transport local")
+        self._check_policy_and_kbs(where)
+
+    def _check_policy_and_kbs(self, where: str) -> None:
+        """Refuse a relative policy path and a key broker that is not a URL."""
         if self.policy is not None and not os.path.isabs(os.path.expanduser(self.policy)):
             raise InputError(
                 f"{where}: policy {self.policy!r} is not an absolute path",
@@ -153,19 +148,21 @@ class Profile:
                 )
 
     def to_guest_target(self) -> GuestTarget:
-        """The :class:`~jupyter_cc.remote.guest.GuestTarget` that opens this profile's guest agent."""
-        from jupyter_cc.remote.guest import GuestTarget
+        """The :class:`~jupyter_cc.remote.guest.GuestTarget` that opens this profile's guest agent.
 
-        local = self.transport == "local"
-        return GuestTarget(
+        An unset ``known_hosts`` means ``~/.ssh/known_hosts`` here (a profile always checks one).
+        """
+        from jupyter_cc.remote.guest import DEFAULT_KNOWN_HOSTS, GuestTarget
+
+        return GuestTarget.from_options(
             transport=self.transport,
-            host="" if local else (self.host or ""),
-            port=self.port if self.port is not None else 22,
+            host=self.host,
+            port=self.port,
             user=self.ssh_user,
             identity_file=self.identity_file,
             known_hosts=self.known_hosts if self.known_hosts is not None else DEFAULT_KNOWN_HOSTS,
             host_key_file=self.host_key_file,
-            python=self.python or DEFAULT_PYTHON,
+            python=self.python,
             tee=self.tee,
             sim_dir=self.sim_dir,
         )
@@ -232,27 +229,18 @@ def check_name(name: str) -> None:
         )
 
 
-def toml_string(value: str) -> str:
-    """``value`` as a TOML basic string: backslash, quote and control characters escaped."""
-    out = []
-    for char in value:
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04X}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
-
-
-def _render(profile: Profile) -> str:
-    lines = [f"[profiles.{profile.name}]"]
-    for f in fields(profile):
-        value = getattr(profile, f.name)
-        if f.name == "name" or value is None:
-            continue
-        lines.append(f"{f.name} = {value}" if f.name == "port" else f"{f.name} = {toml_string(value)}")
-    return "\n".join(lines) + "\n"
+def _check_string(where: str, key: str, value: object) -> None:
+    """Refuse a string setting that is not a non-empty string of valid Unicode (``None``: unset)."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InputError(f"{where}: {key} is a {type(value).__name__}, expected a string")
+    if not value:
+        raise InputError(f"{where}: {key} is empty", hint="leave it out to use the default")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where}: {key} is not valid Unicode text") from None
 
 
 def _read_config(path: Path) -> tuple[str, dict[str, Any]]:
@@ -309,83 +297,84 @@ def get_profile(name: str, path: str | os.PathLike[str] | None = None) -> Profil
     return profiles[name]
 
 
-_HEADER = re.compile(r"^\s*\[\[?\s*(?:\"((?:[^\"\\]|\\.)*)\"|'([^']*)'|([A-Za-z0-9_-]+))")
+def _layout_error(config: Path) -> InputError:
+    return InputError(
+        f"cannot update the profiles in {config} without changing its other settings "
+        "(profiles there are not plain [profiles.NAME] tables)",
+        hint="edit the file by hand",
+    )
 
 
-def _segments(text: str) -> list[tuple[bool, str]]:
-    """``text`` cut before each table header: (is it a profiles table, its text), in order.
-
-    Triple-quoted strings are skipped so a line inside one is never taken for a header; the
-    caller checks the result by parsing it, so an unusual layout fails safe.
-    """
-    segments: list[tuple[bool, list[str]]] = [(False, [])]
-    in_string: str | None = None
-    for line in text.splitlines(keepends=True):
-        if in_string is None:
-            match = _HEADER.match(line)
-            if match:
-                first = match.group(1) if match.group(1) is not None else match.group(2) or match.group(3)
-                segments.append((first == "profiles", []))
-        segments[-1][1].append(line)
-        for quote in ('"""', "'''"):
-            if in_string in (None, quote) and line.count(quote) % 2 == 1:
-                in_string = quote if in_string is None else None
-    return [(is_profile, "".join(lines)) for is_profile, lines in segments]
+def _editable(config: Path, text: str) -> tomlkit.TOMLDocument:
+    """The config as a tomlkit document, if its profiles are plain ``[profiles.NAME]`` tables."""
+    try:
+        document = tomlkit.parse(text)
+    except TOMLKitError:
+        raise _layout_error(config) from None
+    tables = document.get("profiles")
+    if tables is None:
+        return document
+    # A table, or the proxy tomlkit gives for [profiles.*] tables with other tables between them;
+    # never an inline table, and every profile its own header (not dotted keys, not inline).
+    if not isinstance(tables, Table | OutOfOrderTableProxy):
+        raise _layout_error(config)
+    for table in tables.values():
+        if not isinstance(table, Table) or table.is_super_table():
+            raise _layout_error(config)
+    return document
 
 
-def _write_profiles(config: Path, text: str, doc: dict[str, Any], profiles: Mapping[str, Profile]) -> None:
-    """Replace the file's ``[profiles.*]`` tables with ``profiles``, keeping everything else."""
-    rendered = "\n".join(_render(profiles[name]) for name in sorted(profiles))
-    parts: list[str] = []
-    placed = False
-    for is_profile, segment in _segments(text):
-        if is_profile:
-            if not placed and rendered:
-                parts.append(rendered + "\n")
-            placed = True
-        else:
-            parts.append(segment)
-    if not placed and rendered:
-        head = "".join(parts)
-        if head and not head.endswith("\n"):
-            head += "\n"
-        parts = [head, "\n" if head.strip() else "", rendered]
-    new_text = "".join(parts)
+def _values(profile: Profile) -> dict[str, Any]:
+    """The profile's set values as its table holds them, in field order."""
+    return {k: v for k, v in profile.to_json().items() if k != "name"}
 
-    wanted = {k: v for k, v in doc.items() if k != "profiles"}
-    if profiles:
-        wanted["profiles"] = {name: _table(p) for name, p in profiles.items()}
+
+def _put(document: tomlkit.TOMLDocument, profile: Profile) -> None:
+    """Set ``profile``'s table in ``document``: in place if it exists (its comments stay), else
+    after the other profiles."""
+    values = _values(profile)
+    tables = document.get("profiles")
+    if tables is None:
+        if document.as_string().strip():
+            document.add(tomlkit.nl())
+        tables = tomlkit.table(is_super_table=True)
+        document.add("profiles", tables)
+    table = tables.get(profile.name)
+    if table is None:
+        table = tomlkit.table()
+        table.update(values)
+        table.add(tomlkit.nl())
+        tables[profile.name] = table
+        return
+    for key in [k for k in table if k not in values]:
+        del table[key]
+    for key, value in values.items():
+        if table.get(key) != value:
+            table[key] = value
+
+
+def _write(config: Path, old_text: str, document: tomlkit.TOMLDocument, wanted: dict[str, Any]) -> None:
+    """Write ``document`` if it parses back to ``wanted``; refuse (writing nothing) otherwise."""
+    new_text = document.as_string()
+    if new_text.endswith("\n\n") and not old_text.endswith("\n\n"):
+        new_text = new_text.rstrip("\n") + "\n"  # no blank line at the end that was not there
     try:
         written = tomllib.loads(new_text)
     except tomllib.TOMLDecodeError:
         written = None
     if written != wanted:
-        raise InputError(
-            f"cannot update the profiles in {config} without changing its other settings "
-            "(profiles there are not plain [profiles.NAME] tables)",
-            hint="edit the file by hand",
-        )
-    _write_atomic(config, new_text.encode("utf-8"))
-
-
-def _table(profile: Profile) -> dict[str, Any]:
-    return {k: v for k, v in profile.to_json().items() if k != "name"}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` as mode 0600 by renaming a complete temporary file over it."""
-    target = path.resolve() if path.is_symlink() else path
+        raise _layout_error(config)
+    target = config.resolve() if config.is_symlink() else config  # keep the link, replace its file
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, new_text.encode("utf-8"), fsync=True)
+
+
+def _wanted(doc: Mapping[str, Any], tables: Mapping[str, Any]) -> dict[str, Any]:
+    """What the file must parse to: ``doc`` with ``tables`` (name to table) as its profiles."""
+    wanted = {k: v for k, v in doc.items() if k != "profiles"}
+    if tables:
+        wanted["profiles"] = dict(tables)
+    return wanted
 
 
 def save_profile(
@@ -399,17 +388,17 @@ def save_profile(
     """
     config = Path(path) if path is not None else config_path()
     text, doc = _read_config(config)
-    profiles = {
-        name: Profile.from_table(name, table, source=str(config))
-        for name, table in _profile_tables(doc, config).items()
-    }
-    if not replace and profile.name in profiles:
+    tables = _profile_tables(doc, config)
+    for name, table in tables.items():
+        Profile.from_table(name, table, source=str(config))  # refuse to keep an invalid profile
+    if not replace and profile.name in tables:
         raise InputError(
             f"profile {profile.name} already exists in {config}",
             hint="remove it first, or pass --replace",
         )
-    profiles[profile.name] = profile
-    _write_profiles(config, text, doc, profiles)
+    document = _editable(config, text)
+    _put(document, profile)
+    _write(config, text, document, _wanted(doc, {**tables, profile.name: _values(profile)}))
     return config
 
 
@@ -426,6 +415,12 @@ def remove_profile(name: str, path: str | os.PathLike[str] | None = None) -> Pat
         known = ", ".join(sorted(tables)) if tables else "none"
         raise InputError(f"there is no profile {name!r} in {config} (known profiles: {known})")
     others = {n: t for n, t in tables.items() if n != name}
-    profiles = {n: Profile.from_table(n, t, source=str(config)) for n, t in others.items()}
-    _write_profiles(config, text, doc, profiles)
+    for other, table in others.items():
+        Profile.from_table(other, table, source=str(config))  # the others must still be valid
+    document = _editable(config, text)
+    kept = document["profiles"]
+    del kept[name]
+    if not kept:
+        del document["profiles"]
+    _write(config, text, document, _wanted(doc, others))
     return config

@@ -32,34 +32,45 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from tornado.web import HTTPError
 from traitlets import Bool, Enum, Float, Integer, Unicode
 
+from jupyter_cc.attest.kinds import SIMULATED_BANNER
 from jupyter_cc.errors import CCError
 from jupyter_cc.guest.kernel import PORT_NAMES
 from jupyter_cc.policy import Policy
 from jupyter_cc.remote.attestation import Attestation
 from jupyter_cc.remote.guest import GuestLink, GuestTarget
+from jupyter_cc.remote.target import CvmTargetTraits
 
-__all__ = ["ConfidentialProvisioner", "KernelRefused"]
-
-TEES = ("auto", "snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sim")
+__all__ = ["ConfidentialProvisioner", "KernelRefusedError"]
 
 
-class KernelRefused(HTTPError):
+class KernelRefusedError(HTTPError, CCError):
     """A confidential kernel that was not started, with the one sentence saying why.
 
+    A :class:`~jupyter_cc.errors.CCError` like every refusal, and also a tornado ``HTTPError``:
     jupyter_server passes an HTTPError's message through to JupyterLab's "Error Starting Kernel"
     dialog (any other exception becomes "Unhandled error"), so the refusal is raised as one.
     """
 
+    check = "kernel"
+
     def __init__(self, message: str) -> None:
-        super().__init__(500, log_message=message, reason="Confidential kernel not started")
-        self.message = message
+        CCError.__init__(self, message)
+        # HTTPError's own init last: it sets ``args`` to () so tornado never %-formats the message.
+        HTTPError.__init__(self, 500, log_message=message, reason="Confidential kernel not started")
 
     def __str__(self) -> str:
         return self.message
 
 
-class ConfidentialProvisioner(KernelProvisionerBase):
-    """Kernels in attested confidential VMs. Every kernel.json ``config`` key is a traitlet."""
+# KernelProvisionerMeta derives from MetaHasTraits at run time (via type(LoggingConfigurable)), which
+# mypy cannot see.
+class ConfidentialProvisioner(KernelProvisionerBase, CvmTargetTraits):  # type: ignore[metaclass]
+    """Kernels in attested confidential VMs. Every kernel.json ``config`` key is a traitlet.
+
+    The traits shared with the Hub spawner (key files, policy, TEE choice...) come from
+    :class:`~jupyter_cc.remote.target.CvmTargetTraits`; ``host``, ``port`` and ``user`` are
+    declared here under the kernel.json names installed kernelspecs use.
+    """
 
     transport = Enum(
         ["ssh", "local"], default_value="ssh", config=True, help="ssh to a CVM, or local (in the TEE)"
@@ -67,22 +78,9 @@ class ConfidentialProvisioner(KernelProvisionerBase):
     host = Unicode("", config=True, help="the CVM's address (transport ssh)")
     port = Integer(22, config=True, help="its sshd port")
     user = Unicode("", config=True, help="the SSH user (default: the local user name)")
-    identity_file = Unicode("", config=True, help="private key file for SSH (default: ssh-agent)")
-    known_hosts = Unicode("~/.ssh/known_hosts", config=True, help="known_hosts file checked first")
-    host_key_file = Unicode("", config=True, help="path ON THE CVM of the sshd public key to bind")
-    policy = Unicode("", config=True, help="TOML policy file (default: the safe default policy)")
-    remote_python = Unicode("python3", config=True, help="Python on the CVM with jupyter-cc installed")
     kernel_python = Unicode(
         "", config=True, help="Python on the CVM that runs ipykernel (default: remote_python)"
     )
-    tee = Enum(
-        list(TEES),
-        default_value="auto",
-        config=True,
-        help="evidence source in the guest; sim only when asked",
-    )
-    sim_dir = Unicode("", config=True, help="simulated TEE folder in the guest (tee sim)")
-    connect_timeout = Float(15.0, config=True, help="seconds for SSH connect and each agent request")
     launch_timeout = Float(
         60.0, config=True, help="seconds for connect, attestation and kernel start together"
     )
@@ -161,19 +159,12 @@ class ConfidentialProvisioner(KernelProvisionerBase):
         return {name: str(env.get(name, value)) for name, value in spec_env.items()}
 
     def _target(self) -> GuestTarget:
-        return GuestTarget(
+        return self.guest_target(
             transport=self.transport,
             host=self.host,
             port=self.port,
-            user=self.user or None,
-            identity_file=self.identity_file or None,
-            known_hosts=self.known_hosts or None,
-            host_key_file=self.host_key_file or None,
-            python=self.remote_python,
-            kernel_python=self.kernel_python or None,
-            tee=self.tee,
-            sim_dir=self.sim_dir or None,
-            timeout=self.connect_timeout,
+            user=self.user,
+            kernel_python=self.kernel_python,
         )
 
     def _attest_now(self) -> Attestation:
@@ -188,7 +179,7 @@ class ConfidentialProvisioner(KernelProvisionerBase):
             self.kernel_id,
             self.attestation.claims.kind,
             self.attestation.verdict.policy,
-            " (SIMULATED — not a hardware TEE)" if self.attestation.claims.simulated else "",
+            f" ({SIMULATED_BANNER})" if self.attestation.claims.simulated else "",
         )
         answer = self._link.agent.request(
             "start", env=self._kernel_env(env), cwd=cwd, timeout=self.launch_timeout
@@ -228,7 +219,7 @@ class ConfidentialProvisioner(KernelProvisionerBase):
             )
         except asyncio.TimeoutError:
             self._teardown()
-            raise KernelRefused(
+            raise KernelRefusedError(
                 "Confidential kernel not started: connect, attest and start took more than "
                 f"{self.launch_timeout:g} seconds; raise launch_timeout or check the CVM."
             ) from None
@@ -236,12 +227,10 @@ class ConfidentialProvisioner(KernelProvisionerBase):
             self.attestation_error = exc.diagnostics()
             self._teardown()
             self.log.error("confidential kernel refused: %s", exc.diagnostics())
-            raise KernelRefused(
-                f"Confidential kernel not started: {exc.check} check failed: {exc.diagnostics()}"
-            ) from None
+            raise KernelRefusedError(f"Confidential kernel not started: {exc.sentence()}") from None
         except Exception as exc:
             self._teardown()
-            raise KernelRefused(
+            raise KernelRefusedError(
                 f"Confidential kernel not started: unexpected {exc.__class__.__name__} ({exc})"
             ) from exc
         self.connection_info = info

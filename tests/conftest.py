@@ -1,4 +1,5 @@
-"""Session fixtures: the real evidence in ../shared/vectors, a private data dir, the simulated TEE.
+"""Session fixtures: the real evidence in ../shared/vectors, a private data dir, the simulated
+TEE and the sshd standing in for a confidential VM.
 
 Tests under ``integration/`` start real parts and are marked ``integration``, so
 ``pytest -m "not integration"`` (or ``pytest tests/unit``) runs the fast ones alone.
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.support.env import IN_CI, VECTORS, need_tool
+from tests.support.sshd import Sshd, guest_sshd
 
 # Shared machines are noisy: no per-example deadline; under CI the examples are derandomized so
 # a green main stays green, while local runs keep exploring new inputs.
@@ -65,3 +67,12 @@ def sim_tee() -> Any:
     from jupyter_cc.attest.sim import SimulatedTee
 
     return SimulatedTee.load_or_create()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory, sim_tee: Any) -> Iterator[Sshd]:
+    """One real sshd standing in for the CVM for the whole run, started after the simulated
+    TEE exists (``sim_tee``) so no guest session races to create it."""
+    server = guest_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()

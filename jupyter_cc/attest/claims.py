@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["REAL_KINDS", "SIMULATED_KINDS", "Claims", "freeze"]
+from jupyter_cc.attest.kinds import kind as _registered
 
-REAL_KINDS = ("snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "maa", "nvidia")
-SIMULATED_KINDS = ("sim-snp",)
+__all__ = ["Claims", "freeze"]
 
 
 def freeze(value: Any) -> Any:
@@ -41,8 +40,8 @@ class Claims:
     """Verified facts about one piece of evidence.
 
     Attributes:
-        kind: the evidence kind that was verified (``snp``, ``tdx``, ``az-snp-vtpm``,
-            ``az-tdx-vtpm``, ``maa``, ``nvidia``, ``sim-snp``).
+        kind: the evidence kind that was verified (a name in
+            :data:`jupyter_cc.attest.kinds.KIND_NAMES`).
         simulated: True only for evidence from the simulated TEE.
         debug: the TEE allows a debugger (SNP policy bit 19, TDX TD attribute bit 0, ...).
         report_data: the 64 bytes the guest bound into the evidence (empty where the kind has
@@ -64,11 +63,8 @@ class Claims:
     @property
     def family(self) -> str:
         """``snp`` or ``tdx`` for the CPU TEE behind the evidence, else the kind itself."""
-        if self.kind in ("snp", "az-snp-vtpm", "sim-snp"):
-            return "snp"
-        if self.kind in ("tdx", "az-tdx-vtpm"):
-            return "tdx"
-        return self.kind
+        entry = _registered(self.kind)
+        return entry.family if entry is not None else self.kind
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.details.get(key, default)

@@ -2,8 +2,9 @@
 
 :class:`Evidence` gathers what one verification needs (the report and whichever certificates,
 collateral or keys its kind uses); :func:`verify` sends it to the kind's verifier and returns
-:class:`Claims`. The CLI fills an ``Evidence`` from files, the provisioner from the bundle the
-guest agent returns (:func:`parse_bundle`), so both run the same checks.
+:class:`Claims` (the registry, :mod:`jupyter_cc.attest.kinds`, names each kind's verifier).
+The CLI fills an ``Evidence`` from files, the provisioner from the bundle the guest agent
+returns (:func:`parse_bundle`), so both run the same checks.
 
 Bundle format (JSON, version 1)::
 
@@ -19,25 +20,35 @@ Binary fields are base64 (either alphabet), certificates PEM. ``evidence`` keys 
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from cryptography import x509
 
-from jupyter_cc.attest import snp
 from jupyter_cc.attest.binding import check_report_data, expected_report_data
 from jupyter_cc.attest.certs import load_certificates
-from jupyter_cc.attest.claims import REAL_KINDS, SIMULATED_KINDS, Claims
+from jupyter_cc.attest.claims import Claims
+from jupyter_cc.attest.kinds import AZURE_KINDS, KIND_NAMES
+from jupyter_cc.attest.kinds import kind as registered_kind
 from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.decoding import b64decode_any, decode_hex, strict_json
 from jupyter_cc.errors import FormatError, InputError
 
-__all__ = ["BUNDLE_FORMAT", "KINDS", "Bundle", "Evidence", "parse_bundle", "verify", "verify_bundle"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "Bundle",
+    "Evidence",
+    "bound_report_data",
+    "parse_bundle",
+    "serialize_bundle",
+    "verify",
+    "verify_bundle",
+]
 
-KINDS = (*REAL_KINDS, *SIMULATED_KINDS)
 BUNDLE_FORMAT = "jupyter-cc-evidence"
 _MAX_BUNDLE = 4 * 1024 * 1024
 
@@ -63,92 +74,32 @@ class Evidence:
     nonce: bytes | None = None
     gpus: tuple[Evidence, ...] = ()
 
+    def binary(self) -> bytes:
+        """``report`` as bytes; :class:`InputError` when it is text (only MAA tokens are)."""
+        if isinstance(self.report, str):
+            raise InputError(f"{self.kind} evidence is binary, not text")
+        return self.report
 
-def _need(value: Any, what: str, kind: str, hint: str) -> Any:
-    if value is None:
-        raise InputError(f"verifying {kind} evidence needs {what}", hint=hint)
-    return value
+    def require(self, name: str, what: str, hint: str) -> Any:
+        """The field ``name``, which this kind cannot be verified without (``what`` names it)."""
+        value = getattr(self, name)
+        if value is None:
+            raise InputError(f"verifying {self.kind} evidence needs {what}", hint=hint)
+        return value
 
 
-def _bytes(report: bytes | str, kind: str) -> bytes:
-    if isinstance(report, str):
-        raise InputError(f"{kind} evidence is binary, not text")
-    return report
-
-
-def _verify_snp_like(ev: Evidence, at: datetime, roots: TrustStore | None) -> Claims:
-    report = snp.parse_report(_bytes(ev.report, ev.kind))
-    if ev.kind == "sim-snp":
-        from jupyter_cc.attest.sim import SimulatedTee
-
-        tee = SimulatedTee.load()
-        return tee.verify(report.raw, at=at)
-    vek = _need(
-        ev.vek, "the VCEK or VLEK certificate", ev.kind, "pass --vcek with the certificate from AMD KDS"
-    )
-    return snp.verify_report(report, vek, list(ev.chain), at=at, roots=roots)
+def _verifier(name: str) -> Callable[..., Claims]:
+    """The registered verifier of kind ``name``, imported on first use."""
+    entry = registered_kind(name)
+    if entry is None:
+        raise InputError(f"unknown evidence kind '{name}'", hint=f"use one of {', '.join(KIND_NAMES)}")
+    module, _, function = entry.verifier.partition(":")
+    verifier: Callable[..., Claims] = getattr(importlib.import_module(module), function)
+    return verifier
 
 
 def _verify_one(ev: Evidence, at: datetime, roots: TrustStore | None) -> Claims:
-    kind = ev.kind
-    if kind in ("snp", "sim-snp"):
-        return _verify_snp_like(ev, at, roots)
-    if kind == "tdx":
-        from jupyter_cc.attest import tdx
-
-        return tdx.verify_tdx(
-            _bytes(ev.report, kind),
-            at=at,
-            roots=roots,
-            tcb_info=ev.tcb_info,
-            qe_identity=ev.qe_identity,
-            collateral_chain=ev.collateral_chain,
-            crls=ev.crls,
-        )
-    if kind == "az-snp-vtpm":
-        from jupyter_cc.attest import azure
-
-        vek = _need(ev.vek, "the VCEK certificate", kind, "pass --vcek (Azure serves it from IMDS THIM)")
-        return azure.verify_az_snp_vtpm(
-            _bytes(ev.report, kind),
-            vek_cert=vek,
-            chain=list(ev.chain),
-            at=at,
-            roots=roots,
-            tpm_quote=ev.tpm_quote,
-            tpm_sig=ev.tpm_sig,
-            nonce=ev.nonce,
-        )
-    if kind == "az-tdx-vtpm":
-        from jupyter_cc.attest import azure
-
-        quote = _need(ev.td_quote, "the TD quote", kind, "pass --quote with the quote from IMDS /acc/tdquote")
-        return azure.verify_az_tdx_vtpm(
-            _bytes(ev.report, kind),
-            td_quote=quote,
-            at=at,
-            roots=roots,
-            tcb_info=ev.tcb_info,
-            qe_identity=ev.qe_identity,
-            collateral_chain=ev.collateral_chain,
-            crls=ev.crls,
-        )
-    if kind == "maa":
-        from jupyter_cc.attest import maa
-
-        token = ev.report.decode("ascii", "replace") if isinstance(ev.report, bytes) else ev.report
-        jwks = _need(
-            ev.jwks, "the issuer's JWKS", kind, "pass --jwks with the keys the MAA instance serves at /certs"
-        )
-        return maa.verify_maa(token.strip(), jwks, at=at, issuer=ev.issuer)
-    if kind == "nvidia":
-        from jupyter_cc.attest import nvidia
-
-        chain = _need(
-            ev.chain_pem, "the GPU certificate chain", kind, "pass --chain with the chain NVML returned"
-        )
-        return nvidia.verify_nvidia(_bytes(ev.report, kind), chain, at=at, roots=roots, nonce=ev.nonce)
-    raise InputError(f"unknown evidence kind '{kind}'", hint=f"use one of {', '.join(KINDS)}")
+    return _verifier(ev.kind)(ev, at=at, roots=roots)
 
 
 def verify(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:
@@ -211,8 +162,8 @@ def _field_certs(evidence: Mapping[str, Any], key: str) -> tuple[x509.Certificat
 
 
 def _evidence_from(kind: str, evidence: Mapping[str, Any], nonce: bytes | None) -> Evidence:
-    if kind not in KINDS:
-        raise FormatError(f"evidence bundle names unknown kind '{kind}' (known: {', '.join(KINDS)})")
+    if kind not in KIND_NAMES:
+        raise FormatError(f"evidence bundle names unknown kind '{kind}' (known: {', '.join(KIND_NAMES)})")
     if not isinstance(evidence, Mapping):
         raise FormatError("evidence bundle field 'evidence' must be an object")
     report = _field_bytes(evidence, "report")
@@ -263,7 +214,7 @@ def parse_bundle(data: bytes) -> Bundle:
             raise FormatError("each entry of 'gpus' must be an object")
         gpus.append(_evidence_from(str(g.get("kind", "")), g, expected_report_data(nonce, host_key)[:32]))
     ev = _evidence_from(kind, doc.get("evidence") or {}, None)
-    if ev.kind in ("az-snp-vtpm", "az-tdx-vtpm") and ev.tpm_quote is not None:
+    if ev.kind in AZURE_KINDS and ev.tpm_quote is not None:
         # The guest quotes with the first 32 bytes of the bound REPORT_DATA as qualifying data.
         ev = replace(ev, nonce=expected_report_data(nonce, host_key)[:32])
     ev = replace(ev, gpus=tuple(gpus))
@@ -280,7 +231,7 @@ def parse_bundle(data: bytes) -> Bundle:
 
 def bound_report_data(claims: Claims) -> bytes:
     """The bytes a guest controls in this kind of evidence (Azure: the runtime user-data)."""
-    if claims.kind in ("az-snp-vtpm", "az-tdx-vtpm"):
+    if claims.kind in AZURE_KINDS:
         user_data = claims.get("user_data")
         return bytes.fromhex(user_data) if isinstance(user_data, str) else b""
     return claims.report_data

@@ -28,6 +28,7 @@ __all__ = [
     "SNP_PRODUCTS",
     "TCB_STATUSES",
     "TEE_CHOICES",
+    "Input",
     "Kind",
     "kind",
 ]
@@ -51,6 +52,33 @@ TCB_STATUSES = (
 
 
 @dataclass(frozen=True)
+class Input:
+    """One input of ``jupyter-cc verify <kind>`` besides the operand: an option and its hint.
+
+    Attributes:
+        flag: the option, e.g. ``--vcek``.
+        metavar: what its value is, e.g. ``CERT``.
+        help: the hint ``--help`` shows.
+        required: the kind cannot be verified without it.
+        repeat: the option may be given several times.
+    """
+
+    flag: str
+    metavar: str
+    help: str
+    required: bool = False
+    repeat: bool = False
+
+
+_TDX_COLLATERAL = (
+    Input("--tcb-info", "FILE", "PCS TCB info JSON for the platform's FMSPC"),
+    Input("--qe-identity", "FILE", "PCS QE identity JSON"),
+    Input("--collateral-chain", "PEM", "issuer chain of the TCB info and QE identity"),
+    Input("--crl", "FILE", "a DER CRL (root CA or PCK); repeatable", repeat=True),
+)
+
+
+@dataclass(frozen=True)
 class Kind:
     """One evidence kind.
 
@@ -63,6 +91,12 @@ class Kind:
         azure_vtpm: an Azure vTPM kind, whose guest-controlled bytes are the runtime user-data.
         tee_choice: the guest agent's ``--tee`` value that collects it (None: not collected).
         trustee_tee: Trustee's ``kbs_types::Tee`` name for it in the KBS protocol.
+        verifier: ``module:function`` of its verifier, which takes an
+            :class:`~jupyter_cc.attest.evidence.Evidence` (imported when first needed, so this
+            table stays free of the heavy modules).
+        inputs: the options ``jupyter-cc verify <name>`` takes besides the common ones.
+        sources: the guest's real evidence sources that can give it, in the order the guest
+            tries them (:mod:`jupyter_cc.guest.collectors`); ``auto`` tries all of them.
     """
 
     name: str
@@ -73,11 +107,36 @@ class Kind:
     azure_vtpm: bool = False
     tee_choice: str | None = None
     trustee_tee: str | None = None
+    verifier: str = ""
+    inputs: tuple[Input, ...] = ()
+    sources: tuple[str, ...] = ()
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("snp", "snp", "AMD SEV-SNP attestation report", tee_choice="snp", trustee_tee="snp"),
-    Kind("tdx", "tdx", "Intel TDX quote (v4 or v5)", operand="QUOTE", tee_choice="tdx", trustee_tee="tdx"),
+    Kind(
+        "snp",
+        "snp",
+        "AMD SEV-SNP attestation report",
+        tee_choice="snp",
+        trustee_tee="snp",
+        verifier="jupyter_cc.attest.snp:verify_evidence",
+        sources=("configfs-tsm", "sev-guest"),
+        inputs=(
+            Input("--vcek", "CERT", "VCEK or VLEK (PEM or DER; may be followed by the chain)"),
+            Input("--chain", "PEM", "ASK (or ASVK) then ARK"),
+        ),
+    ),
+    Kind(
+        "tdx",
+        "tdx",
+        "Intel TDX quote (v4 or v5)",
+        operand="QUOTE",
+        tee_choice="tdx",
+        trustee_tee="tdx",
+        verifier="jupyter_cc.attest.tdx.pck:verify_evidence",
+        sources=("configfs-tsm",),
+        inputs=_TDX_COLLATERAL,
+    ),
     Kind(
         "az-snp-vtpm",
         "snp",
@@ -86,6 +145,15 @@ KINDS: tuple[Kind, ...] = (
         azure_vtpm=True,
         tee_choice="az-snp-vtpm",
         trustee_tee="az-snp-vtpm",
+        verifier="jupyter_cc.attest.azure.verify:verify_snp_evidence",
+        sources=("azure-vtpm",),
+        inputs=(
+            Input("--vcek", "CERT", "VCEK (PEM or DER; may be followed by the chain)", required=True),
+            Input("--chain", "PEM", "ASK then ARK"),
+            Input("--tpm-quote", "FILE", "TPMS_ATTEST of a TPM2_Quote"),
+            Input("--tpm-sig", "FILE", "its signature by HCLAkPub"),
+            Input("--nonce", "HEX", "expected TPM quote nonce (extraData)"),
+        ),
     ),
     Kind(
         "az-tdx-vtpm",
@@ -95,9 +163,36 @@ KINDS: tuple[Kind, ...] = (
         azure_vtpm=True,
         tee_choice="az-tdx-vtpm",
         trustee_tee="az-tdx-vtpm",
+        verifier="jupyter_cc.attest.azure.verify:verify_tdx_evidence",
+        sources=("azure-vtpm",),
+        inputs=(
+            Input("--quote", "TD_QUOTE", "the TD quote IMDS made from the report", required=True),
+            *_TDX_COLLATERAL,
+        ),
     ),
-    Kind("maa", "maa", "Microsoft Azure Attestation token (JWT)", operand="TOKEN"),
-    Kind("nvidia", "nvidia", "NVIDIA H100 SPDM measurement report", trustee_tee="nvidia"),
+    Kind(
+        "maa",
+        "maa",
+        "Microsoft Azure Attestation token (JWT)",
+        operand="TOKEN",
+        verifier="jupyter_cc.attest.maa:verify_evidence",
+        inputs=(
+            Input("--jwks", "FILE", "the signing keys the MAA instance serves", required=True),
+            Input("--issuer", "URL", "expected issuer (the MAA instance URL)"),
+        ),
+    ),
+    Kind(
+        "nvidia",
+        "nvidia",
+        "NVIDIA H100 SPDM measurement report",
+        trustee_tee="nvidia",
+        verifier="jupyter_cc.attest.nvidia:verify_evidence",
+        inputs=(
+            Input("--chain", "PEM", "the GPU certificate chain, leaf first", required=True),
+            Input("--root", "PEM", "the root, if the chain file does not end with it"),
+            Input("--nonce", "HEX", "the nonce the report must carry"),
+        ),
+    ),
     Kind(
         "sim-snp",
         "snp",
@@ -105,6 +200,7 @@ KINDS: tuple[Kind, ...] = (
         simulated=True,
         tee_choice="sim",
         trustee_tee="sample",
+        verifier="jupyter_cc.attest.sim:verify_evidence",
     ),
 )
 

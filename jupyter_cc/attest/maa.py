@@ -32,7 +32,7 @@ import binascii
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -51,7 +51,11 @@ from jupyter_cc.errors import (
     SignatureError,
 )
 
-__all__ = ["MISSING", "claim_path", "verify_maa"]
+if TYPE_CHECKING:
+    from jupyter_cc.attest.evidence import Evidence
+    from jupyter_cc.attest.roots import TrustStore
+
+__all__ = ["MISSING", "claim_path", "verify_evidence", "verify_maa"]
 
 ALGORITHM = "RS256"
 MIN_RSA_BITS = 2048
@@ -466,3 +470,15 @@ def verify_maa(token: str, jwks: bytes, *, at: datetime, issuer: str | None = No
         report_data=_report_data(claims),
         details=_details(claims),
     )
+
+
+def verify_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:
+    """The registry's verifier of kind ``maa``: ``ev.report`` is the token, ``ev.jwks`` its keys.
+
+    ``roots`` is not used: an MAA token is trusted through the JWKS its instance serves.
+    """
+    token = ev.report.decode("ascii", "replace") if isinstance(ev.report, bytes) else ev.report
+    jwks = ev.require(
+        "jwks", "the issuer's JWKS", "pass --jwks with the keys the MAA instance serves at /certs"
+    )
+    return verify_maa(token.strip(), jwks, at=at, issuer=ev.issuer)

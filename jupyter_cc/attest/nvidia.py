@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -39,6 +39,9 @@ from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.roots import NVIDIA_DEVICE_ROOT, TrustStore
 from jupyter_cc.errors import BindingError, ChainError, FormatError, InputError, SignatureError
 
+if TYPE_CHECKING:
+    from jupyter_cc.attest.evidence import Evidence
+
 __all__ = [
     "REQUEST_SIZE",
     "SIGNATURE_SIZE",
@@ -47,6 +50,7 @@ __all__ = [
     "SpdmReport",
     "dice_fwid",
     "parse_spdm_report",
+    "verify_evidence",
     "verify_nvidia",
 ]
 
@@ -480,3 +484,9 @@ def report_details(report: SpdmReport) -> dict[str, Any]:
     if report.vbios_version is not None:
         details["vbios_version"] = report.vbios_version
     return details
+
+
+def verify_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:
+    """The registry's verifier of kind ``nvidia``: the SPDM report with the GPU chain beside it."""
+    chain = ev.require("chain_pem", "the GPU certificate chain", "pass --chain with the chain NVML returned")
+    return verify_nvidia(ev.binary(), chain, at=at, roots=roots, nonce=ev.nonce)

@@ -1,9 +1,10 @@
 """The simulated TEE (``sim-snp``): SEV-SNP reports signed by a locally generated AMD-like chain.
 
-SIMULATED — not a hardware TEE. It exists so the demo, Binder, tests and anyone without TEE
-hardware run the very same parse and verify code as real evidence: reports are minted in the
-exact 1184-byte SNP layout, signed with ECDSA P-384 by a VCEK that carries AMD's extensions,
-itself issued by an ASK and ARK signing with RSA-PSS (SHA-384, salt 48), like AMD's.
+It is not a hardware TEE, and every face labels its evidence SIMULATED. It exists so the
+demo, Binder, tests and anyone without TEE hardware run the very same parse and verify code as
+real evidence: reports are minted in the exact 1184-byte SNP layout, signed with ECDSA P-384
+by a VCEK that carries AMD's extensions, itself issued by an ASK and ARK signing with RSA-PSS
+(SHA-384, salt 48), like AMD's.
 
 What keeps it honest: its ARK is never a pinned hardware root, so its reports fail verification
 as ``snp``; verified as ``sim-snp`` their claims say ``simulated: true``, and only a policy with
@@ -28,6 +29,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -40,9 +42,13 @@ from jupyter_cc.attest.certs import fingerprint, load_certificate, load_certific
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.roots import TrustAnchor, TrustStore
 from jupyter_cc.errors import InputError
-from jupyter_cc.paths import data_dir, write_private
+from jupyter_cc.files import write_private
+from jupyter_cc.paths import data_dir
 
-__all__ = ["SIM_MEASUREMENT", "SIM_PRODUCT", "SIM_TCB", "SimulatedTee"]
+if TYPE_CHECKING:
+    from jupyter_cc.attest.evidence import Evidence
+
+__all__ = ["SIM_MEASUREMENT", "SIM_PRODUCT", "SIM_TCB", "SimulatedTee", "verify_evidence"]
 
 SIM_PRODUCT = "Milan"
 SIM_CPUID = (0x19, 0x01, 0x01)  # family, model, stepping of a Milan part
@@ -289,3 +295,12 @@ class SimulatedTee:
         return snp.verify_report(
             parsed, self.vcek, list(chain or self.chain), at=at, roots=self.trust_store(), kind="sim-snp"
         )
+
+
+def verify_evidence(ev: Evidence, *, at: dt.datetime, roots: TrustStore | None = None) -> Claims:
+    """The registry's verifier of kind ``sim-snp``: the report must come from this data dir's TEE.
+
+    ``roots`` is not used: simulated evidence is checked against the local chain only.
+    """
+    report = snp.parse_report(ev.binary())
+    return SimulatedTee.load().verify(report.raw, at=at)

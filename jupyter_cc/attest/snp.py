@@ -20,7 +20,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -31,8 +31,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jupyter_cc.attest import der
 from jupyter_cc.attest.certs import describe, verify_chain
 from jupyter_cc.attest.claims import Claims
+from jupyter_cc.attest.kinds import SNP_PRODUCTS
 from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.errors import ChainError, FormatError, SignatureError, TcbError
+
+if TYPE_CHECKING:
+    from jupyter_cc.attest.evidence import Evidence
 
 __all__ = [
     "REPORT_SIZE",
@@ -44,6 +48,7 @@ __all__ = [
     "parse_report",
     "parse_vek",
     "product_from_cpuid",
+    "verify_evidence",
     "verify_report",
 ]
 
@@ -52,7 +57,6 @@ SIGNED_SIZE = 0x2A0
 POLICY_DEBUG = 1 << 19
 POLICY_RESERVED_ONE = 1 << 17
 SIGNING_KEYS = {0: "vcek", 1: "vlek"}
-PRODUCTS = ("Milan", "Genoa", "Turin")
 
 AMD_OID = "1.3.6.1.4.1.3704.1"
 OID_PRODUCT_NAME = f"{AMD_OID}.2"
@@ -304,7 +308,7 @@ def parse_vek(cert: x509.Certificate) -> VekInfo:
     product = None
     if product_name:
         base = product_name.split("-")[0]
-        product = base if base in PRODUCTS else None
+        product = base if base in SNP_PRODUCTS else None
     spl: dict[str, int] = {}
     for oid, field in (
         (OID_BL_SPL, "bootloader"),
@@ -511,3 +515,10 @@ def report_details(report: SnpReport, product: str) -> dict[str, Any]:
 def report_digest(report: SnpReport) -> str:
     """SHA-384 of the signed part: a stable identifier for audit entries."""
     return hashlib.sha384(report.signed_bytes).hexdigest()
+
+
+def verify_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:
+    """The registry's verifier of kind ``snp``: parse ``ev.report``, verify it with ``ev.vek``."""
+    report = parse_report(ev.binary())
+    vek = ev.require("vek", "the VCEK or VLEK certificate", "pass --vcek with the certificate from AMD KDS")
+    return verify_report(report, vek, list(ev.chain), at=at, roots=roots)

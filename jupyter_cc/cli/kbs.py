@@ -22,40 +22,25 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_cc.errors import InputError
+from jupyter_cc.files import read_input
 from jupyter_cc.kbs.store import MAX_MATERIAL, KeyStore, ResourceInfo, default_db_path
+from jupyter_cc.keys import fingerprint
 
 __all__ = ["add_commands"]
 
 _DEFAULT_KEY_BYTES = 32
 
 
-def _read_file(path: str, what: str, limit: int) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
-    except FileNotFoundError:
-        raise InputError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"{what} {path} is a directory, not a file") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {what} {path} ({exc.strerror})") from None
-    if len(data) > limit:
-        raise InputError(f"{what} {path} is larger than {limit} bytes")
-    if not data:
-        raise InputError(f"{what} {path} is empty")
-    return data
-
-
 def _policy_text(path: str) -> str:
     try:
-        return _read_file(path, "policy file", 256 * 1024).decode("utf-8")
+        return read_input(path, "policy file", 256 * 1024).decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"policy file {path} is not UTF-8 text") from None
 
 
 def _material(args: argparse.Namespace) -> bytes:
     if getattr(args, "from_file", None):
-        return _read_file(args.from_file, "key file", MAX_MATERIAL)
+        return read_input(args.from_file, "key file", MAX_MATERIAL)
     size = args.generate if args.generate is not None else _DEFAULT_KEY_BYTES
     if not 16 <= size <= 4096:
         raise InputError(f"--generate takes 16 to 4096 bytes, not {size}")
@@ -77,13 +62,12 @@ def _describe(info: ResourceInfo) -> str:
 
 
 def _fingerprint(store: KeyStore, rid: str) -> str:
-    from jupyter_cc.keys import fingerprint
-
     return fingerprint(store.get(rid).material)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from jupyter_cc.kbs.server import Broker, serve
+    from jupyter_cc.kbs.broker import Broker
+    from jupyter_cc.kbs.server import serve
 
     store = _store(args)
     broker = Broker(store)

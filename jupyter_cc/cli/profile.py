@@ -16,9 +16,10 @@ import json
 import os
 from typing import Any
 
+from jupyter_cc.attest.kinds import TEE_CHOICES
 from jupyter_cc.errors import InputError
 from jupyter_cc.paths import config_path
-from jupyter_cc.profiles import TEES, TRANSPORTS, Profile, load_profiles, remove_profile, save_profile
+from jupyter_cc.profiles import TRANSPORTS, Profile, load_profiles, remove_profile, save_profile
 
 __all__ = ["add_commands"]
 
@@ -47,7 +48,7 @@ def add_commands(sub: argparse._SubParsersAction[Any], parser_class: type[argpar
     )
     add.add_argument("--policy", metavar="FILE", help="TOML policy (default: valid, no debug, no simulated)")
     add.add_argument("--python", metavar="PATH", help="Python ON THE CVM with jupyter-cc (default python3)")
-    add.add_argument("--tee", choices=TEES, default="auto", help="which evidence to collect")
+    add.add_argument("--tee", choices=TEE_CHOICES, default="auto", help="which evidence to collect")
     add.add_argument("--kbs", metavar="URL", help="the key broker, like http://host:8085")
     add.add_argument("--sim-dir", metavar="PATH_ON_CVM", help=argparse.SUPPRESS)
     add.add_argument("--replace", action="store_true", help="replace a profile of the same name")

@@ -22,15 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_cc.errors import InputError
-from jupyter_cc.seal import (
-    DEFAULT_CHUNK_SIZE,
-    KEY_SIZE,
-    MAX_KEY_ID,
-    TAG_SIZE,
-    key_fingerprint,
-    seal_file,
-    unseal_file,
-)
+from jupyter_cc.keys import fingerprint
+from jupyter_cc.seal import seal_file, unseal_file
+from jupyter_cc.seal.envelope import DEFAULT_CHUNK_SIZE, KEY_SIZE, MAX_KEY_ID, TAG_SIZE
 
 __all__ = ["add_commands", "load_key"]
 
@@ -161,7 +155,7 @@ def _cmd_seal(args: argparse.Namespace) -> int:
     plain = sealed - header.size - chunks * TAG_SIZE
     print(
         f"sealed {args.input} ({plain} bytes) to {args.output}: key id {header.key_id}, "
-        f"fingerprint {key_fingerprint(key)}, {chunks} chunk{'s' if chunks != 1 else ''} "
+        f"fingerprint {fingerprint(key)}, {chunks} chunk{'s' if chunks != 1 else ''} "
         f"of up to {header.chunk_size} bytes"
     )
     return 0

@@ -13,22 +13,21 @@ import os
 import sys
 from pathlib import Path
 
+from jupyter_cc.attest.kinds import TEE_CHOICES
 from jupyter_cc.guest.agent import Agent
-
-TEES = ("auto", "snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sim")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python3 -m jupyter_cc.guest", description="jupyter-cc guest agent")
-    parser.add_argument("--tee", choices=TEES, default=os.environ.get("JUPYTER_CC_TEE", "auto"))
+    parser.add_argument("--tee", choices=TEE_CHOICES, default=os.environ.get("JUPYTER_CC_TEE", "auto"))
     parser.add_argument(
         "--host-key-file", type=Path, help="the sshd public host key to bind (default /etc/ssh)"
     )
     parser.add_argument("--sim-dir", type=Path, help="folder of the simulated TEE (with --tee sim)")
     parser.add_argument("--python", help="the Python that runs ipykernel (default: this one)")
     args = parser.parse_args()
-    if args.tee not in TEES:
-        parser.error(f"JUPYTER_CC_TEE={args.tee!r} is not one of {', '.join(TEES)}")
+    if args.tee not in TEE_CHOICES:
+        parser.error(f"JUPYTER_CC_TEE={args.tee!r} is not one of {', '.join(TEE_CHOICES)}")
     protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="jupyter-cc guest: %(message)s")

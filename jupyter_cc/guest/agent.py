@@ -9,7 +9,6 @@ leaves nothing running in the guest.
 from __future__ import annotations
 
 import base64
-import logging
 import signal as signal_module
 import sys
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jupyter_cc.attest.binding import expected_report_data, host_key_digest
+from jupyter_cc.attest.binding import host_key_digest
 from jupyter_cc.decoding import decode_hex
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.guest import server as guest_server
@@ -33,7 +32,6 @@ from jupyter_cc.guest.protocol import (
 
 __all__ = ["Agent", "read_host_key"]
 
-log = logging.getLogger("jupyter_cc.guest")
 _SSH_DIR = Path("/etc/ssh")
 
 
@@ -91,8 +89,7 @@ class Agent:
     def _attest(self, msg: dict[str, Any]) -> dict[str, Any]:
         # Imported here, not at start-up: X.509 and the collectors cost ~60 ms that every kernel
         # start would otherwise pay before the agent can even answer.
-        from jupyter_cc.attest.evidence import serialize_bundle
-        from jupyter_cc.guest.collectors import collect_cpu_evidence, collect_gpu_evidence
+        from jupyter_cc.guest.bundle import collect_bundle
 
         nonce = decode_hex(str(msg.get("nonce", "")), what="the attestation nonce")
         key_type = msg.get("host_key_type")
@@ -102,21 +99,7 @@ class Agent:
             digest = host_key_digest(read_host_key(key_type, self.host_key_file))
         else:
             raise InputError("host_key_type must be a string or null")
-        report_data = expected_report_data(nonce, digest)
-        collected, unavailable = collect_cpu_evidence(report_data, tee=self.tee, sim_dir=self.sim_dir)
-        gpus, gpu_unavailable = collect_gpu_evidence(report_data[:32])
-        notes = [*collected.notes, *(f"{u.source}: {u.reason}" for u in [*unavailable, *gpu_unavailable])]
-        bundle = serialize_bundle(
-            collected.kind,
-            collected.evidence,
-            nonce=nonce,
-            host_key_sha256=digest,
-            source=collected.source,
-            collected_at=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
-            gpus=gpus,
-            notes=notes,
-        )
-        log.info("evidence collected from %s (%s)", collected.source, collected.kind)
+        bundle = collect_bundle(nonce, digest, tee=self.tee, sim_dir=self.sim_dir, clock=self.clock)
         return {"ok": True, "bundle": bundle.decode()}
 
     def _start(self, msg: dict[str, Any]) -> dict[str, Any]:

@@ -10,15 +10,16 @@ Nothing is verified here: the verifier does that against pinned roots.
 
 from __future__ import annotations
 
+import base64
 import struct
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from jupyter_cc.attest import snp
 from jupyter_cc.attest.certs import load_certificate
-from jupyter_cc.errors import FormatError, InputError
+from jupyter_cc.errors import EvidenceError, FormatError, InputError
 
-__all__ = ["NO_CERTS_NOTE", "der_to_pem", "evidence_certificates"]
+__all__ = ["NO_CERTS_NOTE", "der_to_pem", "evidence_certificates", "snp_evidence"]
 
 NO_CERTS_NOTE = (
     "the host supplied no SEV-SNP certificates with the report; the verifier needs the VCEK "
@@ -86,3 +87,22 @@ def evidence_certificates(table: bytes, report: bytes) -> tuple[dict[str, str], 
     if chain:
         fields["chain"] = "".join(chain)
     return fields, tuple(notes)
+
+
+def snp_evidence(
+    report: bytes, table: bytes, *, table_name: str, source: str
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The bundle's ``evidence`` for an SNP report and the host's certificate table, and notes.
+
+    What both SNP sources hand back: the report (base64) with the ``vcek`` and ``chain`` fields
+    of :func:`evidence_certificates`.
+
+    Raises:
+        EvidenceError: the table is malformed; the message names it as ``table_name`` and the
+            error comes from ``source``.
+    """
+    try:
+        certs, notes = evidence_certificates(table, report)
+    except FormatError as exc:
+        raise EvidenceError(f"{table_name} is malformed: {exc.message}", source=source) from None
+    return {"report": base64.b64encode(report).decode("ascii"), **certs}, notes

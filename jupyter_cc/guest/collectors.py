@@ -21,13 +21,12 @@ import base64
 from collections.abc import Callable
 from pathlib import Path
 
+from jupyter_cc.attest.kinds import KINDS, SIMULATED_BANNER, TEE_CHOICES
 from jupyter_cc.errors import CCError, EvidenceError, InputError
 from jupyter_cc.guest import nvml, sevguest, tsm, vtpm
-from jupyter_cc.guest.results import Collected, SourceUnavailable, Unavailable
+from jupyter_cc.guest.results import Collected, SourceUnavailableError, Unavailable
 
 __all__ = [
-    "SIM_NOTE",
-    "TEE_CHOICES",
     "Collected",
     "Unavailable",
     "collect_cpu_evidence",
@@ -36,15 +35,11 @@ __all__ = [
     "probe",
 ]
 
-TEE_CHOICES = ("auto", "sim", "snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm")
-SIM_NOTE = "SIMULATED — not a hardware TEE"
 SIM_SOURCE = "simulated"
-_SOURCES_FOR = {
-    "auto": ("configfs-tsm", "sev-guest", "azure-vtpm"),
-    "snp": ("configfs-tsm", "sev-guest"),
-    "tdx": ("configfs-tsm",),
-    "az-snp-vtpm": ("azure-vtpm",),
-    "az-tdx-vtpm": ("azure-vtpm",),
+# The sources to try for each TEE choice, from the registry; ``auto`` tries every real source.
+_SOURCES_FOR: dict[str, tuple[str, ...]] = {
+    "auto": tuple(dict.fromkeys(source for k in KINDS for source in k.sources)),
+    **{k.tee_choice: k.sources for k in KINDS if k.tee_choice is not None and k.sources},
 }
 
 
@@ -57,7 +52,7 @@ def collect_simulated(report_data: bytes, sim_dir: Path | None = None) -> Collec
         kind="sim-snp",
         source=SIM_SOURCE,
         evidence={"report": base64.b64encode(report).decode("ascii")},
-        notes=(SIM_NOTE,),
+        notes=(SIMULATED_BANNER,),
     )
 
 
@@ -107,7 +102,7 @@ def collect_cpu_evidence(
     for name in _SOURCES_FOR[tee]:
         try:
             return runners[name](), unavailable
-        except SourceUnavailable as exc:
+        except SourceUnavailableError as exc:
             unavailable.append(exc.unavailable())
         except CCError as exc:
             unavailable.append(Unavailable(name, _sentence(exc)))
@@ -150,7 +145,7 @@ def probe(*, root: Path = Path("/"), tpm_tcti: str | None = None) -> list[Unavai
     for name, check in checks:
         try:
             out.append(check())
-        except SourceUnavailable as exc:
+        except SourceUnavailableError as exc:
             out.append(exc.unavailable())
         except CCError as exc:
             out.append(Unavailable(name, _sentence(exc)))

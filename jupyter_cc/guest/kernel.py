@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_cc.errors import CCError, InputError
-from jupyter_cc.paths import write_private
+from jupyter_cc.files import write_private
 
 __all__ = ["GuestKernel", "KernelError"]
 
@@ -68,6 +68,11 @@ def _needs_cold_start(env: Mapping[str, str]) -> bool:
 
 class GuestKernel:
     """One ipykernel process managed by the agent."""
+
+    # How start-up failures are worded and raised, and how often its ports are tried.
+    noun = "kernel"
+    error: type[CCError] = KernelError
+    listen_retry_s = 0.005
 
     def __init__(self, python: str = sys.executable, *, base_env: Mapping[str, str] | None = None) -> None:
         self.python = python
@@ -188,24 +193,29 @@ class GuestKernel:
         return {"pid": self.process.pid, "connection": info}
 
     def _wait_listening(self, ports: list[int], timeout: float = 60.0) -> None:
-        """Return once the kernel listens on every port, so clients never race its start."""
-        assert self.process is not None
+        """Return once the process listens on every port, so clients never race its start.
+
+        Raises:
+            KernelError (``error``): it exited, or did not listen within ``timeout``; it is
+                stopped first.
+        """
         deadline = time.monotonic() + timeout
         pending = list(ports)
         while pending:
-            code = self.process.poll()
+            code = self.poll()
             if code is not None:
                 tail = self.log_tail(600).strip().splitlines()[-1:] or ["no output"]
                 self.stop()
-                raise KernelError(f"the kernel exited with status {code} while starting ({tail[0]})")
+                raise self.error(f"the {self.noun} exited with status {code} while starting ({tail[0]})")
             if time.monotonic() > deadline:
                 self.stop(now=True)
-                raise KernelError(f"the kernel did not listen on its ports within {timeout:g} seconds")
+                where = f"port {ports[0]}" if len(ports) == 1 else "its ports"
+                raise self.error(f"the {self.noun} did not listen on {where} within {timeout:g} seconds")
             try:
                 socket.create_connection(("127.0.0.1", pending[0]), timeout=0.5).close()
                 pending.pop(0)
             except OSError:
-                time.sleep(0.005)
+                time.sleep(self.listen_retry_s)
 
     def poll(self) -> int | None:
         if self.process is None:
@@ -220,18 +230,26 @@ class GuestKernel:
         except ProcessLookupError:
             pass
 
+    def wait_exit(self, seconds: float) -> bool:
+        """Poll until the process has exited or ``seconds`` have passed; True when it exited."""
+        deadline = time.monotonic() + seconds
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.poll() is not None
+
+    def terminate(self, *, now: bool, timeout: float) -> None:
+        """SIGTERM (SIGKILL when ``now``), then SIGKILL if it still runs after ``timeout``."""
+        self.signal(signal.SIGKILL if now else signal.SIGTERM)
+        if not self.wait_exit(0 if now else timeout):
+            self.signal(signal.SIGKILL)
+
     def stop(self, *, now: bool = False, timeout: float = 5.0) -> int | None:
         """Stop the kernel (SIGTERM, then SIGKILL after ``timeout``) and remove its files."""
         self._discard_warm()
         code = None
         if self.process is not None:
             if self.process.poll() is None:
-                self.signal(signal.SIGKILL if now else signal.SIGTERM)
-                deadline = time.monotonic() + (0 if now else timeout)
-                while self.process.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if self.process.poll() is None:
-                    self.signal(signal.SIGKILL)
+                self.terminate(now=now, timeout=timeout)
             try:
                 code = self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -2,7 +2,7 @@
 
 Every source module (:mod:`~jupyter_cc.guest.tsm`, :mod:`~jupyter_cc.guest.sevguest`,
 :mod:`~jupyter_cc.guest.vtpm`, :mod:`~jupyter_cc.guest.nvml`) returns a :class:`Collected` or
-raises :class:`SourceUnavailable`; :mod:`jupyter_cc.guest.collectors` turns those exceptions into
+raises :class:`SourceUnavailableError`; :mod:`jupyter_cc.guest.collectors` turns those exceptions into
 :class:`Unavailable` entries, so the agent can say which source it used and why the others
 were not (issue 3: "it says clearly which source it used and why others were not available").
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from jupyter_cc.errors import EvidenceError
 
-__all__ = ["Collected", "SourceUnavailable", "Unavailable"]
+__all__ = ["Collected", "SourceUnavailableError", "Unavailable"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Unavailable:
     reason: str
 
 
-class SourceUnavailable(EvidenceError):
+class SourceUnavailableError(EvidenceError):
     """A source is absent, not permitted, or failed; ``source`` names it, the message says why."""
 
     check = "evidence source"

@@ -31,10 +31,8 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,8 +41,8 @@ from urllib.parse import urlsplit, urlunsplit
 from jupyter_core.paths import jupyter_runtime_dir
 
 from jupyter_cc.errors import CCError, InputError
+from jupyter_cc.files import write_private
 from jupyter_cc.guest.kernel import GuestKernel, _checked_env, _free_ports
-from jupyter_cc.paths import write_private
 
 __all__ = ["SERVERS", "GuestServer", "ServerError", "servers_dir"]
 
@@ -113,6 +111,10 @@ class GuestServer(GuestKernel):
     second code path; ``start`` (a kernel) is refused on a connection that manages a server.
     """
 
+    noun = "server"
+    error = ServerError
+    listen_retry_s = 0.05
+
     def __init__(self, python: str, *, base_env: Mapping[str, str] | None = None) -> None:
         super().__init__(python, base_env=base_env)
         self.server_id: str | None = None
@@ -176,23 +178,6 @@ class GuestServer(GuestKernel):
         self._wait_listening([port], timeout=timeout)
         return {"server_id": server_id, "pid": process.pid, "port": port}
 
-    def _wait_listening(self, ports: list[int], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self.poll()
-            if code is not None:
-                tail = self.log_tail(600).strip().splitlines()[-1:] or ["no output"]
-                self.stop()
-                raise ServerError(f"the server exited with status {code} while starting ({tail[0]})")
-            if time.monotonic() > deadline:
-                self.stop(now=True)
-                raise ServerError(f"the server did not listen on port {ports[0]} within {timeout:g} seconds")
-            try:
-                socket.create_connection(("127.0.0.1", ports[0]), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-
     def attach(self, server_id: Any) -> dict[str, Any]:
         """Manage a server an earlier connection started; refused if it is not running."""
         if self.pid is not None and self.poll() is None:
@@ -242,15 +227,8 @@ class GuestServer(GuestKernel):
         if self.pid is None:
             return self.exit_code
         if self.poll() is None:
-            self.signal(signal.SIGKILL if now else signal.SIGTERM)
-            deadline = time.monotonic() + (0 if now else timeout)
-            while self.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.poll() is None:
-                self.signal(signal.SIGKILL)
-                deadline = time.monotonic() + timeout
-                while self.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.05)
+            self.terminate(now=now, timeout=timeout)
+            self.wait_exit(timeout)  # after a SIGKILL too: a server can take a moment to go
         if self.process is not None:
             try:
                 self.process.wait(timeout=1)

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jupyter_cc.attest import snp
-from jupyter_cc.errors import EvidenceError, FormatError
-from jupyter_cc.guest.certtable import NO_CERTS_NOTE, evidence_certificates
+from jupyter_cc.errors import EvidenceError
+from jupyter_cc.guest.certtable import NO_CERTS_NOTE, snp_evidence
 from jupyter_cc.guest.reportcheck import check_snp_report
-from jupyter_cc.guest.results import Collected, SourceUnavailable
+from jupyter_cc.guest.results import Collected, SourceUnavailableError
 
 __all__ = [
     "DEVICE",
@@ -182,19 +182,21 @@ def _ioctl_error(exc: OSError, request: int, exitinfo2: int) -> OSError | Eviden
 
 def _open(device: Path) -> int:
     if not device.exists():
-        raise SourceUnavailable(
+        raise SourceUnavailableError(
             SOURCE, f"{device} does not exist (not an SEV-SNP guest, or the sev-guest driver is not loaded)"
         )
     try:
         return os.open(device, os.O_RDWR | os.O_CLOEXEC)
     except PermissionError:
-        raise SourceUnavailable(
+        raise SourceUnavailableError(
             SOURCE,
             f"opening {device} for reading and writing was refused (permission denied)",
             hint="run the agent as root",
         ) from None
     except OSError as exc:
-        raise SourceUnavailable(SOURCE, f"opening {device} failed ({os.strerror(exc.errno or 0)})") from None
+        raise SourceUnavailableError(
+            SOURCE, f"opening {device} failed ({os.strerror(exc.errno or 0)})"
+        ) from None
 
 
 def collect_sev_guest(
@@ -207,7 +209,7 @@ def collect_sev_guest(
     """An SEV-SNP report (kind ``snp``) for ``report_data``, with the host's certificates if any.
 
     Raises:
-        SourceUnavailable: no device or no permission.
+        SourceUnavailableError: no device or no permission.
         EvidenceError: the ioctl or the firmware failed, or the response is malformed.
     """
     call: IoctlFn = ioctl or _real_ioctl
@@ -236,22 +238,18 @@ def collect_sev_guest(
     finally:
         os.close(fd)
     report = parse_report_response(data, report_data)
-    evidence = {"report": base64.b64encode(report).decode("ascii")}
     if table is not None:
-        try:
-            certs, cert_notes = evidence_certificates(table, report)
-        except FormatError as exc:
-            raise EvidenceError(
-                f"the host's certificate table is malformed: {exc.message}", source=SOURCE
-            ) from None
-        evidence.update(certs)
+        evidence, cert_notes = snp_evidence(
+            report, table, table_name="the host's certificate table", source=SOURCE
+        )
         notes += cert_notes
-    elif not notes:
-        notes = (NO_CERTS_NOTE,)
+    else:
+        evidence = {"report": base64.b64encode(report).decode("ascii")}
+        notes = notes or (NO_CERTS_NOTE,)
     return Collected(kind="snp", source=SOURCE, evidence=evidence, notes=notes)
 
 
 def probe_sev_guest(*, root: Path = Path("/")) -> str:
-    """``sev-guest (snp)`` when the device opens; SourceUnavailable otherwise."""
+    """``sev-guest (snp)`` when the device opens; SourceUnavailableError otherwise."""
     os.close(_open(root / DEVICE))
     return f"{SOURCE} (snp)"

@@ -27,10 +27,10 @@ import os
 import secrets
 from pathlib import Path
 
-from jupyter_cc.errors import EvidenceError, FormatError
-from jupyter_cc.guest.certtable import evidence_certificates
+from jupyter_cc.errors import EvidenceError
+from jupyter_cc.guest.certtable import snp_evidence
 from jupyter_cc.guest.reportcheck import check_snp_report, check_td_quote
-from jupyter_cc.guest.results import Collected, SourceUnavailable
+from jupyter_cc.guest.results import Collected, SourceUnavailableError
 
 __all__ = ["PROVIDERS", "SOURCE", "TSM_REPORT_DIR", "ConfigFs", "collect_tsm", "probe_tsm", "report_dir"]
 
@@ -76,7 +76,7 @@ def _why(exc: OSError) -> str:
 
 def _check_dir(base: Path) -> None:
     if not base.is_dir():
-        raise SourceUnavailable(
+        raise SourceUnavailableError(
             SOURCE,
             f"{base} does not exist (kernel without TSM reports, older than Linux 6.7, or configfs "
             "not mounted)",
@@ -100,7 +100,7 @@ def _provider(fs: ConfigFs, entry: Path) -> tuple[str, str]:
     provider = _read_text(fs, entry / "provider")
     kind = PROVIDERS.get(provider)
     if kind is None:
-        raise SourceUnavailable(
+        raise SourceUnavailableError(
             SOURCE,
             f"the TSM provider is {provider[:40]!r}, expected sev_guest (SEV-SNP) or tdx_guest (TDX)",
         )
@@ -121,15 +121,17 @@ def _attempt(
     try:
         fs.mkdir(entry)
     except PermissionError:
-        raise SourceUnavailable(
+        raise SourceUnavailableError(
             SOURCE, f"making a report entry in {base} was refused (permission denied)", hint="run as root"
         ) from None
     except OSError as exc:
-        raise SourceUnavailable(SOURCE, f"making a report entry in {base} failed ({_why(exc)})") from None
+        raise SourceUnavailableError(
+            SOURCE, f"making a report entry in {base} failed ({_why(exc)})"
+        ) from None
     try:
         provider, kind = _provider(fs, entry)
         if want is not None and kind != want:
-            raise SourceUnavailable(
+            raise SourceUnavailableError(
                 SOURCE,
                 f"the TSM provider is {provider}, which gives {kind} evidence, not the {want} asked for",
             )
@@ -178,7 +180,7 @@ def collect_tsm(
         fs: the file operations (tests pass a simulator of the kernel side).
 
     Raises:
-        SourceUnavailable: no configfs-tsm, no permission, another provider, or a failure.
+        SourceUnavailableError: no configfs-tsm, no permission, another provider, or a failure.
         EvidenceError: the report is malformed or another writer raced twice in a row.
     """
     fs = fs or ConfigFs()
@@ -198,13 +200,9 @@ def collect_tsm(
     notes: tuple[str, ...] = ()
     if kind == "snp":
         report = check_snp_report(outblob, report_data, SOURCE)
-        try:
-            certs, notes = evidence_certificates(auxblob, report)
-        except FormatError as exc:
-            raise EvidenceError(
-                f"the auxblob certificate table is malformed: {exc.message}", source=SOURCE
-            ) from None
-        evidence = {"report": base64.b64encode(report).decode("ascii"), **certs}
+        evidence, notes = snp_evidence(
+            report, auxblob, table_name="the auxblob certificate table", source=SOURCE
+        )
     else:
         quote = check_td_quote(outblob, report_data, SOURCE)
         evidence = {"report": base64.b64encode(quote).decode("ascii")}
@@ -212,7 +210,7 @@ def collect_tsm(
 
 
 def probe_tsm(*, root: Path = Path("/"), fs: ConfigFs | None = None) -> str:
-    """``configfs-tsm (snp)`` or ``(tdx)`` when usable; SourceUnavailable otherwise.
+    """``configfs-tsm (snp)`` or ``(tdx)`` when usable; SourceUnavailableError otherwise.
 
     Makes and removes one entry to read its provider; no report is generated.
     """
@@ -223,11 +221,15 @@ def probe_tsm(*, root: Path = Path("/"), fs: ConfigFs | None = None) -> str:
     try:
         fs.mkdir(entry)
     except OSError as exc:
-        raise SourceUnavailable(SOURCE, f"making a report entry in {base} failed ({_why(exc)})") from None
+        raise SourceUnavailableError(
+            SOURCE, f"making a report entry in {base} failed ({_why(exc)})"
+        ) from None
     try:
         _, kind = _provider(fs, entry)
     except OSError as exc:
-        raise SourceUnavailable(SOURCE, f"reading the provider in {entry} failed ({_why(exc)})") from None
+        raise SourceUnavailableError(
+            SOURCE, f"reading the provider in {entry} failed ({_why(exc)})"
+        ) from None
     finally:
         try:
             fs.rmdir(entry)

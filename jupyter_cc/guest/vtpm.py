@@ -37,11 +37,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jupyter_cc.attest import azure, tpm
+from jupyter_cc.attest import azure, kinds, tpm
 from jupyter_cc.decoding import b64decode_any, b64url_encode
 from jupyter_cc.errors import CCError, EvidenceError, InputError
 from jupyter_cc.guest.reportcheck import hex_prefix
-from jupyter_cc.guest.results import Collected, SourceUnavailable
+from jupyter_cc.guest.results import Collected, SourceUnavailableError
 
 __all__ = [
     "AK_HANDLE",
@@ -67,7 +67,8 @@ PCRS = "sha256:" + ",".join(str(i) for i in range(24))
 IMDS_URL = "http://169.254.169.254"
 USER_DATA_ATTRIBUTES = "ownerread|ownerwrite|authread|authwrite"
 TOOLS = ("tpm2_nvreadpublic", "tpm2_nvdefine", "tpm2_nvwrite", "tpm2_nvread", "tpm2_quote")
-KINDS = {"snp": "az-snp-vtpm", "tdx": "az-tdx-vtpm"}
+# The Azure vTPM evidence kind of each HCL report type (its hardware family), from the registry.
+KINDS = {k.family: k.name for k in kinds.KINDS if k.azure_vtpm}
 _SIZE = re.compile(rb"^\s+size:\s*(\d+)\s*$", re.MULTILINE)
 
 
@@ -75,14 +76,16 @@ def resolve_tcti(tcti: str | None, root: Path = Path("/")) -> str:
     """The TCTI to use: ``tcti``, else ``$TPM2TOOLS_TCTI``, else the kernel's TPM device.
 
     Raises:
-        SourceUnavailable: none given and ``/dev/tpmrm0`` does not exist under ``root``.
+        SourceUnavailableError: none given and ``/dev/tpmrm0`` does not exist under ``root``.
     """
     chosen = tcti or os.environ.get("TPM2TOOLS_TCTI")
     if chosen:
         return chosen
     device = root / "dev/tpmrm0"
     if not device.exists():
-        raise SourceUnavailable(SOURCE, f"{device} does not exist (no TPM in this VM) and no TCTI was given")
+        raise SourceUnavailableError(
+            SOURCE, f"{device} does not exist (no TPM in this VM) and no TCTI was given"
+        )
     return f"device:{device}"
 
 
@@ -102,7 +105,7 @@ class Tpm2Tools:
     def check_installed(self) -> None:
         missing = [t for t in TOOLS if shutil.which(t) is None]
         if missing:
-            raise SourceUnavailable(
+            raise SourceUnavailableError(
                 SOURCE, f"tpm2-tools is not installed ({', '.join(missing)} not found on PATH)"
             )
 
@@ -112,7 +115,7 @@ class Tpm2Tools:
         self.calls.append(argv)
         exe = shutil.which(tool)
         if exe is None:
-            raise SourceUnavailable(SOURCE, f"{tool} (tpm2-tools) is not installed")
+            raise SourceUnavailableError(SOURCE, f"{tool} (tpm2-tools) is not installed")
         env = {**os.environ, "TPM2TOOLS_TCTI": self.tcti}
         try:
             done = subprocess.run(  # fixed tool, argument list, never a shell
@@ -359,7 +362,7 @@ def collect_azure_vtpm(
         refresh_s: how long to wait for the paravisor to refresh the HCL report.
 
     Raises:
-        SourceUnavailable: no TPM, no tpm2-tools, no HCL report (not an Azure CVM), another kind.
+        SourceUnavailableError: no TPM, no tpm2-tools, no HCL report (not an Azure CVM), another kind.
         EvidenceError: a tool, the report, the quote or IMDS failed.
     """
     tools = tools or Tpm2Tools(resolve_tcti(tpm_tcti, root))
@@ -369,7 +372,9 @@ def collect_azure_vtpm(
     raw, hcl = _read_hcl(tools, size, report_data, refresh_s)
     kind = _hcl_kind(hcl)
     if want is not None and kind != want:
-        raise SourceUnavailable(SOURCE, f"the HCL report holds {kind} evidence, not the {want} asked for")
+        raise SourceUnavailableError(
+            SOURCE, f"the HCL report holds {kind} evidence, not the {want} asked for"
+        )
     nonce = report_data[:32]
     message, signature = tools.quote(AK_HANDLE, nonce)
     try:
@@ -404,24 +409,24 @@ def collect_azure_vtpm(
 def _hcl_size(tools: Tpm2Tools) -> int:
     size = tools.nv_size(HCL_REPORT_INDEX)
     if size is None:
-        raise SourceUnavailable(
+        raise SourceUnavailableError(
             SOURCE, "the TPM has no NV index 0x01400001 (no HCL report: not an Azure CVM)"
         )
     if size < azure.VARIABLE_DATA_OFFSET:
-        raise SourceUnavailable(
+        raise SourceUnavailableError(
             SOURCE, f"NV index 0x01400001 is {size} bytes, too small for an HCL report (at least 1236)"
         )
     return size
 
 
 def probe_vtpm(*, tpm_tcti: str | None = None, root: Path = Path("/"), tools: Tpm2Tools | None = None) -> str:
-    """``azure-vtpm`` when tpm2-tools reach a TPM holding an HCL report; SourceUnavailable otherwise."""
+    """``azure-vtpm`` when tpm2-tools reach a TPM holding an HCL report; SourceUnavailableError otherwise."""
     tools = tools or Tpm2Tools(resolve_tcti(tpm_tcti, root), timeout=10.0)
     tools.check_installed()
     try:
         _hcl_size(tools)
-    except SourceUnavailable:
+    except SourceUnavailableError:
         raise
     except EvidenceError as exc:  # the TPM did not answer: unusable here
-        raise SourceUnavailable(SOURCE, exc.message) from None
+        raise SourceUnavailableError(SOURCE, exc.message) from None
     return SOURCE

@@ -3,8 +3,11 @@
 * :mod:`.protocol` — request and response shapes, canonical JSON, the JWE (shared with the
   ``kbs://`` client in :mod:`jupyter_cc.keys.kbs_client`).
 * :mod:`.store` — resources in SQLite, key material sealed under a 0600 master key file.
-* :mod:`.server` — the tornado service (``jupyter-cc kbs serve``) and the release decisions.
-* :mod:`.cli` — ``jupyter-cc kbs serve|add-key|list|set-policy|revoke|rotate``.
+* :mod:`.broker` — the protocol state (sessions, nonces, tokens) and the release decisions.
+* :mod:`.server` — the tornado service (``jupyter-cc kbs serve``) in front of the broker.
+
+The commands (``jupyter-cc kbs serve|add-key|list|set-policy|revoke|rotate``) are in
+:mod:`jupyter_cc.cli.kbs`.
 """
 
 from __future__ import annotations

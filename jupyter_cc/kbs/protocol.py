@@ -70,6 +70,7 @@ __all__ = [
     "HASH_ALGORITHMS",
     "JWE_MEMBERS",
     "MAX_BODY",
+    "POLICY_HEADER",
     "PROTOCOL_VERSION",
     "RSA_ALG",
     "SESSION_COOKIE",
@@ -88,6 +89,8 @@ __all__ = [
 PROTOCOL_VERSION = "0.1.1"
 API_PREFIX = "/kbs/v0"
 SESSION_COOKIE = "kbs-session-id"
+POLICY_HEADER = "X-Jupyter-CC-Policy"
+"""jupyter-cc's response header naming the policy that allowed a release (not in Trustee's protocol)."""
 MAX_BODY = 1024 * 1024
 """Largest request body the broker reads (1 MiB); larger bodies get 413."""
 

@@ -29,8 +29,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from jupyter_cc.errors import InputError, PolicyError
+from jupyter_cc.files import write_private
 from jupyter_cc.kbs.protocol import KbsError, ResourcePath
-from jupyter_cc.paths import data_dir, write_private
+from jupyter_cc.paths import data_dir
 from jupyter_cc.policy import Policy
 
 __all__ = ["MASTER_KEY_NAME", "MAX_MATERIAL", "KeyStore", "Resource", "ResourceInfo", "default_db_path"]

@@ -128,10 +128,9 @@ def release(uri: str, **options: Any) -> ReleasedKey:
 
         return release_kbs(uri, **options)
     if scheme == "akv":
-        from jupyter_cc.keys.akv import release_akv  # type: ignore[import-not-found,unused-ignore]
+        from jupyter_cc.keys.akv import release_akv
 
-        result: ReleasedKey = release_akv(uri, **options)
-        return result
+        return release_akv(uri, **options)
     raise InputError(
         f"cannot release a key from {uri!r}",
         hint="use kbs://host[:port]/repo/type/tag or akv://vault-name/keys/name[/version]",

@@ -37,12 +37,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from jupyter_cc.attest.kinds import KINDS
 from jupyter_cc.errors import InputError
 from jupyter_cc.guest.collectors import collect_cpu_evidence
 from jupyter_cc.kbs.protocol import (
     API_PREFIX,
     DEFAULT_HASH,
     HASH_ALGORITHMS,
+    POLICY_HEADER,
     PROTOCOL_VERSION,
     SESSION_COOKIE,
     KbsError,
@@ -58,16 +60,9 @@ __all__ = ["KbsTarget", "parse_kbs_uri", "release_kbs"]
 
 DEFAULT_PORT = 8085
 DEFAULT_TLS_PORT = 443
-POLICY_HEADER = "X-Jupyter-CC-Policy"
 _MAX_RESPONSE = 2 * 1024 * 1024
 # Trustee's `tee` names for the collector choices; the broker reads the kind from the evidence.
-_TRUSTEE_TEE = {
-    "sim": "sample",
-    "snp": "snp",
-    "tdx": "tdx",
-    "az-snp-vtpm": "az-snp-vtpm",
-    "az-tdx-vtpm": "az-tdx-vtpm",
-}
+_TRUSTEE_TEE = {k.tee_choice: k.trustee_tee for k in KINDS if k.tee_choice and k.trustee_tee}
 
 
 @dataclass(frozen=True)
@@ -199,8 +194,8 @@ def release_kbs(
     """Release the resource ``uri`` names (see the module docstring for the steps).
 
     Args:
-        tee: evidence source (``auto``, ``sim``, ``snp``, ``tdx``, ``az-snp-vtpm``,
-            ``az-tdx-vtpm``); default ``$JUPYTER_CC_TEE`` or ``auto``.
+        tee: evidence source, one of :data:`jupyter_cc.attest.kinds.TEE_CHOICES`; default
+            ``$JUPYTER_CC_TEE`` or ``auto``.
         sim_dir: the simulated TEE's folder for ``tee="sim"``; default ``$JUPYTER_CC_SIM_DIR``.
         timeout: seconds per network operation.
         key_type: the ephemeral key, ``ec`` (P-256, ECDH-ES+A256KW) or ``rsa`` (3072 bits,

@@ -21,11 +21,9 @@ user typed wrong (a missing target, an unreadable policy) is one sentence as a `
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -34,21 +32,19 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from jupyter_cc.attest.binding import NONCE_SIZE, expected_report_data, host_key_digest
+from jupyter_cc.attest.binding import NONCE_SIZE, host_key_digest
 from jupyter_cc.attest.certs import utcnow
-from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bundle
 from jupyter_cc.errors import CCError
+from jupyter_cc.files import write_atomic
 from jupyter_cc.notebook.args import MagicArgs, parse_line
 from jupyter_cc.notebook.card import AttestationCard
-from jupyter_cc.policy import Policy, Verdict, appraise
-from jupyter_cc.remote.attestation import Attestation, PolicyRejected
+from jupyter_cc.policy import Policy, Verdict
+from jupyter_cc.remote.attestation import Attestation, PolicyRejectedError, judge_bundle
 from jupyter_cc.remote.guest import GuestTarget
 
 __all__ = ["AttestMagics", "Outcome", "attest_here", "attest_target", "register", "save_bundle"]
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-# Hardware sources (a vTPM quote, an IMDS round trip) can take seconds: the same minute the
-# provisioner allows.
 
 
 @dataclass(frozen=True)
@@ -101,26 +97,11 @@ def _judge(
     target: str,
     at: datetime | None = None,
 ) -> Outcome:
-    """Parse, verify (nonce and host-key binding included) and appraise one bundle."""
-    when = at or utcnow()
+    """One bundle judged by :func:`~jupyter_cc.remote.attestation.judge_bundle`, as an outcome."""
     try:
-        bundle = parse_bundle(raw)
-        claims = verify_bundle(bundle, at=when, nonce=nonce, host_key_sha256=host_key_sha256)
+        attestation = judge_bundle(raw, nonce=nonce, host_key_sha256=host_key_sha256, policy=policy, at=at)
     except CCError as exc:
-        return _failure(
-            f"{exc.check} check failed: {exc.diagnostics()}", target=target, policy=policy.name, bundle=raw
-        )
-    verdict = appraise(claims, policy)
-    notes = bundle.extra.get("notes", [])
-    attestation = Attestation(
-        claims=claims,
-        verdict=verdict,
-        attested_at=when,
-        bundle_sha256=hashlib.sha256(raw).hexdigest(),
-        host_key_sha256=host_key_sha256,
-        source=bundle.source,
-        notes=tuple(str(n) for n in notes) if isinstance(notes, list) else (),
-    )
+        return _failure(exc.sentence(), target=target, policy=policy.name, bundle=raw)
     return _outcome(attestation, raw, target)
 
 
@@ -139,7 +120,7 @@ def _outcome(attestation: Attestation, raw: bytes, target: str) -> Outcome:
     if not verdict.passed:
         # Genuine evidence the policy does not accept: not a confidential kernel to trust.
         state["confidential"] = False
-        state["error"] = PolicyRejected(verdict, attestation.claims).diagnostics()
+        state["error"] = PolicyRejectedError(verdict, attestation.claims).diagnostics()
     return Outcome(state=state, bundle=raw, verdict=verdict, policy=verdict.policy)
 
 
@@ -152,32 +133,19 @@ def attest_here(
 ) -> Outcome:
     """Collect evidence in this process (a confidential kernel), then verify and appraise it.
 
-    The same steps as the guest agent's ``attest`` request with the ``local`` transport: a new
-    nonce, REPORT_DATA = SHA-512("jupyter-cc/v1" ‖ nonce ‖ 32 zero bytes), CPU evidence from
-    ``tee`` and any confidential GPU, one bundle.
+    The guest agent's own bundle building with the ``local`` transport (a new nonce, the
+    host-key part 32 zero bytes; :func:`~jupyter_cc.guest.bundle.collect_bundle`), judged here
+    as any received bundle is.
     """
-    from jupyter_cc.guest.collectors import collect_cpu_evidence, collect_gpu_evidence
+    from jupyter_cc.guest.bundle import collect_bundle
 
     target = "this kernel"
     nonce = os.urandom(NONCE_SIZE)
     digest = host_key_digest(None)
-    report_data = expected_report_data(nonce, digest)
     try:
-        collected, unavailable = collect_cpu_evidence(report_data, tee=tee, sim_dir=sim_dir)
-        gpus, gpu_unavailable = collect_gpu_evidence(report_data[:32])
+        raw = collect_bundle(nonce, digest, tee=tee, sim_dir=sim_dir)
     except CCError as exc:
-        return _failure(f"{exc.check} check failed: {exc.diagnostics()}", target=target, policy=policy.name)
-    notes = [*collected.notes, *(f"{u.source}: {u.reason}" for u in [*unavailable, *gpu_unavailable])]
-    raw = serialize_bundle(
-        collected.kind,
-        collected.evidence,
-        nonce=nonce,
-        host_key_sha256=digest,
-        source=collected.source,
-        collected_at=utcnow().strftime(_TIME_FORMAT),
-        gpus=gpus,
-        notes=notes,
-    )
+        return _failure(exc.sentence(), target=target, policy=policy.name)
     return _judge(raw, nonce=nonce, host_key_sha256=digest, policy=policy, target=target, at=at)
 
 
@@ -192,12 +160,12 @@ def attest_target(target: GuestTarget, policy: Policy, *, label: str | None = No
     try:
         link = target.open()
     except CCError as exc:
-        return _failure(f"{exc.check} check failed: {exc.diagnostics()}", target=where, policy=policy.name)
+        return _failure(exc.sentence(), target=where, policy=policy.name)
     try:
         nonce, raw, digest = link.request_evidence()
         return _judge(raw, nonce=nonce, host_key_sha256=digest, policy=policy, target=where)
     except CCError as exc:
-        return _failure(f"{exc.check} check failed: {exc.diagnostics()}", target=where, policy=policy.name)
+        return _failure(exc.sentence(), target=where, policy=policy.name)
     finally:
         link.close()
 
@@ -230,17 +198,7 @@ def save_bundle(outcome: Outcome, path: Path) -> None:
         "attested_at": outcome.state.get("attested_at"),
         "evidence_sha256": hashlib.sha256(outcome.bundle).hexdigest(),
     }
-    data = json.dumps(doc, indent=1).encode()
-    path = path.expanduser()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path.expanduser(), json.dumps(doc, indent=1).encode())
 
 
 def _audit(outcome: Outcome) -> Outcome:

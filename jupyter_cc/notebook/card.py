@@ -6,7 +6,8 @@ failure form ``{"confidential": False, "passed": False, "error": sentence, "reas
 "claims": {...}}``. The card shows the TEE kind and product, the measurement (shortened, the
 full value in a tooltip), the TCB, debug, the policy and its verdict, the GPU if any and the
 time; green when the policy passed, red when it did not (every failed rule listed), amber for a
-simulated TEE, which is always labelled "SIMULATED — not a hardware TEE" (design section 9).
+simulated TEE, which is always labelled with the registry's
+:data:`~jupyter_cc.attest.kinds.SIMULATED_BANNER` (design section 9).
 
 :class:`AttestationCard` is a :class:`ipywidgets.HTML` whose ``_repr_mimebundle_`` carries the
 widget view *and* ``text/html`` and ``text/plain``, so the same output renders in JupyterLab,
@@ -28,9 +29,9 @@ from typing import Any
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
-__all__ = ["SIMULATED_BANNER", "AttestationCard", "card_html", "card_text"]
+from jupyter_cc.attest.kinds import SIMULATED_BANNER
 
-SIMULATED_BANNER = "SIMULATED — not a hardware TEE"
+__all__ = ["AttestationCard", "card_html", "card_text"]
 
 # (border, background, headline colour) per status: readable in light and dark themes because the
 # card sets its own background and text colour.

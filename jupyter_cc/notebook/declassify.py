@@ -17,12 +17,12 @@ from typing import Any
 
 from jupyter_cc.errors import CCError
 from jupyter_cc.notebook.transfer import pack
-from jupyter_cc.seal import MAGIC
+from jupyter_cc.seal.envelope import MAGIC
 
-__all__ = ["PullRefused", "declassified", "declassify", "export"]
+__all__ = ["PullRefusedError", "declassified", "declassify", "export"]
 
 
-class PullRefused(CCError):
+class PullRefusedError(CCError):
     """A value that is neither sealed nor declassified cannot leave the confidential kernel."""
 
     check = "declassification"
@@ -74,8 +74,8 @@ def export(name: str, namespace: dict[str, Any]) -> str:
         doc.update(kind="declassified", reason=entry.reason)
         return json.dumps(doc, separators=(",", ":"))
     if name not in namespace:
-        raise PullRefused(f"there is no variable '{name}' in the confidential kernel")
-    raise PullRefused(
+        raise PullRefusedError(f"there is no variable '{name}' in the confidential kernel")
+    raise PullRefusedError(
         f"'{name}' is neither sealed nor declassified, so it stays in the confidential kernel",
         hint=f"seal it (%seal {name} --key NAME) or declassify it (%declassify {name} --reason TEXT) first",
     )

@@ -87,7 +87,7 @@ class KeyMagics(Magics):
         try:
             key = release(args.uri)
         except CCError as exc:
-            raise UsageError(f"%release_key: {exc.check} check failed: {exc.diagnostics()}") from None
+            raise UsageError(f"%release_key: {exc.sentence()}") from None
         name = args.name or _default_name(args.uri)
         self.keys.put(name, key)
         _audit("release", uri=args.uri, key_id=key.key_id, key_fingerprint=key.fingerprint, policy=key.policy)
@@ -105,7 +105,8 @@ class KeyMagics(Magics):
         parser.add_argument("--unsafe-pickle", action="store_true")
         args = parse_line(parser, line)
         key = self.keys.get(args.key)
-        from jupyter_cc.seal import seal_file, seal_value, seal_value_to_file
+        from jupyter_cc.seal import seal_file, seal_value
+        from jupyter_cc.seal.files import seal_value_to_file
 
         if args.file:
             if not args.path or args.var:
@@ -160,7 +161,8 @@ class KeyMagics(Magics):
             _audit("unseal", source=str(args.source), to=str(args.path), key_fingerprint=key.fingerprint)
             print(f"unsealed {args.source} with key '{args.key}' to file {args.path}")
             return
-        from jupyter_cc.seal import unseal_value, unseal_value_from_file
+        from jupyter_cc.seal import unseal_value
+        from jupyter_cc.seal.files import unseal_value_from_file
 
         value = self._ns.get(args.source)
         try:

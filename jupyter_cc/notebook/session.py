@@ -34,7 +34,11 @@ class SessionError(CCError):
 
 
 class RemoteError(Exception):
-    """An exception raised in the confidential kernel, shown with the remote traceback."""
+    """An exception raised in the confidential kernel, shown with the remote traceback.
+
+    Not a :class:`~jupyter_cc.errors.CCError`: it carries the user's own exception from the
+    TEE (its name and value unchanged), not a check of jupyter-cc's that failed.
+    """
 
     def __init__(self, ename: str, evalue: str, traceback: list[str]) -> None:
         super().__init__(f"{ename}: {evalue}")

@@ -21,6 +21,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
+from jupyter_cc.attest.kinds import SIMULATED_BANNER
 from jupyter_cc.errors import CCError
 from jupyter_cc.notebook.args import MagicArgs, parse_line, words
 from jupyter_cc.notebook.session import ConfidentialSession, RemoteError, check_name, replay_output
@@ -67,7 +68,7 @@ class SessionMagics(Magics):
             raise UsageError(f"%cc connect {profile_name}: {exc.diagnostics()}") from None
         self.session = session
         state = session.attestation_state
-        label = " (SIMULATED — not a hardware TEE)" if state.get("simulated") else ""
+        label = f" ({SIMULATED_BANNER})" if state.get("simulated") else ""
         verdict = state.get("verdict", {})
         print(
             f"connected to {profile_name}: {state.get('evidence_kind')}{label} verified, "
@@ -159,7 +160,7 @@ class SessionMagics(Magics):
         try:
             text = session.evaluate(expression)
         except RemoteError as exc:
-            # The confidential kernel said no (PullRefused): show its one sentence, not a traceback.
+            # The confidential kernel said no (PullRefusedError): show its one sentence, not a traceback.
             raise UsageError(f"%cc pull: {exc.evalue}") from None
         value, meta = unpack(text, unsafe_pickle=args.unsafe_pickle)
         self._ns[name] = value

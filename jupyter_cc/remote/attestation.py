@@ -1,8 +1,11 @@
-"""Attest a guest through its agent: fresh nonce, bound host key, verify, appraise.
+"""Judge an attestation: fresh nonce, bound host key, verify, appraise.
 
-This is design section 6 steps 3 and 4 from the client's side, shared by the kernel
-provisioner, ``jupyter-cc attest`` and (later) the magics and the Hub spawner, so there is one
-implementation of "is this the TEE my policy accepts, on this very connection?".
+This is design section 6 steps 3 and 4 from the client's side. :func:`judge_bundle` is the one
+host-side judgement of a bundle (parse, verify with the nonce and host-key binding, appraise,
+read the notes); :func:`attest` asks a guest agent for evidence and judges it, for the kernel
+provisioner, ``jupyter-cc attest`` and the Hub spawner, and ``%attest`` judges the bundles it
+collects or receives with :func:`judge_bundle` too. So there is one implementation of "is this
+the TEE my policy accepts, on this very connection?".
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from jupyter_cc.errors import CCError
 from jupyter_cc.policy import Policy, Verdict, appraise
 from jupyter_cc.remote.agent_client import AgentClient
 
-__all__ = ["Attestation", "PolicyRejected", "attest", "request_evidence"]
+__all__ = ["Attestation", "PolicyRejectedError", "attest", "judge_bundle", "request_evidence"]
 
 
-class PolicyRejected(CCError):
+class PolicyRejectedError(CCError):
     """Genuine evidence that the policy does not accept; names every failed rule."""
 
     check = "policy"
@@ -39,7 +42,11 @@ class PolicyRejected(CCError):
 
 @dataclass(frozen=True)
 class Attestation:
-    """A passed attestation: what was verified, under which policy, when, over which key."""
+    """A verified attestation: what was verified, under which policy, when, over which key.
+
+    ``verdict.passed`` says whether the policy accepted the TEE; :func:`attest` returns only
+    passed ones, :func:`judge_bundle` also those the policy rejected (for ``%attest``'s card).
+    """
 
     claims: Claims
     verdict: Verdict
@@ -67,12 +74,50 @@ def request_evidence(agent: AgentClient, *, host_key_type: str | None) -> tuple[
     """Ask the agent for evidence bound to a fresh nonce; return (nonce, raw bundle bytes).
 
     Nothing is verified here: :func:`attest` (or a caller keeping the raw bundle, like
-    ``%attest --save``) verifies it against this nonce and the connection's host key.
+    ``%attest --save``) judges it with :func:`judge_bundle` against this nonce and the
+    connection's host key.
     """
     nonce = os.urandom(NONCE_SIZE)
     # Hardware sources (a vTPM quote, an IMDS round trip) can take seconds: allow a minute.
     answer = agent.request("attest", nonce=nonce.hex(), host_key_type=host_key_type, timeout=60.0)
     return nonce, str(answer.get("bundle", "")).encode()
+
+
+def judge_bundle(
+    raw: bytes,
+    *,
+    nonce: bytes,
+    host_key_sha256: bytes,
+    policy: Policy,
+    at: datetime | None = None,
+) -> Attestation:
+    """Parse, verify (nonce and host-key binding included) and appraise one raw bundle.
+
+    The verdict is returned whatever it says; the caller decides what a rejection means.
+
+    Args:
+        nonce: the nonce the evidence must be bound to (the one this client sent).
+        host_key_sha256: the digest of the host key the evidence must bind (32 zero bytes for
+            the ``local`` transport).
+        at: the verification time (default: now).
+
+    Raises:
+        EvidenceError: the evidence is malformed, invalid, stale, or bound to another nonce or
+            host key.
+    """
+    bundle = parse_bundle(raw)
+    when = at or utcnow()
+    claims = verify_bundle(bundle, at=when, nonce=nonce, host_key_sha256=host_key_sha256)
+    notes = bundle.extra.get("notes", [])
+    return Attestation(
+        claims=claims,
+        verdict=appraise(claims, policy),
+        attested_at=when,
+        bundle_sha256=hashlib.sha256(raw).hexdigest(),
+        host_key_sha256=host_key_sha256,
+        source=bundle.source,
+        notes=tuple(str(n) for n in notes) if isinstance(notes, list) else (),
+    )
 
 
 def attest(
@@ -92,23 +137,12 @@ def attest(
 
     Raises:
         EvidenceError: the evidence is invalid, stale, or bound to another nonce or host key.
-        PolicyRejected: genuine evidence that ``policy`` does not accept.
+        PolicyRejectedError: genuine evidence that ``policy`` does not accept.
     """
     nonce, raw = request_evidence(agent, host_key_type=host_key_type)
-    bundle = parse_bundle(raw)
-    digest = host_key_digest(host_key_blob)
-    when = at or utcnow()
-    claims = verify_bundle(bundle, at=when, nonce=nonce, host_key_sha256=digest)
-    verdict = appraise(claims, policy)
-    if not verdict.passed:
-        raise PolicyRejected(verdict, claims)
-    notes = bundle.extra.get("notes", [])
-    return Attestation(
-        claims=claims,
-        verdict=verdict,
-        attested_at=when,
-        bundle_sha256=hashlib.sha256(raw).hexdigest(),
-        host_key_sha256=digest,
-        source=bundle.source,
-        notes=tuple(str(n) for n in notes) if isinstance(notes, list) else (),
+    attestation = judge_bundle(
+        raw, nonce=nonce, host_key_sha256=host_key_digest(host_key_blob), policy=policy, at=at
     )
+    if not attestation.verdict.passed:
+        raise PolicyRejectedError(attestation.verdict, attestation.claims)
+    return attestation

@@ -16,7 +16,9 @@ from jupyter_cc.remote.agent_client import AgentClient, agent_argv
 from jupyter_cc.remote.attestation import Attestation, attest, request_evidence
 from jupyter_cc.remote.ssh import SshConnection, SshTarget
 
-__all__ = ["GuestLink", "GuestTarget"]
+__all__ = ["DEFAULT_KNOWN_HOSTS", "GuestLink", "GuestTarget"]
+
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,53 @@ class GuestTarget:
     port: int = 22
     user: str | None = None
     identity_file: str | None = None
-    known_hosts: str | None = "~/.ssh/known_hosts"
+    known_hosts: str | None = DEFAULT_KNOWN_HOSTS
     host_key_file: str | None = None
     python: str = "python3"
     kernel_python: str | None = None
     tee: str = "auto"
     sim_dir: str | None = None
     timeout: float = 15.0
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        transport: str = "ssh",
+        host: str | None = None,
+        port: int | None = None,
+        user: str | None = None,
+        identity_file: str | None = None,
+        known_hosts: str | None = None,
+        host_key_file: str | None = None,
+        python: str | None = None,
+        kernel_python: str | None = None,
+        tee: str = "auto",
+        sim_dir: str | None = None,
+        timeout: float | None = None,
+    ) -> GuestTarget:
+        """The target that settings from anywhere describe: profiles, CLI options, the traits of
+        :class:`~jupyter_cc.remote.target.CvmTargetTraits`. This is the one place that decides
+        what an unset value means, so every face opens the same guest from the same settings.
+
+        ``None`` (or an empty ``python``) means the default; the ``local`` transport has no host.
+        ``known_hosts`` is taken as given: ``None`` checks no known_hosts file, so a caller
+        that wants ``~/.ssh/known_hosts`` by default passes it.
+        """
+        return cls(
+            transport=transport,
+            host="" if transport == "local" else (host or ""),
+            port=cls.port if port is None else port,
+            user=user,
+            identity_file=identity_file,
+            known_hosts=known_hosts,
+            host_key_file=host_key_file,
+            python=python or cls.python,
+            kernel_python=kernel_python,
+            tee=tee,
+            sim_dir=sim_dir,
+            timeout=cls.timeout if timeout is None else timeout,
+        )
 
     def open(self) -> GuestLink:
         """Connect (SSH, or a local process) and start the agent; nothing is trusted yet."""

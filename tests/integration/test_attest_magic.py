@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_cc.attest.binding import NONCE_SIZE, host_key_digest
+from jupyter_cc.attest.kinds import SIMULATED_BANNER
 from jupyter_cc.cli import main
 from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.notebook.attest_magic import (
@@ -25,11 +25,10 @@ from jupyter_cc.notebook.attest_magic import (
     register,
     save_bundle,
 )
-from jupyter_cc.notebook.card import SIMULATED_BANNER, AttestationCard
-from jupyter_cc.paths import data_dir
+from jupyter_cc.notebook.card import AttestationCard
 from jupyter_cc.policy import Policy
 from jupyter_cc.remote.guest import GuestTarget
-from tests.support.sshd import Sshd, guest_sshd
+from tests.support.sshd import Sshd, sim_profile
 
 SIM_POLICY = str(simulated_policy_path())
 AMBER, RED = "#9a6700", "#cf222e"
@@ -204,25 +203,8 @@ def test_unreachable_host_is_a_red_card(shell: InteractiveShell, monkeypatch: py
 # --- a remote CVM: the guest agent behind a real sshd, with the simulated TEE -----------------
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    server = guest_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
-
-
 def guest_target(sshd: Sshd) -> GuestTarget:
-    return GuestTarget(
-        transport="ssh",
-        host="127.0.0.1",
-        port=sshd.port,
-        identity_file=str(sshd.identity_file),
-        known_hosts=str(sshd.known_hosts),
-        host_key_file=str(sshd.host_pub),
-        python=sys.executable,
-        tee="sim",
-        sim_dir=str(data_dir() / "sim"),
-    )
+    return sim_profile(sshd, "cvm-test").to_guest_target()
 
 
 def host_key_sha256(sshd: Sshd) -> str:

@@ -31,7 +31,7 @@ from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bu
 from jupyter_cc.decoding import b64url_encode
 from jupyter_cc.errors import EvidenceError, InputError
 from jupyter_cc.guest import collectors, nvml, sevguest, tsm, vtpm
-from jupyter_cc.guest.results import Collected, SourceUnavailable, Unavailable
+from jupyter_cc.guest.results import Collected, SourceUnavailableError, Unavailable
 from jupyter_cc.policy import Policy, appraise
 from tests.support.swtpm import USER_DATA_INDEX, SoftTpm, snp_hcl_report, swtpm, tdx_hcl_report
 
@@ -196,7 +196,7 @@ def test_tsm_report_for_other_report_data_is_refused(tmp_path: Path, sim_tee: An
 
 
 def test_tsm_missing_tree_is_unavailable_with_the_path(tmp_path: Path) -> None:
-    with pytest.raises(SourceUnavailable) as info:
+    with pytest.raises(SourceUnavailableError) as info:
         tsm.collect_tsm(REPORT_DATA, root=tmp_path)
     reason = info.value.unavailable()
     assert reason.source == "configfs-tsm"
@@ -206,7 +206,7 @@ def test_tsm_missing_tree_is_unavailable_with_the_path(tmp_path: Path) -> None:
 
 def test_tsm_other_provider_than_requested_is_unavailable(tmp_path: Path) -> None:
     fs = FakeTsm("tdx_guest", lambda data: (td_quote(data), None))
-    with pytest.raises(SourceUnavailable, match="tdx_guest, which gives tdx evidence, not the snp"):
+    with pytest.raises(SourceUnavailableError, match="tdx_guest, which gives tdx evidence, not the snp"):
         tsm.collect_tsm(REPORT_DATA, root=tsm_root(tmp_path), fs=fs, want="snp")
     assert fs.removed == fs.made and fs.inblobs == []
 
@@ -215,7 +215,7 @@ def test_tsm_unknown_provider_and_probe(tmp_path: Path) -> None:
     root = tsm_root(tmp_path)
     assert tsm.probe_tsm(root=root, fs=FakeTsm("tdx_guest", lambda d: (b"", None))) == "configfs-tsm (tdx)"
     fs = FakeTsm("arm_cca_guest", lambda d: (b"", None))
-    with pytest.raises(SourceUnavailable, match="expected sev_guest"):
+    with pytest.raises(SourceUnavailableError, match="expected sev_guest"):
         tsm.collect_tsm(REPORT_DATA, root=root, fs=fs)
     assert fs.removed == fs.made
 
@@ -365,7 +365,7 @@ def test_sev_guest_ioctl_failure_names_the_firmware_and_vmm_errors(tmp_path: Pat
 
 
 def test_sev_guest_missing_device_is_unavailable(tmp_path: Path) -> None:
-    with pytest.raises(SourceUnavailable, match="dev/sev-guest does not exist"):
+    with pytest.raises(SourceUnavailableError, match="dev/sev-guest does not exist"):
         sevguest.collect_sev_guest(REPORT_DATA, root=tmp_path)
 
 
@@ -595,9 +595,9 @@ def test_vtpm_other_kind_than_requested(swtpm: SoftTpm, imds: tuple[str, type[Im
 def test_vtpm_without_hcl_index_is_not_an_azure_cvm(swtpm: SoftTpm) -> None:
     swtpm.undefine(0x01400001)
     try:
-        with pytest.raises(SourceUnavailable, match="no NV index 0x01400001"):
+        with pytest.raises(SourceUnavailableError, match="no NV index 0x01400001"):
             vtpm.collect_azure_vtpm(REPORT_DATA, tpm_tcti=swtpm.tcti)
-        with pytest.raises(SourceUnavailable, match="not an Azure CVM"):
+        with pytest.raises(SourceUnavailableError, match="not an Azure CVM"):
             vtpm.probe_vtpm(tpm_tcti=swtpm.tcti)
     finally:
         swtpm.define(0x01400001, 2048)
@@ -605,7 +605,7 @@ def test_vtpm_without_hcl_index_is_not_an_azure_cvm(swtpm: SoftTpm) -> None:
 
 def test_vtpm_without_tpm_or_tcti_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TPM2TOOLS_TCTI", raising=False)
-    with pytest.raises(SourceUnavailable, match="dev/tpmrm0 does not exist"):
+    with pytest.raises(SourceUnavailableError, match="dev/tpmrm0 does not exist"):
         vtpm.collect_azure_vtpm(REPORT_DATA, root=tmp_path)
 
 

@@ -4,16 +4,14 @@ sshd, with the embedded key broker: what ``make demo`` does, over SSH instead of
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jupyter_cc import audit
 from jupyter_cc.kernelspec import simulated_policy_path
-from jupyter_cc.paths import data_dir
-from jupyter_cc.profiles import Profile, save_profile
-from tests.support.sshd import Sshd, guest_sshd
+from jupyter_cc.profiles import save_profile
+from tests.support.sshd import Sshd, sim_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -23,35 +21,14 @@ pytestmark = pytest.mark.timeout(300)
 NOTEBOOKS = sorted((ROOT / "examples").glob("*.ipynb"))
 
 
-@pytest.fixture(scope="module")
-def cvm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    server = guest_sshd(tmp_path_factory.mktemp("cvm"))
-    yield server
-    server.stop()
-
-
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
 def test_notebook_runs_against_the_simulated_cvm(
-    cvm: Sshd, notebook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sshd: Sshd, notebook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("JUPYTER_CC_CONFIG", str(tmp_path / "jupyter_cc.toml"))
     monkeypatch.setenv("JUPYTER_CC_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     policy = simulated_policy_path()
-    save_profile(
-        Profile(
-            name="cvm-ssh",
-            transport="ssh",
-            host="127.0.0.1",
-            port=cvm.port,
-            identity_file=str(cvm.identity_file),
-            known_hosts=str(cvm.known_hosts),
-            host_key_file=str(cvm.host_pub),
-            policy=str(policy),
-            python=sys.executable,
-            tee="sim",
-            sim_dir=str(data_dir() / "sim"),
-        )
-    )
+    save_profile(sim_profile(sshd, "cvm-ssh", policy=policy))
     sealed = run_demo.prepare(tmp_path, policy)
     with run_demo.broker(tmp_path) as kbs:
         env = {
@@ -69,10 +46,10 @@ def test_notebook_runs_against_the_simulated_cvm(
     assert "session cvm-ssh: kernel running" in text
     local = [e["event"] for e in audit.read(tmp_path / "audit.jsonl")]
     assert {"attest", "push", "pull"} <= set(local)
-    guest = [e["event"] for e in audit.read(cvm.dir / "guest-audit.jsonl")]
+    guest = [e["event"] for e in audit.read(sshd.dir / "guest-audit.jsonl")]
     assert {"release", "unseal", "declassify"} <= set(guest)
     assert audit.verify(tmp_path / "audit.jsonl").ok
-    assert audit.verify(cvm.dir / "guest-audit.jsonl").ok
+    assert audit.verify(sshd.dir / "guest-audit.jsonl").ok
     # The card is in the executed notebook, with its HTML fallback for frontends without widgets.
     html = [
         o["data"]["text/html"]

@@ -80,20 +80,6 @@ def wait_for(predicate: Any, timeout: float = 20, what: str = "condition") -> No
 
 
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory, sim_tee: Any) -> Iterator[Sshd]:
-    from tests.support.env import need_tool
-    from tests.support.sshd import SSHD
-
-    if not Path(SSHD).exists():
-        need_tool("OpenSSH sshd (Debian openssh-server)")
-    server = Sshd.create(
-        tmp_path_factory.mktemp("hub-sshd"), env={"JUPYTER_DATA_DIR": os.environ["JUPYTER_DATA_DIR"]}
-    ).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory, sshd: Sshd) -> Iterator[Hub]:
     from tests.support.env import need_tool
 

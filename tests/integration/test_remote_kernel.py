@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,10 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_cc.cli import main
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
 from jupyter_cc.paths import data_dir
-from jupyter_cc.provisioner import KernelRefused
+from jupyter_cc.provisioner import KernelRefusedError
 from tests.support.sshd import Sshd, guest_sshd, keygen
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    server = guest_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
 
 
 def provisioner_config(sshd: Sshd, **overrides: object) -> dict[str, object]:
@@ -254,7 +246,7 @@ async def test_kernel_whose_evidence_fails_policy_never_starts(sshd: Sshd, kerne
     name = install_spec(kernel_dir, "cc-refused", config)
     before = set(guest_processes())
     km = AsyncKernelManager(kernel_name=name)
-    with pytest.raises(KernelRefused) as info:
+    with pytest.raises(KernelRefusedError) as info:
         await km.start_kernel()
     message = str(info.value)
     assert message.startswith("Confidential kernel not started: policy check failed:")

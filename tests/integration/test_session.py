@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,40 +18,18 @@ from jupyter_cc import audit
 from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.notebook.session import RemoteError
 from jupyter_cc.notebook.session_magics import SessionMagics
-from jupyter_cc.paths import data_dir
-from jupyter_cc.profiles import Profile, save_profile
-from jupyter_cc.seal import MAGIC
-from tests.support.sshd import Sshd, guest_sshd
+from jupyter_cc.profiles import save_profile
+from jupyter_cc.seal.envelope import MAGIC
+from tests.support.sshd import Sshd, sim_profile
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    server = guest_sshd(tmp_path_factory.mktemp("sshd-session"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture
 def shell(sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
     monkeypatch.setenv("JUPYTER_CC_CONFIG", str(tmp_path / "jupyter_cc.toml"))
     monkeypatch.setenv("JUPYTER_CC_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
-    save_profile(
-        Profile(
-            name="cvm",
-            transport="ssh",
-            host="127.0.0.1",
-            port=sshd.port,
-            identity_file=str(sshd.identity_file),
-            known_hosts=str(sshd.known_hosts),
-            host_key_file=str(sshd.host_pub),
-            policy=str(simulated_policy_path()),
-            python=sys.executable,
-            tee="sim",
-            sim_dir=str(data_dir() / "sim"),
-        )
-    )
+    save_profile(sim_profile(sshd, "cvm", policy=simulated_policy_path()))
     ip = InteractiveShell.instance()
     ip.extension_manager.load_extension("jupyter_cc")
     yield ip

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from jupyter_cc.notebook.card import SIMULATED_BANNER, AttestationCard, card_html, card_text
+from jupyter_cc.attest.kinds import SIMULATED_BANNER
+from jupyter_cc.notebook.card import AttestationCard, card_html, card_text
 
 MEASUREMENT = "ab" * 48
 GREEN, AMBER, RED = "#1a7f37", "#9a6700", "#cf222e"

@@ -2,6 +2,10 @@
 
 It stands in for the confidential VM's sshd: the guest agent runs behind it with the simulated
 TEE, binding this sshd's host key exactly as a real guest binds its own.
+
+:func:`guest_sshd` starts one; the session fixture ``sshd`` is the one
+every test module shares (declared in ``tests/conftest.py``). Tests that stop or break
+their sshd start their own with :func:`guest_sshd`; :func:`sim_profile` is how tests reach it.
 """
 
 from __future__ import annotations
@@ -10,9 +14,13 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from jupyter_cc.paths import data_dir
+from jupyter_cc.profiles import Profile
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -123,3 +131,20 @@ def guest_sshd(folder: Path) -> Sshd:
         "JUPYTER_CC_AUDIT_LOG": str(folder / "guest-audit.jsonl"),
     }
     return Sshd.create(folder, env=env).start()
+
+
+def sim_profile(sshd: Sshd, name: str, *, policy: Path | None = None) -> Profile:
+    """A profile that reaches the simulated guest behind ``sshd`` with this Python."""
+    return Profile(
+        name=name,
+        transport="ssh",
+        host="127.0.0.1",
+        port=sshd.port,
+        identity_file=str(sshd.identity_file),
+        known_hosts=str(sshd.known_hosts),
+        host_key_file=str(sshd.host_pub),
+        policy=str(policy) if policy is not None else None,
+        python=sys.executable,
+        tee="sim",
+        sim_dir=str(data_dir() / "sim"),
+    )

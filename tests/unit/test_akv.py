@@ -29,6 +29,8 @@ from jupyter_cc.errors import InputError, PolicyError
 from jupyter_cc.guest.results import Collected
 from jupyter_cc.keys import KeyReleaseError, ReleasedKey, akv, release
 from jupyter_cc.keys.akv import AkvReleaseError, parse_akv_uri, release_akv
+from jupyter_cc.keys.akv.maa_token import maa_request
+from jupyter_cc.keys.akv.unwrap import _WrappingKey
 from jupyter_cc.keys.skr_policy import evaluate, parse_release_policy
 from tests.support.fake_azure import (
     BEARER,
@@ -377,27 +379,25 @@ def _fail(why: str, **_: Any) -> AkvReleaseError:
 def test_maa_requests_for_snp_and_tdx_evidence() -> None:
     runtime = b'{"keys":[]}'
     quote = base64.b64encode(b"quote").decode()
-    (path, api), body = akv._maa_request(
-        Collected("tdx", "configfs-tsm", {"report": quote}), runtime, None, _fail
-    )
+    (path, api), body = maa_request(Collected("tdx", "configfs-tsm", {"report": quote}), runtime, None, _fail)
     assert (path, api) == ("TdxVm", "2023-04-01-preview")
     assert body == {"quote": "cXVvdGU", "runtimeData": {"data": "eyJrZXlzIjpbXX0", "dataType": "JSON"}}
 
     snp_evidence = {"report": quote, "vcek": "VCEK PEM\n", "chain": "ASK ARK PEM\n"}
-    (path, api), body = akv._maa_request(Collected("snp", "sev-guest", snp_evidence), runtime, None, _fail)
+    (path, api), body = maa_request(Collected("snp", "sev-guest", snp_evidence), runtime, None, _fail)
     assert (path, api) == ("SevSnpVm", "2022-08-01")
     inner = json.loads(base64.urlsafe_b64decode(body["report"] + "=="))
     assert base64.urlsafe_b64decode(inner["VcekCertChain"] + "==") == b"VCEK PEM\nASK ARK PEM\n"
     assert base64.urlsafe_b64decode(inner["SnpReport"] + "==") == b"quote"
 
     with pytest.raises(AkvReleaseError, match="without a VCEK certificate"):
-        akv._maa_request(Collected("snp", "sev-guest", {"report": quote}), runtime, None, _fail)
+        maa_request(Collected("snp", "sev-guest", {"report": quote}), runtime, None, _fail)
 
 
 def test_vtpm_evidence_is_refused_with_the_reason() -> None:
     collected = Collected(kind="az-snp-vtpm", source="azure-vtpm", evidence={"report": "AA=="})
     with pytest.raises(AkvReleaseError, match="TPM-held key"):
-        akv._maa_request(collected, b"{}", None, _fail)
+        maa_request(collected, b"{}", None, _fail)
 
 
 # --- URIs ------------------------------------------------------------------------------------
@@ -503,7 +503,7 @@ def test_binding_is_sha256_of_the_runtime_data() -> None:
 
 
 def test_wrapping_key_does_not_show_itself() -> None:
-    key = akv._WrappingKey(2048)
+    key = _WrappingKey(2048)
     assert "d" not in key.jwk and "p" not in key.jwk
     assert repr(key) == f"_WrappingKey(kid={key.kid!r})"
     with pytest.raises(TypeError):

@@ -16,7 +16,7 @@ from jupyter_cc import audit
 from jupyter_cc.audit import GENESIS, AuditError, read, record, verify
 from jupyter_cc.cli import main
 from jupyter_cc.errors import InputError
-from jupyter_cc.kbs.server import append_audit
+from jupyter_cc.kbs.broker import append_audit
 
 
 def write_log(path: Path, count: int = 5) -> list[bytes]:

@@ -26,6 +26,7 @@ from joserfc.jwk import ECKey, RSAKey
 from jupyter_cc.cli.kbs import add_commands
 from jupyter_cc.decoding import b64url_encode as b64url
 from jupyter_cc.guest.collectors import collect_cpu_evidence
+from jupyter_cc.kbs.broker import Broker
 from jupyter_cc.kbs.protocol import (
     JWE_MEMBERS,
     MAX_BODY,
@@ -36,7 +37,7 @@ from jupyter_cc.kbs.protocol import (
     runtime_data_digest,
     tee_pubkey_jwk,
 )
-from jupyter_cc.kbs.server import Broker, RunningBroker, start_in_thread
+from jupyter_cc.kbs.server import RunningBroker, start_in_thread
 from jupyter_cc.kbs.store import KeyStore
 from jupyter_cc.keys import KeyReleaseError, ReleasedKey, fingerprint, release
 from jupyter_cc.keys.kbs_client import parse_kbs_uri

@@ -12,7 +12,7 @@ import pytest
 
 from jupyter_cc.cli import main
 from jupyter_cc.errors import InputError
-from jupyter_cc.profiles import Profile, get_profile, load_profiles, remove_profile, save_profile, toml_string
+from jupyter_cc.profiles import Profile, get_profile, load_profiles, remove_profile, save_profile
 from jupyter_cc.remote.guest import GuestTarget
 
 if sys.version_info >= (3, 11):
@@ -41,8 +41,10 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.parametrize("value", HOSTILE)
-def test_toml_string_round_trips(value: str) -> None:
-    assert tomllib.loads(f"v = {toml_string(value)}")["v"] == value
+def test_written_strings_round_trip_through_tomllib(config: Path, value: str) -> None:
+    # The file as any TOML reader sees it, not through load_profiles.
+    save_profile(Profile(name="p", host=value))
+    assert tomllib.loads(config.read_text())["profiles"]["p"]["host"] == value
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -178,6 +180,51 @@ def test_other_tables_are_kept_verbatim(config: Path) -> None:
     remove_profile("new")
     doc = tomllib.loads(config.read_text())
     assert "profiles" not in doc and doc["brokers"] == [{"url": "http://kbs:8085"}]
+
+
+COMMENTED = """[profiles.lab]
+# the lab CVM: ask ops before changing the policy
+host = "lab.example.org"  # behind the VPN
+port = 2222
+
+[profiles.old]
+host = "old.example.org"
+"""
+
+
+def test_comments_inside_a_profile_table_survive_edits_of_others(config: Path) -> None:
+    config.parent.mkdir()
+    config.write_text(COMMENTED)
+    save_profile(Profile(name="new", transport="local"))
+    remove_profile("old")
+    text = config.read_text()
+    assert text.startswith(COMMENTED.split("[profiles.old]")[0])
+    assert "# the lab CVM: ask ops before changing the policy" in text
+    assert 'host = "lab.example.org"  # behind the VPN' in text
+    assert sorted(load_profiles()) == ["lab", "new"]
+    save_profile(Profile(name="lab", host="lab.example.org", port=2200))  # replaced in place
+    text = config.read_text()
+    assert "# the lab CVM: ask ops before changing the policy" in text
+    assert 'host = "lab.example.org"  # behind the VPN' in text
+    assert get_profile("lab").port == 2200
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        'profiles.a.host = "h"\n',
+        'profiles = { a = { host = "h" } }\n',
+        '[profiles]\na = { host = "h" }\n',
+    ],
+)
+def test_other_profile_layouts_are_refused_and_left_alone(config: Path, original: str) -> None:
+    config.parent.mkdir()
+    config.write_text(original)
+    assert get_profile("a").host == "h"
+    for change in (lambda: save_profile(Profile(name="b", transport="local")), lambda: remove_profile("a")):
+        with pytest.raises(InputError, match="edit the file by hand"):
+            change()
+        assert config.read_text() == original
 
 
 def test_layouts_it_cannot_rewrite_are_refused(config: Path) -> None:

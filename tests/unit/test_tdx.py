@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.attest.tdx import collateral as tc
 from jupyter_cc.attest.tdx import parse_quote, pck_chain, verify_quote, verify_tdx
+from jupyter_cc.attest.tdx import pck as tp
+from jupyter_cc.attest.tdx import tcb as tt
 from jupyter_cc.errors import (
     BindingError,
     CCError,
@@ -108,7 +110,7 @@ def test_real_quote_verifies(quote_bytes: bytes) -> None:
 
 def test_real_quote_chain_and_extensions(quote_bytes: bytes) -> None:
     chain = pck_chain(parse_quote(quote_bytes))
-    pck = tc.parse_pck_extensions(chain[0])
+    pck = tp.parse_pck_extensions(chain[0])
     assert pck.fmspc_hex == "50806f000000"
     assert pck.pce_id_hex == "0000"
     assert pck.pce_svn == 11
@@ -123,7 +125,7 @@ def test_real_quote_expired_pck_chain(quote_bytes: bytes) -> None:
 
 
 def test_real_collateral_signatures_valid(collateral: tc.TdxCollateral) -> None:
-    anchor = tc.verify_collateral(collateral, at=COLLATERAL_TIME)
+    anchor = tt.verify_collateral(collateral, at=COLLATERAL_TIME)
     assert anchor.name == "Intel SGX Root CA"
     assert collateral.tcb_info.id == "TDX"
     assert collateral.qe_identity.id == "TD_QE"
@@ -132,7 +134,7 @@ def test_real_collateral_signatures_valid(collateral: tc.TdxCollateral) -> None:
 
 def test_real_qe_identity_up_to_date(quote_bytes: bytes, collateral: tc.TdxCollateral) -> None:
     qe = parse_quote(quote_bytes).qe_report
-    match = tc.match_qe_identity(
+    match = tt.match_qe_identity(
         collateral.qe_identity,
         miscselect=qe.miscselect,
         attributes=qe.attributes,
@@ -179,13 +181,13 @@ def test_real_crls(read_vector, quote_bytes: bytes) -> None:  # type: ignore[no-
     assert len(list(platform)) == 44
     assert len(list(root)) == 0
     chain = pck_chain(parse_quote(quote_bytes))
-    assert tc.check_revocation([root, platform], chain, at=COLLATERAL_TIME) == 2
+    assert tt.check_revocation([root, platform], chain, at=COLLATERAL_TIME) == 2
     with pytest.raises(CollateralError, match="stale"):
-        tc.check_revocation([platform], chain, at=datetime(2024, 1, 1, tzinfo=timezone.utc))
+        tt.check_revocation([platform], chain, at=datetime(2024, 1, 1, tzinfo=timezone.utc))
     # A CRL verified with the wrong issuer key fails, whatever its issuer name says.
     other = make_pki()
     with pytest.raises(CollateralError, match="not signed"):
-        tc.check_revocation([platform], [other.pck, other.platform, other.root], at=COLLATERAL_TIME)
+        tt.check_revocation([platform], [other.pck, other.platform, other.root], at=COLLATERAL_TIME)
 
 
 def test_tampered_tcb_info(read_vector) -> None:  # type: ignore[no-untyped-def]
@@ -196,16 +198,16 @@ def test_tampered_tcb_info(read_vector) -> None:  # type: ignore[no-untyped-def]
     assert tampered != raw
     bad = tc.load_collateral(tcb_info=tampered, qe_identity=qe, issuer_chain=chain)
     with pytest.raises(SignatureError, match="TCB info signature"):
-        tc.verify_collateral(bad, at=COLLATERAL_TIME)
+        tt.verify_collateral(bad, at=COLLATERAL_TIME)
     # Whitespace inside the signed value breaks it too: the exact bytes are signed.
     spaced = raw.replace(b'"version":3,', b'"version": 3,', 1)
     bad = tc.load_collateral(tcb_info=spaced, qe_identity=qe, issuer_chain=chain)
     with pytest.raises(SignatureError):
-        tc.verify_collateral(bad, at=COLLATERAL_TIME)
+        tt.verify_collateral(bad, at=COLLATERAL_TIME)
     # Whitespace outside it does not.
     outside = raw.replace(b'{"tcbInfo":', b'{ "tcbInfo" :\n', 1)
     ok = tc.load_collateral(tcb_info=outside, qe_identity=qe, issuer_chain=chain)
-    tc.verify_collateral(ok, at=COLLATERAL_TIME)
+    tt.verify_collateral(ok, at=COLLATERAL_TIME)
 
 
 def test_tampered_qe_identity(read_vector) -> None:  # type: ignore[no-untyped-def]
@@ -217,7 +219,7 @@ def test_tampered_qe_identity(read_vector) -> None:  # type: ignore[no-untyped-d
         issuer_chain=read_vector("tdx/tcb-info-issuer-chain.pem"),
     )
     with pytest.raises(SignatureError, match="QE identity signature"):
-        tc.verify_collateral(bad, at=COLLATERAL_TIME)
+        tt.verify_collateral(bad, at=COLLATERAL_TIME)
 
 
 def test_collateral_json_is_checked(read_vector) -> None:  # type: ignore[no-untyped-def]
@@ -504,19 +506,19 @@ def test_synthetic_collateral_checks(pki: SyntheticPki) -> None:
         verify_quote(quote, at=SYNTH_TIME, roots=roots, collateral=forged)
     # The signing chain must end at a pinned root too.
     with pytest.raises(ChainError, match="not pinned"):
-        tc.verify_collateral(synth_collateral(pki), at=SYNTH_TIME)
+        tt.verify_collateral(synth_collateral(pki), at=SYNTH_TIME)
     # Wrong version, stale.
     with pytest.raises(CollateralError, match="version"):
-        tc.verify_collateral(synth_collateral(pki, version=2), at=SYNTH_TIME, roots=roots)
+        tt.verify_collateral(synth_collateral(pki, version=2), at=SYNTH_TIME, roots=roots)
     stale = synth_collateral(pki, next_update="2024-01-01T00:00:00Z")
     with pytest.raises(CollateralError, match="stale"):
-        tc.verify_collateral(stale, at=SYNTH_TIME, roots=roots)
+        tt.verify_collateral(stale, at=SYNTH_TIME, roots=roots)
     # The PCK chain must not be used as the collateral chain.
     wrong = tc.load_collateral(
         tcb_info=tcb_info(pki), qe_identity=qe_identity(pki), issuer_chain=pki.pck_chain_pem()
     )
     with pytest.raises(ChainError, match="TCB Signing"):
-        tc.verify_collateral(wrong, at=SYNTH_TIME, roots=roots)
+        tt.verify_collateral(wrong, at=SYNTH_TIME, roots=roots)
 
 
 def test_synthetic_qe_identity_mismatch(pki: SyntheticPki) -> None:

@@ -1,4 +1,4 @@
-"""Azure confidential VMs: the vTPM's HCL report, its runtime data, and how they bind together.
+"""The Azure vTPM's HCL report and its runtime data: layout, parsing, and how they bind together.
 
 On an Azure CVM the paravisor (HCL) asks the CPU for a hardware report (an SEV-SNP
 ATTESTATION_REPORT or a TDX TDREPORT) whose REPORT_DATA starts with a hash of the HCL's
@@ -22,12 +22,9 @@ offset size  field
 
 Only the hardware report is signed, so the chain of trust is: hardware signature → REPORT_DATA
 → hash of the runtime data → HCLAkPub → TPM quote (PCRs and the verifier's nonce). Each link is
-checked here; what is *acceptable* (secure boot, measurements) is left to the policy.
+checked in this package; what is *acceptable* (secure boot, measurements) is left to the policy.
 
-* ``az-snp-vtpm``: the inner SNP report is verified by :func:`jupyter_cc.attest.snp.verify_report`.
-* ``az-tdx-vtpm``: a TDREPORT is MAC'd for the local CPU only, so the guest turns it into a TD
-  quote (Azure IMDS ``/acc/tdquote``); the quote is verified by :mod:`jupyter_cc.attest.tdx`
-  and must carry the TDREPORT's REPORTDATA, MRTD and RTMRs.
+Signatures are checked by :mod:`jupyter_cc.attest.azure.verify`.
 
 >>> hcl = verify_hcl_binding(open("hcl-report.bin", "rb").read())   # doctest: +SKIP
 >>> hcl.report_type_name, hcl.runtime.vm_configuration["secure-boot"]  # doctest: +SKIP
@@ -41,15 +38,12 @@ import hmac
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from jupyter_cc.attest import snp, tpm
+from jupyter_cc.attest import snp
 from jupyter_cc.attest.claims import Claims, freeze
-from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.decoding import b64decode_any, decode_hex, strict_json
 from jupyter_cc.errors import BindingError, FormatError, InputError
 
@@ -57,15 +51,18 @@ __all__ = [
     "HASH_TYPES",
     "HCL_SIGNATURE",
     "REPORT_TYPES",
+    "REPORT_TYPE_SNP",
+    "REPORT_TYPE_TDX",
+    "TD_REPORT_SIZE",
+    "VARIABLE_DATA_OFFSET",
     "HclReport",
     "RuntimeData",
     "TdReport",
+    "azure_details",
     "bind_td_quote",
     "parse_hcl_report",
     "parse_runtime_data",
     "parse_td_report",
-    "verify_az_snp_vtpm",
-    "verify_az_tdx_vtpm",
     "verify_hcl_binding",
 ]
 
@@ -451,46 +448,48 @@ def _check_binding(layout: _Layout) -> None:
         )
 
 
-def verify_hcl_binding(hcl: bytes) -> HclReport:
+_WRONG_TYPE = {
+    REPORT_TYPE_SNP: (
+        "the HCL report holds a TDX report, not an SEV-SNP report",
+        "verify it as az-tdx-vtpm with its TD quote",
+    ),
+    REPORT_TYPE_TDX: (
+        "the HCL report holds an SEV-SNP report, not a TDREPORT",
+        "verify it as az-snp-vtpm with its VCEK",
+    ),
+}
+
+
+def verify_hcl_binding(hcl: bytes, *, report_type: int | None = None) -> HclReport:
     """Check that the hardware report's REPORT_DATA commits to the runtime data; parse the rest.
 
     This is the part of Azure CVM evidence that needs no signature: it proves the runtime data
     belongs to the hardware report, and is only worth something once that report is verified
-    (:func:`verify_az_snp_vtpm`, :func:`verify_az_tdx_vtpm`). The binding is checked on the raw
-    bytes before the JSON is parsed, so any change to the runtime data is a BindingError.
+    (:func:`~jupyter_cc.attest.azure.verify.verify_az_snp_vtpm`,
+    :func:`~jupyter_cc.attest.azure.verify.verify_az_tdx_vtpm`). The binding is checked on the
+    raw bytes before the JSON is parsed, so any change to the runtime data is a BindingError.
+
+    Args:
+        report_type: when given (``REPORT_TYPE_SNP`` or ``REPORT_TYPE_TDX``), the hardware
+            report must be of this type, checked before the binding.
 
     Raises:
-        FormatError: see :func:`parse_hcl_report`.
+        FormatError: see :func:`parse_hcl_report`; or the report is not of ``report_type``.
         BindingError: hash(runtime data) differs from the start of REPORT_DATA.
     """
     layout = _layout(hcl)
+    if report_type is not None and layout.igvm[2] != report_type:
+        message, hint = _WRONG_TYPE[report_type]
+        raise FormatError(message, hint=hint)
     _check_binding(layout)
     return _report(hcl, layout)
 
 
-# --- verification ---------------------------------------------------------------------------
+# --- binding to the verified hardware evidence --------------------------------------------
 
 
-def _tpm_claims(
-    hcl: HclReport, tpm_quote: bytes | None, tpm_sig: bytes | None, nonce: bytes | None
-) -> dict[str, Any]:
-    if (tpm_quote is None) != (tpm_sig is None):
-        raise InputError(
-            "a TPM quote needs both its message and its signature, only one was given",
-            hint="pass --tpm-quote and --tpm-sig together",
-        )
-    if tpm_quote is None or tpm_sig is None:
-        if nonce is not None:
-            raise InputError(
-                "a nonce was given but no TPM quote to check it against",
-                hint="pass the TPM quote made with this nonce (--tpm-quote, --tpm-sig)",
-            )
-        return {}
-    quote = tpm.verify_quote(tpm_quote, tpm_sig, hcl.runtime.ak_pub, nonce=nonce)
-    return {"tpm_quote": quote.to_json()}
-
-
-def _azure_details(hcl: HclReport) -> dict[str, Any]:
+def azure_details(hcl: HclReport) -> dict[str, Any]:
+    """The claims Azure kinds add to the hardware claims: the runtime data and VM flags."""
     runtime = hcl.runtime
     return {
         "runtime": runtime.to_json(),
@@ -501,53 +500,6 @@ def _azure_details(hcl: HclReport) -> dict[str, Any]:
         "secure_boot": runtime.flag("secure-boot"),
         "tpm_enabled": runtime.flag("tpm-enabled"),
     }
-
-
-def verify_az_snp_vtpm(
-    hcl: bytes,
-    *,
-    vek_cert: x509.Certificate,
-    chain: Sequence[x509.Certificate],
-    at: datetime,
-    roots: TrustStore | None = None,
-    tpm_quote: bytes | None = None,
-    tpm_sig: bytes | None = None,
-    nonce: bytes | None = None,
-) -> Claims:
-    """Verify Azure SEV-SNP CVM evidence: HCL report, inner SNP report, optional TPM quote.
-
-    Steps: (1) the runtime data is bound into the SNP REPORT_DATA; (2) the SNP report verifies
-    with ``vek_cert`` and ``chain`` to a pinned ARK; (3) when given, the TPM quote verifies with
-    HCLAkPub from the (now authentic) runtime data, and its extraData equals ``nonce``.
-
-    Args:
-        hcl: the HCL report bytes (NV index 0x01400001).
-        vek_cert, chain, at, roots: as for :func:`jupyter_cc.attest.snp.verify_report`.
-        tpm_quote: the TPMS_ATTEST message of a TPM2_Quote by the vTPM's AK.
-        tpm_sig: its signature, raw or as a TPMT_SIGNATURE.
-        nonce: the challenge the quote must carry; requires ``tpm_quote``.
-
-    Raises:
-        FormatError, BindingError, SignatureError, ChainError, TcbError: the failed check.
-        InputError: a quote without its signature, or a nonce without a quote.
-    """
-    layout = _layout(hcl)
-    if layout.igvm[2] != REPORT_TYPE_SNP:
-        raise FormatError(
-            "the HCL report holds a TDX report, not an SEV-SNP report",
-            hint="verify it as az-tdx-vtpm with its TD quote",
-        )
-    _check_binding(layout)
-    report = _report(hcl, layout)
-    claims = snp.verify_report(report.snp_report(), vek_cert, chain, at=at, roots=roots, kind="az-snp-vtpm")
-    details = dict(claims.details) | _azure_details(report) | _tpm_claims(report, tpm_quote, tpm_sig, nonce)
-    return Claims(
-        kind="az-snp-vtpm",
-        simulated=claims.simulated,
-        debug=claims.debug,
-        report_data=claims.report_data,
-        details=details,
-    )
 
 
 def bind_td_quote(td: TdReport, quote_claims: Claims) -> None:
@@ -579,61 +531,3 @@ def bind_td_quote(td: TdReport, quote_claims: Claims) -> None:
                 f"quote {shown})",
                 hint="pass the TD quote made from this HCL report's TDREPORT",
             )
-
-
-def verify_az_tdx_vtpm(
-    hcl: bytes,
-    *,
-    td_quote: bytes,
-    at: datetime,
-    roots: TrustStore | None = None,
-    tcb_info: bytes | None = None,
-    qe_identity: bytes | None = None,
-    collateral_chain: bytes | None = None,
-    crls: Sequence[bytes] = (),
-    tpm_quote: bytes | None = None,
-    tpm_sig: bytes | None = None,
-    nonce: bytes | None = None,
-) -> Claims:
-    """Verify Azure TDX CVM evidence: HCL report, the TD quote made from its TDREPORT, TPM quote.
-
-    Steps: (1) the runtime data is bound into the TDREPORT's REPORTDATA; (2) the TD quote
-    verifies to the Intel SGX Root CA (:func:`jupyter_cc.attest.tdx.verify_tdx`, collateral
-    passed through); (3) the quote carries the TDREPORT's REPORTDATA, MRTD and RTMRs; (4) when
-    given, the TPM quote verifies with HCLAkPub and carries ``nonce``.
-
-    Raises:
-        FormatError, BindingError, SignatureError, ChainError, CollateralError: the failed check.
-        InputError: a TPM quote without its signature, or a nonce without a TPM quote.
-    """
-    layout = _layout(hcl)
-    if layout.igvm[2] != REPORT_TYPE_TDX:
-        raise FormatError(
-            "the HCL report holds an SEV-SNP report, not a TDREPORT",
-            hint="verify it as az-snp-vtpm with its VCEK",
-        )
-    _check_binding(layout)
-    report = _report(hcl, layout)
-    td = report.td_report()
-    # Imported here so that this module loads (and SNP evidence verifies) without the TDX one.
-    from jupyter_cc.attest.tdx import verify_tdx
-
-    claims = verify_tdx(
-        td_quote,
-        at=at,
-        roots=roots,
-        tcb_info=tcb_info,
-        qe_identity=qe_identity,
-        collateral_chain=collateral_chain,
-        crls=crls,
-        kind="az-tdx-vtpm",
-    )
-    bind_td_quote(td, claims)
-    details = dict(claims.details) | _azure_details(report) | _tpm_claims(report, tpm_quote, tpm_sig, nonce)
-    return Claims(
-        kind="az-tdx-vtpm",
-        simulated=claims.simulated,
-        debug=claims.debug,
-        report_data=claims.report_data,
-        details=details,
-    )
