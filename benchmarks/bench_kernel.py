@@ -203,6 +203,18 @@ async def stop(km: AsyncKernelManager, kc: AsyncKernelClient) -> None:
         await asyncio.wait_for(km.shutdown_kernel(now=True), timeout=30)
 
 
+async def until_idle(kc: AsyncKernelClient, msg_id: str, *, timeout: float) -> None:
+    """Read iopub until the kernel reports idle after request ``msg_id``."""
+    while True:
+        msg = await kc.get_iopub_msg(timeout=timeout)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"]["execution_state"] == "idle"
+        ):
+            return
+
+
 async def roundtrip(kc: AsyncKernelClient, code: str) -> tuple[float, float]:
     """(seconds to execute_reply, seconds until both the reply and the idle status arrived)."""
     t0 = time.perf_counter()
@@ -212,14 +224,7 @@ async def roundtrip(kc: AsyncKernelClient, code: str) -> tuple[float, float]:
         if msg["parent_header"].get("msg_id") == msg_id:
             break
     t_reply = time.perf_counter() - t0
-    while True:
-        msg = await kc.get_iopub_msg(timeout=30)
-        if (
-            msg["parent_header"].get("msg_id") == msg_id
-            and msg["msg_type"] == "status"
-            and msg["content"]["execution_state"] == "idle"
-        ):
-            break
+    await until_idle(kc, msg_id, timeout=30)
     return t_reply, time.perf_counter() - t0
 
 
@@ -235,14 +240,7 @@ async def display_time(kc: AsyncKernelClient) -> float:
             size = len(msg["content"]["data"]["text/plain"])
             assert size == DISPLAY_BYTES, size
     # Drain the rest of this request (idle, reply) so the next one starts clean.
-    while True:
-        msg = await kc.get_iopub_msg(timeout=60)
-        if (
-            msg["parent_header"].get("msg_id") == msg_id
-            and msg["msg_type"] == "status"
-            and msg["content"]["execution_state"] == "idle"
-        ):
-            break
+    await until_idle(kc, msg_id, timeout=60)
     while (await kc.get_shell_msg(timeout=60))["parent_header"].get("msg_id") != msg_id:
         pass
     return elapsed

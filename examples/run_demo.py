@@ -92,6 +92,20 @@ def prepare(workdir: Path, policy: Path) -> Path:
     return sealed
 
 
+def wait_for_port(port: int, timeout: float, *, while_alive: subprocess.Popen[bytes] | None = None) -> bool:
+    """Whether something listens on loopback ``port`` within ``timeout`` seconds (and before
+    ``while_alive``, the process that should open it, exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            if (while_alive is not None and while_alive.poll() is not None) or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
 @contextmanager
 def broker(workdir: Path) -> Iterator[str]:
     """``jupyter-cc kbs serve`` on a free loopback port for the duration."""
@@ -114,17 +128,8 @@ def broker(workdir: Path) -> Iterator[str]:
         stdin=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the key broker did not start: {(workdir / 'kbs.log').read_text()[-500:]}"
-                    ) from None
-                time.sleep(0.1)
+        if not wait_for_port(port, 30, while_alive=proc):
+            raise RuntimeError(f"the key broker did not start: {(workdir / 'kbs.log').read_text()[-500:]}")
         yield f"kbs://127.0.0.1:{port}"
     finally:
         proc.terminate()

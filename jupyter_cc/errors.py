@@ -7,6 +7,40 @@ the CLI, the notebook magics and the JupyterLab dialog show as is. Errors never 
 Exit status follows the ``verify`` contract: errors about the evidence or the policy verdict map
 to 1, errors about the user's input (an unreadable file, a wrong option) map to 2.
 
+The tree. The leaves above the act layer live here; each act and face leaf lives beside the
+code that raises it (so its module needs no import from here beyond its parent)::
+
+    CCError
+    ├── InputError                                   the user's input (exit status 2)
+    │   ├── jupyter_cc.seal.codecs.CodecError
+    │   └── jupyter_cc.hub.kubernetes.ConfidentialPodError
+    ├── EvidenceError                                the evidence did not verify
+    │   ├── FormatError, SignatureError, ChainError, BindingError, TcbError,
+    │   │   CollateralError, FreshnessError
+    │   ├── jupyter_cc.guest.results.SourceUnavailableError
+    │   ├── jupyter_cc.guest.protocol.AgentError
+    │   └── jupyter_cc.guest.vtpm.ToolError
+    ├── PolicyError                                  a policy file or a rule in it
+    ├── jupyter_cc.remote.attestation.PolicyRejectedError
+    ├── jupyter_cc.remote.ssh.SshError
+    ├── jupyter_cc.provisioner.KernelRefusedError    (also tornado's HTTPError, for the dialog)
+    ├── jupyter_cc.hub.spawner.SpawnRefusedError
+    ├── jupyter_cc.guest.kernel.KernelError
+    ├── jupyter_cc.guest.server.ServerError
+    ├── jupyter_cc.keys.KeyReleaseError
+    │   └── jupyter_cc.keys.akv.release.AkvReleaseError
+    ├── jupyter_cc.kbs.protocol.KbsError
+    │   └── jupyter_cc.kbs.broker.RequestRefusedError
+    ├── jupyter_cc.seal.envelope.SealError
+    │   └── jupyter_cc.seal.envelope.UnsealError
+    │       └── jupyter_cc.seal.envelope.EnvelopeFormatError, jupyter_cc.seal.envelope.WrongKeyError,
+    │           jupyter_cc.seal.envelope.TamperedError
+    ├── jupyter_cc.audit.AuditError
+    ├── jupyter_cc.notebook.session.SessionError
+    └── jupyter_cc.notebook.declassify.PullRefusedError
+
+Every leaf is named ``...Error``; ``tests/unit/test_error_tree.py`` keeps this map complete.
+
 >>> try:
 ...     raise SignatureError("SNP report signature does not verify with the VCEK")
 ... except CCError as exc:

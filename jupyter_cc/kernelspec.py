@@ -32,6 +32,15 @@ def simulated_policy_path() -> Path:
     return Path(str(resources.files("jupyter_cc") / "policies" / "simulated.toml"))
 
 
+def provisioner_config(transport: str, tee: str, **traits: Any) -> dict[str, Any]:
+    """A kernelspec's ``metadata.kernel_provisioner.config``: ``transport``, ``tee``, then each
+    of ``traits`` (the provisioner's, ``user``, ``remote_python``, ...) that is not None; unset
+    ones are left out so the provisioner's defaults apply."""
+    config: dict[str, Any] = {"transport": transport, "tee": tee}
+    config.update((key, value) for key, value in traits.items() if value is not None)
+    return config
+
+
 def kernelspec(display_name: str, config: dict[str, Any]) -> dict[str, Any]:
     """kernel.json content for a confidential kernel with provisioner ``config``."""
     if config.get("policy"):

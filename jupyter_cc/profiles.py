@@ -173,21 +173,21 @@ class Profile:
         Keys are the provisioner's traits (``user``, ``remote_python``, ...); unset values are
         left out so the provisioner's defaults apply, as ``jupyter-cc kernelspec install`` does.
         """
-        config: dict[str, Any] = {"transport": self.transport, "tee": self.tee}
-        for key, value in (
-            ("host", self.host if self.transport == "ssh" else None),
-            ("port", self.port),
-            ("user", self.ssh_user),
-            ("identity_file", self.identity_file),
-            ("known_hosts", self.known_hosts),
-            ("host_key_file", self.host_key_file),
-            ("policy", self.policy),
-            ("remote_python", self.python),
-            ("sim_dir", self.sim_dir),
-        ):
-            if value is not None:
-                config[key] = value
-        return config
+        from jupyter_cc.kernelspec import provisioner_config
+
+        return provisioner_config(
+            self.transport,
+            self.tee,
+            host=self.host if self.transport == "ssh" else None,
+            port=self.port,
+            user=self.ssh_user,
+            identity_file=self.identity_file,
+            known_hosts=self.known_hosts,
+            host_key_file=self.host_key_file,
+            policy=self.policy,
+            remote_python=self.python,
+            sim_dir=self.sim_dir,
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The profile's set values (``name`` included), for ``profile list --json``."""

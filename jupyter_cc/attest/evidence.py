@@ -25,7 +25,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from cryptography import x509
 
@@ -42,6 +42,7 @@ __all__ = [
     "BUNDLE_FORMAT",
     "Bundle",
     "Evidence",
+    "TdxCollateralInputs",
     "bound_report_data",
     "parse_bundle",
     "serialize_bundle",
@@ -51,6 +52,15 @@ __all__ = [
 
 BUNDLE_FORMAT = "jupyter-cc-evidence"
 _MAX_BUNDLE = 4 * 1024 * 1024
+
+
+class TdxCollateralInputs(TypedDict):
+    """The Intel PCS collateral evidence may carry, as the TDX verifiers take it by keyword."""
+
+    tcb_info: bytes | None
+    qe_identity: bytes | None
+    collateral_chain: bytes | None
+    crls: Sequence[bytes]
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,15 @@ class Evidence:
         if value is None:
             raise InputError(f"verifying {self.kind} evidence needs {what}", hint=hint)
         return value
+
+    def tdx_collateral(self) -> TdxCollateralInputs:
+        """The TDX collateral fields, for ``verify_tdx(..., **ev.tdx_collateral())``."""
+        return {
+            "tcb_info": self.tcb_info,
+            "qe_identity": self.qe_identity,
+            "collateral_chain": self.collateral_chain,
+            "crls": self.crls,
+        }
 
 
 def _verifier(name: str) -> Callable[..., Claims]:

@@ -21,7 +21,6 @@ the measurement blocks so that a policy can compare them.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from jupyter_cc.attest import der
 from jupyter_cc.attest.certs import describe, load_certificate, load_certificates, verify_chain
 from jupyter_cc.attest.claims import Claims
+from jupyter_cc.attest.reader import Reader
 from jupyter_cc.attest.roots import NVIDIA_DEVICE_ROOT, TrustStore
 from jupyter_cc.errors import BindingError, ChainError, FormatError, InputError, SignatureError
 
@@ -181,44 +181,20 @@ def _vbios(value: bytes) -> str:
     return ".".join(temp[i : i + 2] for i in range(0, len(temp), 2))
 
 
-class _Reader:
+def _reader(data: bytes, what: str) -> Reader:
     """Bounds-checked little-endian reader; every short read is a FormatError."""
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data = data
-        self.pos = 0
-        self.what = what
-
-    def take(self, n: int, field: str) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise FormatError(
-                f"the {self.what} ends inside {field} (needs {n} bytes at offset {self.pos}, "
-                f"{max(len(self.data) - self.pos, 0)} left)",
-                hint="pass the complete report as NVML returned it",
-            )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self, field: str) -> int:
-        return self.take(1, field)[0]
-
-    def u16(self, field: str) -> int:
-        return int(struct.unpack("<H", self.take(2, field))[0])
-
-    def u24(self, field: str) -> int:
-        return int.from_bytes(self.take(3, field), "little")
+    return Reader(data, ends=f"the {what} ends inside ", hint="pass the complete report as NVML returned it")
 
 
 def _parse_records(data: bytes, count: int) -> tuple[MeasurementBlock, ...]:
-    reader = _Reader(data, "SPDM measurement record")
+    reader = _reader(data, "SPDM measurement record")
     blocks: list[MeasurementBlock] = []
     seen: set[int] = set()
     while reader.pos < len(data):
         index = reader.u8("a measurement block index")
         spec = reader.u8(f"measurement block {index}")
         size = reader.u16(f"measurement block {index}")
-        body = _Reader(reader.take(size, f"measurement block {index}"), f"measurement block {index}")
+        body = _reader(reader.take(size, f"measurement block {index}"), f"measurement block {index}")
         if not spec & DMTF_SPEC:
             raise FormatError(
                 f"measurement block {index} uses measurement specification 0x{spec:02x}; only the "
@@ -241,7 +217,7 @@ def _parse_records(data: bytes, count: int) -> tuple[MeasurementBlock, ...]:
 
 
 def _parse_opaque(data: bytes) -> tuple[OpaqueField, ...]:
-    reader = _Reader(data, "SPDM opaque data")
+    reader = _reader(data, "SPDM opaque data")
     fields: list[OpaqueField] = []
     seen: set[int] = set()
     while reader.pos < len(data):
@@ -280,7 +256,7 @@ def parse_spdm_report(data: bytes) -> SpdmReport:
     param1, param2 = request[2], request[3]
     if not param1 & 0x01:
         raise FormatError("the SPDM request did not ask for a signature (param1 bit 0 clear)")
-    reader = _Reader(response, "SPDM MEASUREMENTS response")
+    reader = _reader(response, "SPDM MEASUREMENTS response")
     version, code = reader.u8("the response header"), reader.u8("the response header")
     if version != SPDM_VERSION or code != MEASUREMENTS:
         raise FormatError(

@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from jupyter_cc.attest.reader import Reader
 from jupyter_cc.errors import BindingError, FormatError, SignatureError
 
 __all__ = [
@@ -102,35 +103,16 @@ class TpmsAttest:
         }
 
 
-class _Reader:
+class _Reader(Reader):
     """Big-endian cursor over TPM marshalled bytes; every read is bounds-checked."""
 
     def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int, what: str) -> bytes:
-        if self.pos + n > len(self.data):
-            raise FormatError(
-                f"TPMS_ATTEST ends inside {what} (needs {n} bytes at offset {self.pos}, "
-                f"{len(self.data) - self.pos} left)",
-                hint="pass the complete quote message as the TPM returned it",
-            )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
-
-    def u16(self, what: str) -> int:
-        return int(struct.unpack(">H", self.take(2, what))[0])
-
-    def u32(self, what: str) -> int:
-        return int(struct.unpack(">I", self.take(4, what))[0])
-
-    def u64(self, what: str) -> int:
-        return int(struct.unpack(">Q", self.take(8, what))[0])
+        super().__init__(
+            data,
+            ends="TPMS_ATTEST ends inside ",
+            hint="pass the complete quote message as the TPM returned it",
+            byteorder="big",
+        )
 
     def tpm2b(self, what: str) -> bytes:
         return self.take(self.u16(f"the size of {what}"), what)

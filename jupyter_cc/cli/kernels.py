@@ -135,22 +135,21 @@ def _cmd_attest(args: argparse.Namespace) -> int:
 
 
 def _cmd_kernelspec_install(args: argparse.Namespace) -> int:
-    from jupyter_cc.kernelspec import install, kernelspec
+    from jupyter_cc.kernelspec import install, kernelspec, provisioner_config
 
-    config: dict[str, Any] = {"transport": args.transport, "tee": args.tee}
-    for key, value in (
-        ("host", args.host),
-        ("port", args.port if args.port != 22 else None),
-        ("user", args.ssh_user),
-        ("identity_file", args.identity_file),
-        ("known_hosts", args.known_hosts),
-        ("host_key_file", args.host_key_file),
-        ("policy", args.policy),
-        ("remote_python", args.python),
-        ("sim_dir", args.sim_dir),
-    ):
-        if value is not None:
-            config[key] = value
+    config = provisioner_config(
+        args.transport,
+        args.tee,
+        host=args.host,
+        port=args.port if args.port != 22 else None,
+        user=args.ssh_user,
+        identity_file=args.identity_file,
+        known_hosts=args.known_hosts,
+        host_key_file=args.host_key_file,
+        policy=args.policy,
+        remote_python=args.python,
+        sim_dir=args.sim_dir,
+    )
     if args.transport == "ssh" and not args.host:
         raise InputError(
             "--transport ssh needs --host", hint="pass the CVM's address, or use --transport local"

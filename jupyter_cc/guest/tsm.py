@@ -114,20 +114,27 @@ def _blob(fs: ConfigFs, path: Path, what: str) -> bytes:
     return data
 
 
-def _attempt(
-    fs: ConfigFs, base: Path, report_data: bytes, want: str | None, privlevel: int | None
-) -> tuple[str, bytes, bytes, int, int]:
-    entry = base / f"jupyter-cc-{os.getpid()}-{secrets.token_hex(6)}"
+def _make_entry(fs: ConfigFs, base: Path, prefix: str, *, name_denial: bool) -> Path:
+    """Make a fresh, uniquely named report entry under ``base``; ``name_denial`` gives a refused
+    mkdir its own sentence and the hint to run as root."""
+    entry = base / f"{prefix}-{os.getpid()}-{secrets.token_hex(6)}"
     try:
         fs.mkdir(entry)
-    except PermissionError:
-        raise SourceUnavailableError(
-            SOURCE, f"making a report entry in {base} was refused (permission denied)", hint="run as root"
-        ) from None
     except OSError as exc:
+        if name_denial and isinstance(exc, PermissionError):
+            raise SourceUnavailableError(
+                SOURCE, f"making a report entry in {base} was refused (permission denied)", hint="run as root"
+            ) from None
         raise SourceUnavailableError(
             SOURCE, f"making a report entry in {base} failed ({_why(exc)})"
         ) from None
+    return entry
+
+
+def _attempt(
+    fs: ConfigFs, base: Path, report_data: bytes, want: str | None, privlevel: int | None
+) -> tuple[str, bytes, bytes, int, int]:
+    entry = _make_entry(fs, base, "jupyter-cc", name_denial=True)
     try:
         provider, kind = _provider(fs, entry)
         if want is not None and kind != want:
@@ -217,13 +224,7 @@ def probe_tsm(*, root: Path = Path("/"), fs: ConfigFs | None = None) -> str:
     fs = fs or ConfigFs()
     base = report_dir(root)
     _check_dir(base)
-    entry = base / f"jupyter-cc-probe-{os.getpid()}-{secrets.token_hex(6)}"
-    try:
-        fs.mkdir(entry)
-    except OSError as exc:
-        raise SourceUnavailableError(
-            SOURCE, f"making a report entry in {base} failed ({_why(exc)})"
-        ) from None
+    entry = _make_entry(fs, base, "jupyter-cc-probe", name_denial=False)
     try:
         _, kind = _provider(fs, entry)
     except OSError as exc:

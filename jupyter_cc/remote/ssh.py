@@ -20,7 +20,7 @@ import os
 import shlex
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +84,18 @@ def _load_private_key(path: str) -> paramiko.PKey:
     raise InputError(f"the identity file {path} is not an Ed25519, ECDSA or RSA private key")
 
 
+def _pump(recv: Callable[[int], bytes], send: Callable[[bytes], object], stop: threading.Event) -> None:
+    """Copy what ``recv`` reads to ``send`` until end of input or ``stop``."""
+    try:
+        while not stop.is_set():
+            data = recv(262144)
+            if not data:
+                break
+            send(data)
+    except (OSError, EOFError, paramiko.SSHException):
+        pass  # either side went away: the relay ends, nothing to report
+
+
 def relay(
     sock: socket.socket,
     channel: paramiko.Channel,
@@ -115,26 +127,14 @@ def relay(
 
     def upstream() -> None:
         try:
-            while not stop.is_set():
-                data = sock.recv(262144)
-                if not data:
-                    break
-                channel.sendall(data)
-        except (OSError, EOFError, paramiko.SSHException):
-            pass  # either side went away: the relay ends, nothing to report
+            _pump(sock.recv, channel.sendall, stop)
         finally:
             finish()
 
     up = threading.Thread(target=upstream, name=name, daemon=True)
     up.start()
     try:
-        while not stop.is_set():
-            data = channel.recv(262144)
-            if not data:
-                break
-            sock.sendall(data)
-    except (OSError, EOFError, paramiko.SSHException):
-        pass
+        _pump(channel.recv, sock.sendall, stop)
     finally:
         finish()
         up.join(timeout=5)

@@ -61,16 +61,7 @@ KEYS = (
 )
 
 # Only meaningful while the kernel is trusted; blanked otherwise so a stale verdict never shows.
-_ATTESTATION_KEYS = (
-    "simulated",
-    "evidence_kind",
-    "verdict",
-    "claims",
-    "attested_at",
-    "evidence_sha256",
-    "source",
-    "gpu",
-)
+_ATTESTATION_KEYS = tuple(key for key in KEYS if key not in ("kernel_id", "confidential", "error"))
 
 
 def plain_state(kernel_id: str, error: str | None = None) -> dict[str, Any]:

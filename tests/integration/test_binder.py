@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,9 @@ import pytest
 from tests.support.sshd import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "examples"))
+import run_demo  # noqa: E402
+
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -76,14 +77,7 @@ def test_install_steps_and_start_script_in_a_fresh_venv(tmp_path: Path) -> None:
         kbs, data = done.stdout.split()
         assert kbs == f"kbs://127.0.0.1:{port}"
         assert Path(data).read_bytes().startswith(b"\x89JCCSEAL")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, (demo / "kbs.log").read_text()[-1000:]
-                time.sleep(0.2)
+        assert run_demo.wait_for_port(port, 30), (demo / "kbs.log").read_text()[-1000:]
     finally:
         if pid is not None:
             try:

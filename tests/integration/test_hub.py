@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,8 +16,9 @@ import pytest
 from jupyter_cc.guest.agent import Agent
 from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.paths import data_dir
+from tests.support import procs
 from tests.support.hub import Hub, find_chp, hub_config
-from tests.support.sshd import Sshd
+from tests.support.sshd import Sshd, sim_guest_traits
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -33,40 +33,17 @@ def need_module(name: str) -> None:
         need_tool(f"the Python package {name} (pip install -e '.[hub]')")
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return b""
-
-
-def _environ(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return b""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def guest_agents() -> list[int]:
-    marker = str(data_dir() / "sim").encode()
-    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    return [p for p in pids if b"jupyter_cc.guest" in _cmdline(p) and marker in _cmdline(p) and _alive(p)]
+    return [p for p in procs.guest_agents(str(data_dir() / "sim").encode()) if procs.alive(p)]
 
 
 def guest_servers() -> list[int]:
     """Single-user servers started by this session's guest agents (their env names the sim dir)."""
     marker = b"JUPYTER_CC_SIM_DIR=" + str(data_dir() / "sim").encode()
-    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
     return [
-        p for p in pids if b"jupyterhub.singleuser" in _cmdline(p) and marker in _environ(p) and _alive(p)
+        p
+        for p in procs.pids()
+        if b"jupyterhub.singleuser" in procs.cmdline(p) and marker in procs.environ(p) and procs.alive(p)
     ]
 
 
@@ -95,13 +72,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory, sshd: Sshd) -> Iterator[Hub]:
         "remote_hosts": ["127.0.0.1"],
         "ssh_port": sshd.port,
         "ssh_user": sshd.user,
-        "identity_file": str(sshd.identity_file),
-        "known_hosts": str(sshd.known_hosts),
-        "host_key_file": str(sshd.host_pub),
-        "remote_python": sys.executable,
-        "tee": "sim",
-        "sim_dir": str(data_dir() / "sim"),
-        "policy": str(simulated_policy_path()),
+        **sim_guest_traits(sshd),
         "profile_list": [
             {"slug": "sim", "display_name": "Simulated CVM", "default": True},
             {"slug": "strict", "display_name": "Hardware TEE only", "policy": str(strict)},
@@ -189,13 +160,13 @@ def test_spawn_progress_proxy_restart_and_stop(hub: Hub) -> None:
     assert state["host"] == "127.0.0.1"
     assert len(state["evidence_sha256"]) == 64
     assert guest_servers() == [pid]
-    env = _environ(pid)
+    env = procs.environ(pid)
     assert b"JUPYTER_CC_CONFIDENTIAL=1" in env
     # The token reached the server through the agent's stdin only: not on any command line.
     token_var = next(v for v in env.split(b"\0") if v.startswith(b"JUPYTERHUB_API_TOKEN="))
     secret = token_var.split(b"=", 1)[1]
     assert secret
-    assert all(secret not in _cmdline(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit())
+    assert all(secret not in procs.cmdline(p) for p in procs.pids())
     runtime = Path(os.environ["JUPYTER_DATA_DIR"]) / "runtime" / "jupyter-cc-servers"
     assert oct(runtime.stat().st_mode & 0o777) == "0o700"
     assert all(secret not in f.read_bytes() for f in runtime.rglob("*") if f.is_file())

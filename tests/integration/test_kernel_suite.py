@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pytest
 
 from jupyter_cc.cli import main
 from jupyter_cc.kernelspec import simulated_policy_path
-from jupyter_cc.paths import data_dir
-from tests.support.sshd import Sshd, guest_sshd
+from tests.support.sshd import Sshd, guest_sshd, sim_guest_options
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,20 +68,7 @@ class ConfidentialKernelSuite(jupyter_kernel_test.KernelTests):
                 cls.kernel_name,
                 "--host",
                 "127.0.0.1",
-                "--port",
-                str(cls._sshd.port),
-                "--identity-file",
-                str(cls._sshd.identity_file),
-                "--known-hosts",
-                str(cls._sshd.known_hosts),
-                "--host-key-file",
-                str(cls._sshd.host_pub),
-                "--python",
-                sys.executable,
-                "--tee",
-                "sim",
-                "--sim-dir",
-                str(data_dir() / "sim"),
+                *sim_guest_options(cls._sshd),
                 "--policy",
                 str(simulated_policy_path()),
                 "--prefix",

@@ -18,7 +18,8 @@ from jupyter_cc.cli import main
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path
 from jupyter_cc.paths import data_dir
 from jupyter_cc.provisioner import KernelRefusedError
-from tests.support.sshd import Sshd, guest_sshd, keygen
+from tests.support import procs
+from tests.support.sshd import Sshd, guest_sshd, keygen, sim_guest_options, sim_guest_traits
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,13 +29,7 @@ def provisioner_config(sshd: Sshd, **overrides: object) -> dict[str, object]:
         "transport": "ssh",
         "host": "127.0.0.1",
         "port": sshd.port,
-        "identity_file": str(sshd.identity_file),
-        "known_hosts": str(sshd.known_hosts),
-        "host_key_file": str(sshd.host_pub),
-        "remote_python": sys.executable,
-        "tee": "sim",
-        "sim_dir": str(data_dir() / "sim"),
-        "policy": str(simulated_policy_path()),
+        **sim_guest_traits(sshd),
     }
     config.update(overrides)
     return config
@@ -58,26 +53,10 @@ def install_spec(
     return name
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return b""
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def guest_processes() -> list[int]:
     """PIDs of this test session's guest agents (marked by its sim dir) and their kernels."""
-    marker = str(data_dir() / "sim").encode()
-    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    agents = {pid for pid in pids if b"jupyter_cc.guest" in _cmdline(pid) and marker in _cmdline(pid)}
-    kernels = {pid for pid in pids if _parent(pid) in agents}
+    agents = set(procs.guest_agents(str(data_dir() / "sim").encode()))
+    kernels = {pid for pid in procs.pids() if procs.parent(pid) in agents}
     return sorted(agents | kernels)
 
 
@@ -116,25 +95,7 @@ async def execute(km: AsyncKernelManager, code: str, timeout: float = 30) -> dic
 
 
 def attest_argv(sshd: Sshd, *extra: str) -> list[str]:
-    return [
-        "attest",
-        "127.0.0.1",
-        "--port",
-        str(sshd.port),
-        "--identity-file",
-        str(sshd.identity_file),
-        "--known-hosts",
-        str(sshd.known_hosts),
-        "--host-key-file",
-        str(sshd.host_pub),
-        "--python",
-        sys.executable,
-        "--tee",
-        "sim",
-        "--sim-dir",
-        str(data_dir() / "sim"),
-        *extra,
-    ]
+    return ["attest", "127.0.0.1", *sim_guest_options(sshd), *extra]
 
 
 def test_attest_over_ssh_passes_only_under_a_policy_allowing_simulation(sshd: Sshd, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -375,19 +336,6 @@ async def test_local_transport_kernel_binds_no_host_key(kernel_dir: Path) -> Non
 # --- a lost connection ---------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
 async def test_killing_sshd_mid_session_shows_the_kernel_dead_and_leaves_nothing(
     tmp_path: Path, kernel_dir: Path
 ) -> None:
@@ -398,7 +346,7 @@ async def test_killing_sshd_mid_session_shows_the_kernel_dead_and_leaves_nothing
         km = AsyncKernelManager(kernel_name=name)
         await km.start_kernel()
         assert server.process is not None
-        for pid in _children(server.process.pid):  # the session processes of our connection
+        for pid in procs.children(server.process.pid):  # the session processes of our connection
             os.kill(pid, 9)
         server.process.kill()
         server.process.wait()

@@ -99,6 +99,39 @@ def _name(cn: str) -> x509.Name:
     )
 
 
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey, start: datetime, *, days: int
+) -> x509.CertificateBuilder:
+    """A certificate for ``key`` valid ``days`` days from ``start``, before its extensions."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=days))
+    )
+
+
+_KEY_USAGES = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+def _key_usage(**allowed: bool) -> x509.KeyUsage:
+    """A KeyUsage extension allowing what is named and nothing else."""
+    return x509.KeyUsage(**{usage: allowed.get(usage, False) for usage in _KEY_USAGES})
+
+
 @dataclass
 class Issued:
     cert: x509.Certificate
@@ -129,28 +162,9 @@ class Pki:
         start = now() - timedelta(hours=1)
         ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(_name(name))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + timedelta(days=2))
+            _builder(_name(name), _name(name), key, start, days=2)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
             .add_extension(ski, critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -160,29 +174,10 @@ class Pki:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         start = now() - timedelta(hours=1)
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn or dns_names[0]))
-            .issuer_name(self.ca.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + timedelta(days=1))
+            _builder(_name(cn or dns_names[0]), self.ca.cert.subject, key, start, days=1)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(digital_signature=True, key_encipherment=True), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(

@@ -148,3 +148,39 @@ def sim_profile(sshd: Sshd, name: str, *, policy: Path | None = None) -> Profile
         tee="sim",
         sim_dir=str(data_dir() / "sim"),
     )
+
+
+def sim_guest_options(sshd: Sshd) -> list[str]:
+    """The command-line options (after the host) that reach the simulated guest behind ``sshd``."""
+    return [
+        "--port",
+        str(sshd.port),
+        "--identity-file",
+        str(sshd.identity_file),
+        "--known-hosts",
+        str(sshd.known_hosts),
+        "--host-key-file",
+        str(sshd.host_pub),
+        "--python",
+        sys.executable,
+        "--tee",
+        "sim",
+        "--sim-dir",
+        str(data_dir() / "sim"),
+    ]
+
+
+def sim_guest_traits(sshd: Sshd) -> dict[str, object]:
+    """The settings the provisioner and the Hub spawner share for the simulated guest behind
+    ``sshd``, under a policy that allows simulation."""
+    from jupyter_cc.kernelspec import simulated_policy_path
+
+    return {
+        "identity_file": str(sshd.identity_file),
+        "known_hosts": str(sshd.known_hosts),
+        "host_key_file": str(sshd.host_pub),
+        "remote_python": sys.executable,
+        "tee": "sim",
+        "sim_dir": str(data_dir() / "sim"),
+        "policy": str(simulated_policy_path()),
+    }

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from jupyter_cc import audit
-from jupyter_cc.audit import GENESIS, AuditError, read, record, verify
+from jupyter_cc.audit import GENESIS, AuditError, VerifyResult, read, record, verify
 from jupyter_cc.cli import main
 from jupyter_cc.errors import InputError
 from jupyter_cc.kbs.broker import append_audit
@@ -23,6 +23,12 @@ def write_log(path: Path, count: int = 5) -> list[bytes]:
     for i in range(count):
         record("seal", path=path, file=f"out{i}.sealed", key_id="demo", size=i)
     return path.read_bytes().splitlines(keepends=True)
+
+
+def rewritten(log: Path, lines: Sequence[bytes]) -> VerifyResult:
+    """Write ``lines`` over ``log`` (an edited copy of its own) and verify it."""
+    log.write_bytes(b"".join(lines))
+    return verify(log)
 
 
 # --- appending ----------------------------------------------------------------------------------
@@ -119,8 +125,7 @@ def test_edited_line_is_named(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     lines = write_log(log)
     lines[2] = lines[2].replace(b"out2.sealed", b"evil.sealed")
-    log.write_bytes(b"".join(lines))
-    result = verify(log)
+    result = rewritten(log, lines)
     assert not result.ok and result.first_broken == 3
     assert result.reason is not None and "line 3 was edited" in result.reason
     assert hashlib.sha256(lines[2][:-1]).hexdigest() in result.reason  # found
@@ -132,8 +137,7 @@ def test_edited_seq_is_named(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     lines = write_log(log)
     lines[1] = lines[1].replace(b'"seq": 2', b'"seq": "2"')
-    log.write_bytes(b"".join(lines))
-    result = verify(log)
+    result = rewritten(log, lines)
     assert result.first_broken == 2 and "expected 2" in (result.reason or "")
 
 
@@ -141,8 +145,7 @@ def test_removed_line_is_named(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     lines = write_log(log)
     del lines[1]
-    log.write_bytes(b"".join(lines))
-    result = verify(log)
+    result = rewritten(log, lines)
     assert result.first_broken == 2
     assert "has seq 3, expected 2" in (result.reason or "") and "removed" in (result.reason or "")
 
@@ -150,16 +153,14 @@ def test_removed_line_is_named(tmp_path: Path) -> None:
 def test_removed_first_line_is_named(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     lines = write_log(log)
-    log.write_bytes(b"".join(lines[1:]))
-    assert verify(log).first_broken == 1
+    assert rewritten(log, lines[1:]).first_broken == 1
 
 
 def test_reordered_lines_are_named(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     lines = write_log(log)
     lines[2], lines[3] = lines[3], lines[2]
-    log.write_bytes(b"".join(lines))
-    result = verify(log)
+    result = rewritten(log, lines)
     assert result.first_broken == 3 and "has seq 4, expected 3" in (result.reason or "")
 
 
@@ -167,8 +168,7 @@ def test_duplicated_line_is_named(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     lines = write_log(log)
     lines.insert(2, lines[1])
-    log.write_bytes(b"".join(lines))
-    result = verify(log)
+    result = rewritten(log, lines)
     assert result.first_broken == 3 and "duplicated" in (result.reason or "")
 
 
@@ -186,8 +186,7 @@ def test_line_that_is_not_json_is_named(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     lines = write_log(log)
     lines.insert(1, b"hello\n")
-    log.write_bytes(b"".join(lines))
-    result = verify(log)
+    result = rewritten(log, lines)
     assert result.first_broken == 2 and "not a JSON object" in (result.reason or "")
     with pytest.raises(AuditError, match="line 2"):
         read(log)
@@ -199,8 +198,7 @@ def test_rewritten_prev_on_line_one_is_named(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     lines = write_log(log, 2)
     lines[0] = lines[0].replace(GENESIS.encode(), b"1" * 64)
-    log.write_bytes(b"".join(lines))
-    result = verify(log)
+    result = rewritten(log, lines)
     # Line 1's own prev is wrong; line 2 then also no longer matches line 1, but line 1 comes first.
     assert result.first_broken == 1 and "does not start" in (result.reason or "")
 

@@ -527,12 +527,18 @@ def run_cli(*argv: str) -> int:
     return status
 
 
+def policy_and_key(folder: Path, key: bytes) -> tuple[Path, Path]:
+    """The simulated-demo policy and a key file holding ``key``, written into ``folder``."""
+    policy = folder / "sim.toml"
+    policy.write_text(SIM_POLICY)
+    keyfile = folder / "key.bin"
+    keyfile.write_bytes(key)
+    return policy, keyfile
+
+
 def test_cli_manages_resources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = str(tmp_path / "cli.sqlite")
-    policy = tmp_path / "sim.toml"
-    policy.write_text(SIM_POLICY)
-    keyfile = tmp_path / "key.bin"
-    keyfile.write_bytes(b"\x07" * 32)
+    policy, keyfile = policy_and_key(tmp_path, b"\x07" * 32)
     assert (
         run_cli("kbs", "add-key", "repo/key/one", "--generate", "32", "--policy", str(policy), "--db", db)
         == 0
@@ -563,10 +569,7 @@ def test_cli_manages_resources(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_cli_serve_in_a_subprocess(tmp_path: Path) -> None:
     db = str(tmp_path / "served.sqlite")
-    policy = tmp_path / "sim.toml"
-    policy.write_text(SIM_POLICY)
-    keyfile = tmp_path / "key.bin"
-    keyfile.write_bytes(b"\x09" * 32)
+    policy, keyfile = policy_and_key(tmp_path, b"\x09" * 32)
     assert (
         run_cli(
             "kbs", "add-key", "repo/key/x", "--from-file", str(keyfile), "--policy", str(policy), "--db", db

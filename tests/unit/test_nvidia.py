@@ -37,6 +37,7 @@ from jupyter_cc.errors import (
     InputError,
     SignatureError,
 )
+from tests.support.tdx_builder import tlv
 
 REPORT = "nvidia/h100.report.hex"
 CHAIN = "nvidia/h100.chain.pem"
@@ -210,14 +211,6 @@ def test_real_leaf_dice_fwid(real: Real) -> None:
 
 
 # --- synthetic evidence ---------------------------------------------------------------------
-
-
-def tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes([tag, n]) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + content
 
 
 SHA384_OID = bytes.fromhex("0609608648016503040202")

@@ -135,3 +135,11 @@ def test_the_registry_is_consistent() -> None:
     assert all(kinds.kind(name) is not None for name in KIND_NAMES)
     assert kinds.kind("sgx") is None
     assert [k.name for k in kinds.KINDS if k.simulated] == list(kinds.SIMULATED_KINDS) == ["sim-snp"]
+
+
+def test_the_readme_python_example_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README's From Python part has an example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

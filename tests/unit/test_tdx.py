@@ -133,15 +133,7 @@ def test_real_collateral_signatures_valid(collateral: tc.TdxCollateral) -> None:
 
 
 def test_real_qe_identity_up_to_date(quote_bytes: bytes, collateral: tc.TdxCollateral) -> None:
-    qe = parse_quote(quote_bytes).qe_report
-    match = tt.match_qe_identity(
-        collateral.qe_identity,
-        miscselect=qe.miscselect,
-        attributes=qe.attributes,
-        mrsigner=qe.mrsigner,
-        isvprodid=qe.isv_prod_id,
-        isvsvn=qe.isv_svn,
-    )
+    match = tp.match_qe_report(parse_quote(quote_bytes).qe_report, collateral.qe_identity)
     assert match.status == "UpToDate"
 
 

@@ -54,6 +54,24 @@ def _tpm_claims(
     return {"tpm_quote": quote.to_json()}
 
 
+def _azure_claims(
+    kind: str,
+    claims: Claims,
+    hcl: HclReport,
+    tpm_quote: bytes | None,
+    tpm_sig: bytes | None,
+    nonce: bytes | None,
+) -> Claims:
+    """The hardware report's claims relabelled ``kind``, with the HCL and TPM quote details added."""
+    return Claims(
+        kind=kind,
+        simulated=claims.simulated,
+        debug=claims.debug,
+        report_data=claims.report_data,
+        details=dict(claims.details) | azure_details(hcl) | _tpm_claims(hcl, tpm_quote, tpm_sig, nonce),
+    )
+
+
 def verify_az_snp_vtpm(
     hcl: bytes,
     *,
@@ -84,14 +102,7 @@ def verify_az_snp_vtpm(
     """
     report = verify_hcl_binding(hcl, report_type=REPORT_TYPE_SNP)
     claims = snp.verify_report(report.snp_report(), vek_cert, chain, at=at, roots=roots, kind="az-snp-vtpm")
-    details = dict(claims.details) | azure_details(report) | _tpm_claims(report, tpm_quote, tpm_sig, nonce)
-    return Claims(
-        kind="az-snp-vtpm",
-        simulated=claims.simulated,
-        debug=claims.debug,
-        report_data=claims.report_data,
-        details=details,
-    )
+    return _azure_claims("az-snp-vtpm", claims, report, tpm_quote, tpm_sig, nonce)
 
 
 def verify_az_tdx_vtpm(
@@ -135,14 +146,7 @@ def verify_az_tdx_vtpm(
         kind="az-tdx-vtpm",
     )
     bind_td_quote(td, claims)
-    details = dict(claims.details) | azure_details(report) | _tpm_claims(report, tpm_quote, tpm_sig, nonce)
-    return Claims(
-        kind="az-tdx-vtpm",
-        simulated=claims.simulated,
-        debug=claims.debug,
-        report_data=claims.report_data,
-        details=details,
-    )
+    return _azure_claims("az-tdx-vtpm", claims, report, tpm_quote, tpm_sig, nonce)
 
 
 def verify_snp_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:
@@ -163,13 +167,4 @@ def verify_snp_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None 
 def verify_tdx_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:
     """The registry's verifier of kind ``az-tdx-vtpm``: HCL report and the TD quote made from it."""
     quote = ev.require("td_quote", "the TD quote", "pass --quote with the quote from IMDS /acc/tdquote")
-    return verify_az_tdx_vtpm(
-        ev.binary(),
-        td_quote=quote,
-        at=at,
-        roots=roots,
-        tcb_info=ev.tcb_info,
-        qe_identity=ev.qe_identity,
-        collateral_chain=ev.collateral_chain,
-        crls=ev.crls,
-    )
+    return verify_az_tdx_vtpm(ev.binary(), td_quote=quote, at=at, roots=roots, **ev.tdx_collateral())

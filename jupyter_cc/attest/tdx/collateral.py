@@ -47,7 +47,7 @@ __all__ = [
 # --- collateral JSON ---------------------------------------------------------------------------
 
 
-def _signed_document(raw: bytes, body_key: str, what: str) -> tuple[dict[str, Any], bytes, bytes]:
+def _signed_document(raw: bytes, body_key: str, what: str) -> tuple[_Fields, bytes, bytes]:
     """(parsed body, exact raw bytes of the body value, signature) of a PCS response."""
     try:
         text = raw.decode("utf-8")
@@ -76,7 +76,7 @@ def _signed_document(raw: bytes, body_key: str, what: str) -> tuple[dict[str, An
     if len(sig) != 64:
         raise CollateralError(f"{what}: 'signature' is not 128 hex digits (ECDSA P-256 r‖s)")
     start, end = spans[body_key]
-    return body, text[start:end].encode("utf-8"), sig
+    return _Fields(body, what), text[start:end].encode("utf-8"), sig
 
 
 def _top_level_members(text: str) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
@@ -228,8 +228,8 @@ class TdxModuleIdentity:
 
 
 @dataclass(frozen=True)
-class TcbInfo:
-    """A PCS TCB info response. ``signed_bytes`` is the exact ``tcbInfo`` text the signature covers."""
+class _PcsDocument:
+    """What every signed PCS response has: its bytes, the signed body, the signature, the header."""
 
     raw: bytes
     signed_bytes: bytes
@@ -238,6 +238,27 @@ class TcbInfo:
     version: float
     issue_date: datetime
     next_update: datetime
+
+
+def _header(raw: bytes, signed: bytes, sig: bytes, body: _Fields) -> dict[str, Any]:
+    """The :class:`_PcsDocument` fields of a response by name, read from its parsed ``body``."""
+    return vars(
+        _PcsDocument(
+            raw=bytes(raw),
+            signed_bytes=signed,
+            signature=sig,
+            id=body.text("id"),
+            version=body.number("version"),
+            issue_date=body.timestamp("issueDate"),
+            next_update=body.timestamp("nextUpdate"),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class TcbInfo(_PcsDocument):
+    """A PCS TCB info response. ``signed_bytes`` is the exact ``tcbInfo`` text the signature covers."""
+
     fmspc: str
     pce_id: str
     tcb_type: int
@@ -250,16 +271,9 @@ class TcbInfo:
 
 
 @dataclass(frozen=True)
-class QeIdentity:
+class QeIdentity(_PcsDocument):
     """A PCS QE identity response. ``signed_bytes`` is the exact ``enclaveIdentity`` text."""
 
-    raw: bytes
-    signed_bytes: bytes
-    signature: bytes
-    id: str
-    version: float
-    issue_date: datetime
-    next_update: datetime
     tcb_evaluation_data_number: int
     miscselect: bytes
     miscselect_mask: bytes
@@ -294,9 +308,8 @@ def parse_tcb_info(raw: bytes) -> TcbInfo:
         InputError: the bytes are not a PCS JSON response.
         CollateralError: a field is missing or has the wrong type.
     """
-    body, signed, sig = _signed_document(raw, "tcbInfo", "TCB info")
-    info = _Fields(body, "TCB info")
-    module = info.obj("tdxModule") if "tdxModule" in body else None
+    info, signed, sig = _signed_document(raw, "tcbInfo", "TCB info")
+    module = info.obj("tdxModule") if "tdxModule" in info.data else None
     identities = []
     for i, item in enumerate(info.items("tdxModuleIdentities", [])):
         if not isinstance(item, dict):
@@ -328,13 +341,7 @@ def parse_tcb_info(raw: bytes) -> TcbInfo:
             )
         )
     return TcbInfo(
-        raw=bytes(raw),
-        signed_bytes=signed,
-        signature=sig,
-        id=info.text("id"),
-        version=info.number("version"),
-        issue_date=info.timestamp("issueDate"),
-        next_update=info.timestamp("nextUpdate"),
+        **_header(raw, signed, sig, info),
         fmspc=info.text("fmspc"),
         pce_id=info.text("pceId"),
         tcb_type=info.integer("tcbType", 0),
@@ -354,16 +361,9 @@ def parse_qe_identity(raw: bytes) -> QeIdentity:
         InputError: the bytes are not a PCS JSON response.
         CollateralError: a field is missing or has the wrong type.
     """
-    body, signed, sig = _signed_document(raw, "enclaveIdentity", "QE identity")
-    ident = _Fields(body, "QE identity")
+    ident, signed, sig = _signed_document(raw, "enclaveIdentity", "QE identity")
     return QeIdentity(
-        raw=bytes(raw),
-        signed_bytes=signed,
-        signature=sig,
-        id=ident.text("id"),
-        version=ident.number("version"),
-        issue_date=ident.timestamp("issueDate"),
-        next_update=ident.timestamp("nextUpdate"),
+        **_header(raw, signed, sig, ident),
         tcb_evaluation_data_number=ident.integer("tcbEvaluationDataNumber", 0),
         miscselect=ident.hexbytes("miscselect", 4),
         miscselect_mask=ident.hexbytes("miscselectMask", 4),

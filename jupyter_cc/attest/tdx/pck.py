@@ -39,9 +39,10 @@ from jupyter_cc.attest import der
 from jupyter_cc.attest.certs import describe, verify_chain
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.roots import INTEL_SGX_ROOT, TrustStore
-from jupyter_cc.attest.tdx.collateral import TdxCollateral, load_collateral, load_crl
-from jupyter_cc.attest.tdx.quote import TdxQuote, parse_quote, quote_details
+from jupyter_cc.attest.tdx.collateral import QeIdentity, TdxCollateral, load_collateral, load_crl
+from jupyter_cc.attest.tdx.quote import QeReport, TdxQuote, parse_quote, quote_details
 from jupyter_cc.attest.tdx.tcb import (
+    QeMatch,
     check_revocation,
     match_qe_identity,
     match_tcb_level,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PckExtensions",
     "appraise_collateral",
+    "match_qe_report",
     "parse_pck_extensions",
     "pck_chain",
     "verify_evidence",
@@ -321,6 +323,22 @@ def verify_quote(
     )
 
 
+def match_qe_report(qe: QeReport, identity: QeIdentity) -> QeMatch:
+    """Check the quote's QE report against the PCS QE identity and find its TCB level.
+
+    Raises:
+        CollateralError, TcbError: see :func:`~jupyter_cc.attest.tdx.tcb.match_qe_identity`.
+    """
+    return match_qe_identity(
+        identity,
+        miscselect=qe.miscselect,
+        attributes=qe.attributes,
+        mrsigner=qe.mrsigner,
+        isvprodid=qe.isv_prod_id,
+        isvsvn=qe.isv_svn,
+    )
+
+
 def appraise_collateral(
     quote: TdxQuote,
     pck: PckExtensions,
@@ -341,15 +359,7 @@ def appraise_collateral(
         :func:`~jupyter_cc.attest.tdx.collateral.match_qe_identity`.
     """
     verify_collateral(collateral, at=at, roots=roots)
-    qe = quote.qe_report
-    qe_match = match_qe_identity(
-        collateral.qe_identity,
-        miscselect=qe.miscselect,
-        attributes=qe.attributes,
-        mrsigner=qe.mrsigner,
-        isvprodid=qe.isv_prod_id,
-        isvsvn=qe.isv_svn,
-    )
+    qe_match = match_qe_report(quote.qe_report, collateral.qe_identity)
     tcb = match_tcb_level(
         collateral.tcb_info,
         pck,
@@ -413,12 +423,4 @@ def verify_tdx(
 
 def verify_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:
     """The registry's verifier of kind ``tdx``: the quote with whatever collateral ``ev`` holds."""
-    return verify_tdx(
-        ev.binary(),
-        at=at,
-        roots=roots,
-        tcb_info=ev.tcb_info,
-        qe_identity=ev.qe_identity,
-        collateral_chain=ev.collateral_chain,
-        crls=ev.crls,
-    )
+    return verify_tdx(ev.binary(), at=at, roots=roots, **ev.tdx_collateral())

@@ -11,10 +11,10 @@ real quotes) is kept as ``extra_bytes``. Verification is :mod:`jupyter_cc.attest
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jupyter_cc.attest.reader import Reader
 from jupyter_cc.errors import FormatError
 
 if TYPE_CHECKING:
@@ -42,30 +42,15 @@ CERT_DATA_PCK_CHAIN = 5
 TD_ATTRIBUTE_DEBUG = 1
 
 
-class _Reader:
+def _reader(data: bytes, pos: int = 0, end: int | None = None) -> Reader:
     """Bounds-checked reads from the quote; running past the end is a FormatError."""
-
-    def __init__(self, data: bytes, pos: int = 0, end: int | None = None):
-        self.data = data
-        self.pos = pos
-        self.end = len(data) if end is None else end
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.pos + n > self.end:
-            raise FormatError(
-                f"the TDX quote ends inside its {what} (needs {n} bytes at offset {self.pos}, "
-                f"{max(self.end - self.pos, 0)} left)",
-                hint="pass the whole quote as produced by the quoting enclave",
-            )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u16(self, what: str) -> int:
-        return int(struct.unpack("<H", self.take(2, what))[0])
-
-    def u32(self, what: str) -> int:
-        return int(struct.unpack("<I", self.take(4, what))[0])
+    return Reader(
+        data,
+        ends="the TDX quote ends inside its ",
+        hint="pass the whole quote as produced by the quoting enclave",
+        pos=pos,
+        end=end,
+    )
 
 
 @dataclass(frozen=True)
@@ -143,7 +128,7 @@ class TdxQuote:
 
 
 def _parse_body(raw: bytes, body_type: int) -> TdxQuoteBody:
-    r = _Reader(raw)
+    r = _reader(raw)
     fields = {
         "tee_tcb_svn": r.take(16, "TEE_TCB_SVN"),
         "mrseam": r.take(48, "MRSEAM"),
@@ -192,7 +177,7 @@ def parse_quote(data: bytes) -> TdxQuote:
             data type, or a length field that points past its container.
     """
     data = bytes(data)
-    r = _Reader(data)
+    r = _reader(data)
     version = r.u16("header")
     key_type = r.u16("header")
     tee_type = r.u32("header")
@@ -235,7 +220,7 @@ def parse_quote(data: bytes) -> TdxQuote:
             "bytes follow the length)",
             hint="pass the whole quote as produced by the quoting enclave",
         )
-    s = _Reader(data, r.pos, sig_end)
+    s = _reader(data, r.pos, sig_end)
     signature = s.take(64, "quote signature")
     attestation_key = s.take(64, "attestation key")
     cert_type = s.u16("certification data")
