@@ -87,18 +87,18 @@ def decode_blob(data: bytes, *, what: str = "input") -> bytes:
     Binary input (anything with bytes outside printable ASCII) is returned unchanged. Text is
     hex when it consists only of hex digits (an even number of them), otherwise base64 in one
     of the two alphabets; other text is refused, since no evidence kind is plain text. Base64
-    text made only of hex digits is read as hex: for real evidence (hundreds of bytes) that
-    cannot happen by chance, and a wrong reading fails the kind's size and format checks.
+    text made only of hex digits (after an optional ``0x``) is read as hex: for real evidence
+    (hundreds of bytes) that cannot happen by chance, and a wrong reading fails the kind's size
+    and format checks. Base64 that merely starts with ``0x`` is decoded whole.
     """
     if not data:
         raise InputError(f"{what} is empty")
     if not _is_text(data):
         return data
     compact = _WHITESPACE.sub(b"", data)
-    if compact[:2].lower() == b"0x":
-        compact = compact[2:]
-    if compact and _HEX.match(compact) and len(compact) % 2 == 0:
-        return bytes.fromhex(compact.decode("ascii"))
+    digits = compact[2:] if compact[:2].lower() == b"0x" else compact
+    if digits and _HEX.match(digits) and len(digits) % 2 == 0:
+        return bytes.fromhex(digits.decode("ascii"))
     if compact and (_B64_STD.match(compact) or _B64_URL.match(compact) or _B64_ANY.match(compact)):
         return b64decode_any(compact, what=what)
     raise InputError(

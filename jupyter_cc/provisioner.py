@@ -8,8 +8,10 @@ other (design section 6). ``launch_kernel``:
    when the Jupyter server itself runs in the TEE);
 2. starts the guest agent and asks it for evidence bound to a fresh nonce and the host key seen
    in this handshake;
-3. verifies and appraises it under the configured policy; any failure stops here with one
-   sentence naming the failed check, and nothing is started;
+3. verifies and appraises it under the configured policy; any failure stops here, and nothing
+   is started: a policy verdict as one short sentence then each failed rule on its own line
+   (:func:`refusal_message`), any other failed check as its one sentence. The refusal is kept
+   (:func:`recent_refusals`) for the server extension, since no kernel exists to ask later;
 4. has the agent create the HMAC key and start ipykernel on 127.0.0.1 inside the guest, and
    forwards the five ports over the same SSH connection.
 
@@ -25,6 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -35,28 +41,133 @@ from traitlets import Bool, Enum, Float, Integer, Unicode
 from jupyter_cc.attest.kinds import SIMULATED_BANNER
 from jupyter_cc.errors import CCError
 from jupyter_cc.guest.kernel import PORT_NAMES
-from jupyter_cc.policy import Policy
-from jupyter_cc.remote.attestation import Attestation
+from jupyter_cc.policy import Policy, Reason
+from jupyter_cc.remote.attestation import Attestation, PolicyRejectedError
 from jupyter_cc.remote.guest import GuestLink, GuestTarget
 from jupyter_cc.remote.target import CvmTargetTraits
 
-__all__ = ["ConfidentialProvisioner", "KernelRefusedError"]
+__all__ = [
+    "REFUSALS_KEPT",
+    "ConfidentialProvisioner",
+    "KernelRefusedError",
+    "Refusal",
+    "recent_refusals",
+    "refusal_message",
+]
+
+NOT_STARTED = "Confidential kernel not started"
+
+#: How many refusals this process keeps for the server extension (the oldest go first).
+REFUSALS_KEPT = 50
+
+
+class _DialogText(str):
+    """A refusal's text whose ``repr`` keeps its newlines.
+
+    jupyter_server quotes the error of a kernel *change* (``PATCH /api/sessions/<id>``) as
+    ``repr(str(error))``, which would show the failed rules as one line joined by literal
+    ``\\n``; quoting without escaping keeps one rule per line in the dialog on that path too.
+    """
+
+    def __repr__(self) -> str:
+        return f'"{str.__str__(self)}"'
+
+
+def refusal_message(exc: CCError) -> tuple[str, tuple[Reason, ...]]:
+    """The dialog text of a refused confidential kernel, and the failed rules it lists.
+
+    A policy verdict is a short first sentence naming the policy and the TEE, then each failed
+    rule on its own line (name, expected, observed), so JupyterLab's dialog shows them all::
+
+        Confidential kernel not started: policy 'default' refused the sim-snp TEE.
+        - allow_simulated: expected a hardware TEE (...), observed SIMULATED evidence (...)
+
+    Any other failed check keeps its one sentence (:meth:`CCError.sentence`).
+    """
+    if isinstance(exc, PolicyRejectedError):
+        rules = tuple(exc.verdict.reasons)
+        first = f"{NOT_STARTED}: policy '{exc.verdict.policy}' refused the {exc.claims.kind} TEE."
+        return "\n".join([first, *(f"- {rule}" for rule in rules)]), rules
+    return f"{NOT_STARTED}: {exc.sentence()}", ()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A confidential kernel that was refused at start: kept although no kernel exists.
+
+    ``message`` is the dialog's text, ``sentence`` its first line; ``rules`` the failed policy
+    rules (empty when the failure was not a policy verdict). Nothing here is secret: the
+    kernel's environment is never kept, only the notebook path jupyter_server gave it.
+    """
+
+    kernel_id: str
+    kernel_name: str
+    display_name: str
+    refused_at: datetime
+    check: str
+    message: str
+    rules: tuple[Reason, ...] = ()
+    policy: str | None = None
+    evidence_kind: str | None = None
+    simulated: bool = False
+    claims: dict[str, Any] | None = None
+    #: The session's file (``JPY_SESSION_NAME``, a filesystem path), if jupyter_server gave one.
+    session_path: str | None = field(default=None, compare=False)
+
+    @property
+    def sentence(self) -> str:
+        return self.message.split("\n", 1)[0]
+
+    def to_json(self) -> dict[str, Any]:
+        """The REST API's view (``session_path`` is left to the caller, who knows the root)."""
+        return {
+            "kernel_id": self.kernel_id,
+            "kernel_name": self.kernel_name,
+            "display_name": self.display_name,
+            "refused_at": self.refused_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "check": self.check,
+            "sentence": self.sentence,
+            "message": self.message,
+            "rules": [{"rule": r.rule, "expected": r.expected, "observed": r.observed} for r in self.rules],
+            "policy": self.policy,
+            "evidence_kind": self.evidence_kind,
+            "simulated": self.simulated,
+            "claims": self.claims,
+        }
+
+
+_refusals: deque[Refusal] = deque(maxlen=REFUSALS_KEPT)
+_refusals_lock = threading.Lock()
+
+
+def recent_refusals() -> list[Refusal]:
+    """The refusals of this process (the Jupyter server's), newest first."""
+    with _refusals_lock:
+        return list(reversed(_refusals))
+
+
+def _keep(refusal: Refusal) -> None:
+    with _refusals_lock:
+        _refusals.append(refusal)
 
 
 class KernelRefusedError(HTTPError, CCError):
-    """A confidential kernel that was not started, with the one sentence saying why.
+    """A confidential kernel that was not started, with the text saying why.
 
     A :class:`~jupyter_cc.errors.CCError` like every refusal, and also a tornado ``HTTPError``:
     jupyter_server passes an HTTPError's message through to JupyterLab's "Error Starting Kernel"
     dialog (any other exception becomes "Unhandled error"), so the refusal is raised as one.
+    The message is :func:`refusal_message`'s: one sentence, then any failed rule on its own line.
     """
 
     check = "kernel"
 
-    def __init__(self, message: str) -> None:
-        CCError.__init__(self, message)
+    def __init__(self, message: str, rules: tuple[Reason, ...] = ()) -> None:
+        text = _DialogText(message)
+        CCError.__init__(self, text)
+        self.rules = rules
         # HTTPError's own init last: it sets ``args`` to () so tornado never %-formats the message.
-        HTTPError.__init__(self, 500, log_message=message, reason="Confidential kernel not started")
+        HTTPError.__init__(self, 500, log_message=text, reason=NOT_STARTED)
 
     def __str__(self) -> str:
         return self.message
@@ -207,6 +318,28 @@ class ConfidentialProvisioner(KernelProvisionerBase, CvmTargetTraits):  # type: 
         self._pid = int(answer.get("pid", 0)) or None
         return info
 
+    def _refused(self, check: str, message: str, env: dict[str, str], exc: CCError | None = None) -> None:
+        """Keep the refusal for the server extension (no kernel exists to ask later)."""
+        km = self.parent
+        rejected = exc if isinstance(exc, PolicyRejectedError) else None
+        session = env.get("JPY_SESSION_NAME")
+        _keep(
+            Refusal(
+                kernel_id=str(self.kernel_id or ""),
+                kernel_name=str(getattr(km, "kernel_name", "") or ""),
+                display_name=self.kernel_spec.display_name if self.kernel_spec else "",
+                refused_at=datetime.now(timezone.utc),
+                check=check,
+                message=message,
+                rules=tuple(rejected.verdict.reasons) if rejected else (),
+                policy=rejected.verdict.policy if rejected else None,
+                evidence_kind=rejected.claims.kind if rejected else None,
+                simulated=rejected.claims.simulated if rejected else False,
+                claims=rejected.claims.to_json() if rejected else None,
+                session_path=session if isinstance(session, str) and session else None,
+            )
+        )
+
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         env = kwargs.get("env") or {}
         cwd = kwargs.get("cwd") if self.cwd_in_guest else None
@@ -219,20 +352,25 @@ class ConfidentialProvisioner(KernelProvisionerBase, CvmTargetTraits):  # type: 
             )
         except asyncio.TimeoutError:
             self._teardown()
-            raise KernelRefusedError(
-                "Confidential kernel not started: connect, attest and start took more than "
+            message = (
+                f"{NOT_STARTED}: connect, attest and start took more than "
                 f"{self.launch_timeout:g} seconds; raise launch_timeout or check the CVM."
-            ) from None
+            )
+            self.attestation_error = message
+            self._refused("timeout", message, env)
+            raise KernelRefusedError(message) from None
         except CCError as exc:
             self.attestation_error = exc.diagnostics()
             self._teardown()
             self.log.error("confidential kernel refused: %s", exc.diagnostics())
-            raise KernelRefusedError(f"Confidential kernel not started: {exc.sentence()}") from None
+            message, rules = refusal_message(exc)
+            self._refused(exc.check, message, env, exc)
+            raise KernelRefusedError(message, rules) from None
         except Exception as exc:
             self._teardown()
-            raise KernelRefusedError(
-                f"Confidential kernel not started: unexpected {exc.__class__.__name__} ({exc})"
-            ) from exc
+            message = f"{NOT_STARTED}: unexpected {exc.__class__.__name__} ({exc})"
+            self._refused("kernel", message, env)
+            raise KernelRefusedError(message) from exc
         self.connection_info = info
         if self.reattest_interval > 0:
             self._reattest_task = asyncio.ensure_future(self._reattest_loop())

@@ -5,6 +5,18 @@ CA, root; NVIDIA: five device certificates), so verification is explicit rather 
 search: each certificate must be directly issued by the next one, the last must be self-signed
 and its fingerprint pinned, and every certificate must be valid at the verification time.
 Signatures, including AMD's RSA-PSS with SHA-384 and salt 48, are checked by ``cryptography``.
+
+Path rules (RFC 5280 section 6.1.4, as AMD, Intel and NVIDIA set their certificates):
+
+* every issuer, the root included, is a CA: BasicConstraints with CA=true (every ARK, ASK,
+  ASVK, Intel SGX Root and PCK CA, and NVIDIA CA carries it, critical), and its keyUsage, when
+  present (it is in all of them), allows keyCertSign;
+* a pathLenConstraint bounds the CA certificates below its holder (the ASK and the PCK Platform
+  CA have 0: they issue only end-entity certificates; the Intel SGX Root CA has 1);
+* with ``end_entity``, the leaf is an end-entity certificate that signs evidence: not a CA
+  (the PCK certificate and TCB Signing certificate say CA=false; VCEKs and VLEKs and the NVIDIA
+  attestation certificates carry no BasicConstraints), and its keyUsage, when present, allows
+  digitalSignature (PCK, TCB Signing and NVIDIA leaves carry it; VCEKs and VLEKs carry none).
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import itertools
 import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -34,6 +47,7 @@ __all__ = [
 ]
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_Ext = TypeVar("_Ext", bound=x509.ExtensionType)
 
 
 def utcnow() -> datetime:
@@ -118,19 +132,40 @@ def _check_validity(cert: x509.Certificate, at: datetime) -> None:
         )
 
 
+def _extension(cert: x509.Certificate, kind: type[_Ext]) -> _Ext | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    except (ValueError, x509.DuplicateExtension):
+        raise ChainError(f"certificate '{describe(cert)}' has malformed extensions") from None
+
+
+def _check_ca(issuer: x509.Certificate, child: x509.Certificate) -> None:
+    """``issuer`` may issue certificates: a CA (RFC 5280 6.1.4 (k)) allowed keyCertSign (n)."""
+    constraints = _extension(issuer, x509.BasicConstraints)
+    if constraints is None or not constraints.ca:
+        found = "has no BasicConstraints extension" if constraints is None else "says CA=false"
+        raise ChainError(
+            f"certificate '{describe(issuer)}' issued '{describe(child)}' but {found}: only a "
+            "certificate with BasicConstraints CA=true may issue certificates",
+            hint="the chain was not made by the vendor; pass the vendor's chain for this certificate",
+        )
+    usage = _extension(issuer, x509.KeyUsage)
+    if usage is not None and not usage.key_cert_sign:
+        raise ChainError(
+            f"certificate '{describe(issuer)}' issued '{describe(child)}' but its keyUsage does not "
+            "allow keyCertSign: only a CA key allowed to sign certificates may issue them",
+            hint="the chain was not made by the vendor; pass the vendor's chain for this certificate",
+        )
+
+
 @functools.lru_cache(maxsize=256)
 def _check_issued_by(child: x509.Certificate, issuer: x509.Certificate) -> None:
     """Check one link. Results depend only on the two certificates' bytes, so successes are
     cached (a kernel re-attesting on the same chip repeats the same links); failures raise and
     are never cached. Validity times are checked on every call, outside this cache."""
-    try:
-        constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
-    except ValueError:
-        raise ChainError(f"certificate '{describe(issuer)}' has malformed extensions") from None
-    if constraints is not None and not constraints.ca:
-        raise ChainError(f"certificate '{describe(issuer)}' is not a CA but issued '{describe(child)}'")
+    _check_ca(issuer, child)
     try:
         child.verify_directly_issued_by(issuer)
     except ValueError:
@@ -146,26 +181,79 @@ def _check_issued_by(child: x509.Certificate, issuer: x509.Certificate) -> None:
         ) from None
 
 
-def verify_chain(chain: Sequence[x509.Certificate], *, roots: TrustStore, at: datetime) -> TrustAnchor:
+def _check_path_lengths(chain: Sequence[x509.Certificate]) -> None:
+    """Each CA's pathLenConstraint bounds the non-self-issued CAs between it and the leaf."""
+    for i in range(2, len(chain)):
+        constraints = _extension(chain[i], x509.BasicConstraints)
+        if constraints is None or constraints.path_length is None:
+            continue
+        below = [c for c in chain[1:i] if c.issuer != c.subject]
+        if len(below) > constraints.path_length:
+            raise ChainError(
+                f"certificate '{describe(chain[i])}' has pathLenConstraint "
+                f"{constraints.path_length}, so at most {constraints.path_length} CA "
+                f"certificate(s) may stand below it, but the chain puts {len(below)} there "
+                f"({', '.join(repr(describe(c)) for c in below)})",
+                hint="the chain was not made by the vendor; pass the vendor's chain for this certificate",
+            )
+
+
+def _check_end_entity(leaf: x509.Certificate, role: str) -> None:
+    """The certificate of a key that signs evidence: not a CA, allowed digitalSignature."""
+    constraints = _extension(leaf, x509.BasicConstraints)
+    if constraints is not None and constraints.ca:
+        raise ChainError(
+            f"{role} '{describe(leaf)}' has BasicConstraints CA=true: a certificate for a key that "
+            "signs evidence must be an end-entity certificate, not a CA",
+            hint="the certificate was not issued by the vendor for this purpose",
+        )
+    usage = _extension(leaf, x509.KeyUsage)
+    if usage is not None and not usage.digital_signature:
+        raise ChainError(
+            f"{role} '{describe(leaf)}' has a keyUsage that does not allow digitalSignature, so "
+            "its key may not sign evidence",
+            hint="the certificate was not issued by the vendor for this purpose",
+        )
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate],
+    *,
+    roots: TrustStore,
+    at: datetime,
+    end_entity: str | None = None,
+) -> TrustAnchor:
     """Check ``chain`` (leaf first, root last) and return the pinned anchor it ends at.
 
+    Args:
+        end_entity: what the leaf is, for messages ("the VCEK", "the PCK certificate"), when
+            it must be an end-entity certificate whose key signs evidence. Without it the leaf
+            may be a CA (an ASK/ARK chain checked on its own).
+
     Raises:
-        ChainError: a link is missing or mis-signed, a certificate is outside its validity at
+        ChainError: a link is missing or mis-signed, an issuer is not a CA allowed to sign
+            certificates, a path length constraint is exceeded, the leaf is not the end-entity
+            certificate ``end_entity`` asks for, a certificate is outside its validity at
             ``at``, or the root is not pinned, whatever its subject says.
     """
     try:
-        return _verify_chain(chain, roots=roots, at=at)
+        return _verify_chain(chain, roots=roots, at=at, end_entity=end_entity)
     except ValueError as exc:  # cryptography parses names and extensions lazily
         raise ChainError(f"a certificate in the chain is malformed ({exc})") from None
 
 
-def _verify_chain(chain: Sequence[x509.Certificate], *, roots: TrustStore, at: datetime) -> TrustAnchor:
+def _verify_chain(
+    chain: Sequence[x509.Certificate], *, roots: TrustStore, at: datetime, end_entity: str | None
+) -> TrustAnchor:
     if not chain:
         raise ChainError("no certificates to verify")
     for cert in chain:
         _check_validity(cert, at)
     for child, issuer in itertools.pairwise(chain):
         _check_issued_by(child, issuer)
+    _check_path_lengths(chain)
+    if end_entity is not None:
+        _check_end_entity(chain[0], end_entity)
     root = chain[-1]
     if root.issuer != root.subject:
         raise ChainError(

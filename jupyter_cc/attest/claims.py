@@ -15,6 +15,9 @@ from jupyter_cc.attest.kinds import kind as _registered
 
 __all__ = ["Claims", "freeze"]
 
+# The isolation TEE an MAA token describes (``x-ms-attestation-type``), as a CPU family.
+_MAA_FAMILIES = {"sevsnpvm": "snp", "tdxvm": "tdx"}
+
 
 def freeze(value: Any) -> Any:
     """Make nested dicts and lists read-only so Claims cannot be edited after verification."""
@@ -65,6 +68,18 @@ class Claims:
         """``snp`` or ``tdx`` for the CPU TEE behind the evidence, else the kind itself."""
         entry = _registered(self.kind)
         return entry.family if entry is not None else self.kind
+
+    @property
+    def cpu_family(self) -> str | None:
+        """``snp`` or ``tdx`` for the CPU TEE whose claims these are, else None.
+
+        The kind's family, except for an MAA token: the TEE its ``attestation_type`` names
+        (``sevsnpvm`` or ``tdxvm``), since its claims carry that TEE's values.
+        """
+        if self.kind == "maa":
+            return _MAA_FAMILIES.get(str(self.get("attestation_type")))
+        family = self.family
+        return family if family in ("snp", "tdx") else None
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.details.get(key, default)

@@ -77,6 +77,13 @@ _TDX_COLLATERAL = (
     Input("--crl", "FILE", "a DER CRL (root CA or PCK); repeatable", repeat=True),
 )
 
+# An Azure vTPM quote over the guest's PCRs, signed by the HCL's attestation key (HCLAkPub).
+_VTPM_QUOTE = (
+    Input("--tpm-quote", "FILE", "TPMS_ATTEST of a TPM2_Quote"),
+    Input("--tpm-sig", "FILE", "its signature by HCLAkPub"),
+    Input("--nonce", "HEX", "expected TPM quote nonce (extraData)"),
+)
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -150,9 +157,7 @@ KINDS: tuple[Kind, ...] = (
         inputs=(
             Input("--vcek", "CERT", "VCEK (PEM or DER; may be followed by the chain)", required=True),
             Input("--chain", "PEM", "ASK then ARK"),
-            Input("--tpm-quote", "FILE", "TPMS_ATTEST of a TPM2_Quote"),
-            Input("--tpm-sig", "FILE", "its signature by HCLAkPub"),
-            Input("--nonce", "HEX", "expected TPM quote nonce (extraData)"),
+            *_VTPM_QUOTE,
         ),
     ),
     Kind(
@@ -168,6 +173,7 @@ KINDS: tuple[Kind, ...] = (
         inputs=(
             Input("--quote", "TD_QUOTE", "the TD quote IMDS made from the report", required=True),
             *_TDX_COLLATERAL,
+            *_VTPM_QUOTE,
         ),
     ),
     Kind(

@@ -15,9 +15,15 @@ order:
 4. ``exp`` (required) and ``nbf`` enclose the verification time, and ``iss`` is the expected
    instance when one is given.
 
-The claims are returned as they are, plus a few convenience fields that the policy reads
-(``attestation_type``, ``compliance_status``, ``secure_boot``, ``measurement``). Nothing here
-decides whether those values are acceptable.
+The claims are returned as they are, plus the fields that the policy reads, mapped from the
+isolation-TEE claims (else, for platform tokens, the top level) onto the names the hardware
+verifiers use, so that ``[snp]``, ``[tdx]`` and ``[azure]`` rules are judged against the token:
+``attestation_type``, ``compliance_status``, ``secure_boot``; for an SEV-SNP CVM
+(``sevsnpvm``) ``measurement``, ``host_data``, ``vmpl`` and ``reported_tcb`` (``bootloader``,
+``tee``, ``snp``, ``microcode`` from the ``x-ms-sevsnpvm-*-svn`` claims); for a TDX CVM
+(``tdxvm``) ``mrtd`` and ``rtmr`` (the four ``tdx_rtmr*`` claims). A mapped claim whose value
+has the wrong type is left out, so a rule on it fails closed. Nothing here decides whether
+those values are acceptable.
 
 >>> issuer = "https://sharedeus2.eus2.attest.azure.net"
 >>> claims = verify_maa(token, jwks, at=utcnow(), issuer=issuer)  # doctest: +SKIP
@@ -71,6 +77,11 @@ RESERVED = frozenset(
         "compliance_status",
         "secure_boot",
         "measurement",
+        "host_data",
+        "vmpl",
+        "reported_tcb",
+        "mrtd",
+        "rtmr",
         "shadowed_claims",
     }
 )
@@ -329,6 +340,49 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _hex_text(value: Any, size: int) -> str | None:
+    if (
+        isinstance(value, str)
+        and len(value) == size * 2
+        and all(c in "0123456789abcdefABCDEF" for c in value)
+    ):
+        return value.lower()
+    return None
+
+
+def _uint(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+# MAA's SEV-SNP SVN claims and the reported-TCB fields the policy's [snp] min_tcb names.
+_SNP_TCB = (
+    ("bootloader", "bootloader-svn"),
+    ("tee", "tee-svn"),
+    ("snp", "snpfw-svn"),
+    ("microcode", "microcode-svn"),
+)
+
+
+def _snp_details(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """The SEV-SNP claims of a ``sevsnpvm`` token under the names of :mod:`~jupyter_cc.attest.snp`."""
+    tcb = {name: _uint(_tee_or_top(claims, f"x-ms-sevsnpvm-{svn}")) for name, svn in _SNP_TCB}
+    return {
+        "measurement": _hex_text(_tee_or_top(claims, "x-ms-sevsnpvm-launchmeasurement"), 48),
+        "host_data": _hex_text(_tee_or_top(claims, "x-ms-sevsnpvm-hostdata"), 32),
+        "vmpl": _uint(_tee_or_top(claims, "x-ms-sevsnpvm-vmpl")),
+        "reported_tcb": {name: value for name, value in tcb.items() if value is not None},
+    }
+
+
+def _tdx_details(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """The TDX claims of a ``tdxvm`` token under the names of the TDX quote verifier."""
+    rtmr = [_hex_text(_tee_or_top(claims, f"tdx_rtmr{i}"), 48) for i in range(4)]
+    return {
+        "mrtd": _hex_text(_tee_or_top(claims, "tdx_mrtd"), 48),
+        "rtmr": rtmr if all(r is not None for r in rtmr) else None,
+    }
+
+
 def _details(claims: dict[str, Any]) -> dict[str, Any]:
     details = {k: v for k, v in claims.items() if k not in RESERVED}
     shadowed = {k: v for k, v in claims.items() if k in RESERVED}
@@ -338,9 +392,13 @@ def _details(claims: dict[str, Any]) -> dict[str, Any]:
             "attestation_type": _text(attestation_type),
             "compliance_status": _text(_tee_or_top(claims, "x-ms-compliance-status")),
             "secure_boot": _secure_boot(claims),
-            "measurement": _text(_tee_or_top(claims, "x-ms-sevsnpvm-launchmeasurement")),
+            "measurement": None,
         }
     )
+    if attestation_type == "sevsnpvm":
+        details.update(_snp_details(claims))
+    elif attestation_type == "tdxvm":
+        details.update(_tdx_details(claims))
     if shadowed:
         details["shadowed_claims"] = shadowed
     return details

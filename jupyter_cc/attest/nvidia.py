@@ -410,7 +410,7 @@ def verify_nvidia(
     certs = _chain(chain_pem, root_pem)
     if roots is None:
         roots = TrustStore.of(NVIDIA_DEVICE_ROOT)
-    anchor = verify_chain(certs, roots=roots, at=at)
+    anchor = verify_chain(certs, roots=roots, at=at, end_entity="the GPU attestation certificate")
     leaf = certs[0]
     key = leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":

@@ -459,7 +459,7 @@ def verify_report(
             f"no ASK/ARK chain for {product}",
             hint=f"pass --chain with AMD KDS {report.signing_key}/v1/{product}/cert_chain",
         )
-    anchor = verify_chain([vek_cert, *chain], roots=roots, at=at)
+    anchor = verify_chain([vek_cert, *chain], roots=roots, at=at, end_entity=f"the {vek.kind.upper()}")
     if anchor.product != product:
         raise ChainError(
             f"the report comes from a {product} processor but the chain ends at {anchor.name}",

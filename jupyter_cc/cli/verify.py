@@ -26,7 +26,7 @@ from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.files import read_input
 from jupyter_cc.policy import Policy, Verdict, appraise
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "add_evidence_options", "parse_time", "verified_claims"]
 
 
 def add_commands(sub: argparse._SubParsersAction[Any], parser_class: type[argparse.ArgumentParser]) -> None:
@@ -83,7 +83,52 @@ def _certs(path: str, what: str) -> list[Any]:
     return load_certificates(read_input(path, what), what=f"{what} {path}")
 
 
-def _parse_time(text: str) -> datetime:
+def add_evidence_options(p: argparse.ArgumentParser) -> None:
+    """The options of every ``verify`` subcommand at once, for commands that take any evidence.
+
+    With them, :func:`verified_claims` reads evidence as ``verify`` does; ``--kind`` absent
+    means an evidence bundle.
+    """
+    p.add_argument(
+        "--kind", choices=[k.name for k in _listed()], help="the evidence kind (default: a bundle)"
+    )
+    p.add_argument("--at", metavar="ISO8601", help="verify as of this time (sample certificates expire)")
+    p.add_argument("--report-data", metavar="HEX", help="expected REPORT_DATA (or its leading bytes)")
+    p.add_argument("--host-key-sha256", metavar="HEX", help="a bundle: the host key digest it must bind")
+    seen = {"--kind", "--at", "--report-data", "--host-key-sha256"}
+    for entry in _listed():
+        for item in entry.inputs:
+            if item.flag not in seen:
+                seen.add(item.flag)
+                extra: dict[str, Any] = {"action": "append"} if item.repeat else {}
+                p.add_argument(item.flag, metavar=item.metavar, help=f"{entry.name}: {item.help}", **extra)
+
+
+def verified_claims(args: argparse.Namespace, path: str) -> tuple[str, Claims]:
+    """Verify the evidence in ``path`` as ``verify`` does, with the options :func:`add_evidence_options` adds.
+
+    Returns the evidence kind (a bundle's inner kind) and its claims; raises the
+    :class:`~jupyter_cc.errors.CCError` that ``verify`` reports.
+    """
+    name = args.kind or "bundle"
+    entry = kind(name)
+    for item in entry.inputs if entry is not None else ():
+        if item.required and not getattr(args, item.flag[2:].replace("-", "_"), None):
+            raise InputError(f"{name} evidence needs {item.flag} {item.metavar} ({item.help})")
+    ns = argparse.Namespace(**{**vars(args), "kind": name, "file": path})
+    for attr in ("nonce", "host_key_sha256", "report_data", "crl"):
+        setattr(ns, attr, getattr(args, attr, None))
+    out: dict[str, Any] = {"kind": name}
+    at = parse_time(args.at) if args.at else utcnow()
+    claims = _claims(ns, at, out)
+    if args.report_data:
+        from jupyter_cc.attest.binding import check_report_data
+
+        check_report_data(claims.report_data, decode_hex(args.report_data, what="--report-data"))
+    return str(out["kind"]), claims
+
+
+def parse_time(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -168,7 +213,7 @@ def _claims(args: argparse.Namespace, at: datetime, out: dict[str, Any]) -> Clai
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    at = _parse_time(args.at) if args.at else utcnow()
+    at = parse_time(args.at) if args.at else utcnow()
     policy = Policy.load(args.policy) if args.policy else Policy()
     expected_rd = decode_hex(args.report_data, what="--report-data") if args.report_data else None
     out: dict[str, Any] = {

@@ -25,7 +25,7 @@ from typing import Any
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.files import write_private
 
-__all__ = ["GuestKernel", "KernelError"]
+__all__ = ["GuestKernel", "KernelError", "exit_cause"]
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -35,6 +35,54 @@ class KernelError(CCError):
     """The kernel could not be started or managed inside the guest."""
 
     check = "kernel"
+
+
+# A Jupyter (traitlets/tornado) log record: "[E 2026-12-01 22:32:56.767 ServerApp] message".
+_LOG_RECORD = re.compile(r"\A\[([DIWEC]) [0-9][^\]]*?(?: (\S+))?\] ?(.*)\Z")
+_CAUSE_LINES, _CAUSE_CHARS = 2, 300
+
+
+def _records(text: str) -> list[tuple[str, str]]:
+    """(level, text) per log record; indented continuation lines (tracebacks) join their record."""
+    records: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        match = _LOG_RECORD.match(line)
+        if match:
+            level, app, message = match.groups()
+            records.append((level, f"{app}: {message}" if app else message))
+        elif line[:1].isspace() and records:
+            level, joined = records[-1]
+            records[-1] = (level, f"{joined}\n{line.strip()}")
+        else:
+            records.append(("", line.strip()))
+    return records
+
+
+def _one_line(record: str) -> str:
+    """A record's first line, plus the last line of a traceback in it (the exception raised)."""
+    lines = record.split("\n")
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+    return text if len(text) <= _CAUSE_CHARS else text[: _CAUSE_CHARS - 1] + "…"
+
+
+def exit_cause(output: str) -> str:
+    """The lines of a process's output that explain why it exited: the last error-level ones.
+
+    The last (at most two) error or critical records of a Jupyter log, e.g. jupyter_server's
+    "Running as root is not recommended. Use --allow-root to bypass."; without leveled
+    records, the last line that is not indented (a traceback's exception); else "no output".
+    Later info lines (an extension's "Skipped non-installed server(s): ...") are not the cause.
+    """
+    records = _records(output)
+    errors = [text for level, text in records if level in ("E", "C")]
+    if errors:
+        return "; ".join(_one_line(text) for text in errors[-_CAUSE_LINES:])
+    plain = [text.split("\n", 1)[0] for level, text in records if not level]
+    if plain:
+        return _one_line(plain[-1])
+    return _one_line(records[-1][1].split("\n", 1)[0]) if records else "no output"
 
 
 def _free_ports(count: int) -> list[int]:
@@ -204,9 +252,9 @@ class GuestKernel:
         while pending:
             code = self.poll()
             if code is not None:
-                tail = self.log_tail(600).strip().splitlines()[-1:] or ["no output"]
+                cause = exit_cause(self.log_tail(16000))
                 self.stop()
-                raise self.error(f"the {self.noun} exited with status {code} while starting ({tail[0]})")
+                raise self.error(f"the {self.noun} exited with status {code} while starting ({cause})")
             if time.monotonic() > deadline:
                 self.stop(now=True)
                 where = f"port {ports[0]}" if len(ports) == 1 else "its ports"

@@ -40,7 +40,7 @@ from jupyter_cc.attest.kinds import SIMULATED_BANNER
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.hub.options import apply_profile, options_form
 from jupyter_cc.policy import Policy
-from jupyter_cc.remote.attestation import Attestation
+from jupyter_cc.remote.attestation import Attestation, PolicyRejectedError
 from jupyter_cc.remote.guest import GuestLink, GuestTarget
 from jupyter_cc.remote.ssh import relay
 from jupyter_cc.remote.target import CvmTargetTraits
@@ -59,13 +59,33 @@ class SpawnRefusedError(CCError):
 
     check = "spawn"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.jupyterhub_message = message
-        self.jupyterhub_html_message = html.escape(message)
+    def __init__(self, message: str, rules: tuple[str, ...] = ()) -> None:
+        text = "\n".join([message, *(f"- {rule}" for rule in rules)])
+        super().__init__(text)
+        self.rules = rules
+        self.jupyterhub_message = text
+        self.jupyterhub_html_message = _html_lines(message, rules)
 
     def __str__(self) -> str:
         return self.message
+
+
+def _html_lines(sentence: str, rules: tuple[str, ...]) -> str:
+    """The sentence, then one list item per failed rule, escaped (the spawn page shows HTML)."""
+    items = "".join(f"<li>{html.escape(rule)}</li>" for rule in rules)
+    return html.escape(sentence) + (f"<ul>{items}</ul>" if items else "")
+
+
+def _refusal(exc: CCError, host: str) -> tuple[str, tuple[str, ...]]:
+    """A refusal's one sentence and its failed rules (a policy verdict lists them one by one)."""
+    if isinstance(exc, PolicyRejectedError):
+        rules = tuple(str(r) for r in exc.verdict.reasons)
+        return (
+            f"The confidential VM {host} was not used: policy '{exc.verdict.policy}' refused "
+            f"the {exc.claims.kind} TEE.",
+            rules,
+        )
+    return f"The confidential VM {host} was not used: {exc.sentence()}", ()
 
 
 def _relay(channel: paramiko.Channel, address: tuple[str, int]) -> None:
@@ -225,8 +245,12 @@ class AttestedSSHSpawner(Spawner, CvmTargetTraits):  # type: ignore[misc]
 
     # --- progress -----------------------------------------------------------------------
 
-    def _event(self, progress: int, message: str) -> None:
-        self._events.append({"progress": progress, "message": message})
+    def _event(self, progress: int, message: str, *, rules: tuple[str, ...] = ()) -> None:
+        event: dict[str, Any] = {"progress": progress, "message": message}
+        if rules:  # the pending page shows html_message: the sentence, then the rules as a list
+            event["html_message"] = _html_lines(message.split("\n", 1)[0], rules)
+            event["rules"] = list(rules)
+        self._events.append(event)
         self.log.info("%s: %s", self._log_name, message)
 
     async def progress(self) -> Any:
@@ -290,8 +314,9 @@ class AttestedSSHSpawner(Spawner, CvmTargetTraits):  # type: ignore[misc]
             self._audit(
                 "attest-refused", target=host, policy=self.policy or "default", error=exc.diagnostics()
             )
-            self._event(90, f"Refused: {exc.sentence()}")
-            raise SpawnRefusedError(f"The confidential VM {host} was not used: {exc.sentence()}") from None
+            sentence, rules = _refusal(exc, host)
+            self._event(90, "\n".join([f"Refused: {sentence}", *(f"- {r}" for r in rules)]), rules=rules)
+            raise SpawnRefusedError(sentence, rules) from None
         self._record_attestation(host, attestation)
         self._event(60, f"Verified under policy {attestation.verdict.policy}: {_describe(attestation)}")
         try:

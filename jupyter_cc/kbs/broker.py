@@ -43,6 +43,7 @@ from jupyter_cc.attest.binding import check_report_data
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.evidence import BUNDLE_FORMAT, bound_report_data, parse_bundle, verify
 from jupyter_cc.attest.kinds import AZURE_KINDS, KINDS
+from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.kbs.protocol import (
     HASH_ALGORITHMS,
@@ -138,6 +139,8 @@ class Broker:
         session_ttl, nonce_ttl: lifetimes in seconds.
         max_sessions: live sessions kept at most (new ``auth`` requests get 503 beyond it).
         clock: seconds since the epoch; tests move it to expire sessions and nonces.
+        roots: the roots evidence must chain to (default: the pinned vendor roots); tests
+            pass a store holding their own test roots.
     """
 
     def __init__(
@@ -150,8 +153,10 @@ class Broker:
         nonce_ttl: float = 60.0,
         max_sessions: int = 10_000,
         clock: Callable[[], float] = time.time,
+        roots: TrustStore | None = None,
     ) -> None:
         self.store = store
+        self.roots = roots
         self.audit_path = audit_path or store.path.parent / AUDIT_NAME
         self.audit = audit or (lambda event: append_audit(self.audit_path, event))
         self.session_ttl = session_ttl
@@ -290,7 +295,7 @@ class Broker:
             nonce, jwk, session.hash_algorithm, additional_evidence=extra if isinstance(extra, str) else None
         )
         try:
-            claims = verify_tee_evidence(evidence, report_data_for(digest))
+            claims = verify_tee_evidence(evidence, report_data_for(digest), roots=self.roots)
         except CCError as exc:
             self.audit(
                 {
@@ -376,7 +381,9 @@ class Broker:
         return response, verdict.policy
 
 
-def verify_tee_evidence(tee_evidence: Any, report_data: bytes, *, at: datetime | None = None) -> Claims:
+def verify_tee_evidence(
+    tee_evidence: Any, report_data: bytes, *, at: datetime | None = None, roots: TrustStore | None = None
+) -> Claims:
     """Verify jupyter-cc evidence sent as ``tee-evidence`` and check that it binds ``report_data``.
 
     Raises:
@@ -406,6 +413,6 @@ def verify_tee_evidence(tee_evidence: Any, report_data: bytes, *, at: datetime |
     evidence = bundle.evidence
     if evidence.kind in AZURE_KINDS and evidence.tpm_quote is not None:
         evidence = replace(evidence, nonce=report_data[:32])
-    claims = verify(evidence, at=at or datetime.now(timezone.utc))
+    claims = verify(evidence, at=at or datetime.now(timezone.utc), roots=roots)
     check_report_data(bound_report_data(claims), report_data, what="the evidence's REPORT_DATA")
     return claims

@@ -14,6 +14,14 @@ widget view *and* ``text/html`` and ``text/plain``, so the same output renders i
 in nbconvert/nbclient output and in frontends without widgets. Every value is HTML-escaped:
 claims come from evidence and are untrusted text until appraised (and even then).
 
+A saved notebook keeps the card readable where no widget runs. nbconvert (so nbviewer too)
+prefers the widget view whenever the notebook holds the widget's state (nbclient saves it by
+default), and that view needs JavaScript from a CDN: offline, or on GitHub, it shows nothing.
+So displaying a card emits a second output, a static copy (``text/html`` only, marked
+``{"jupyter_cc": {"card": "copy"}}`` in its metadata), and both the widget's HTML and the
+bundle's ``text/html`` carry a ``<style>`` rule that hides that copy: wherever either renders,
+the card is shown once; where neither does, the copy shows the same facts and the banner.
+
 >>> card = AttestationCard({"confidential": False, "passed": False, "error": "no TEE."})
 >>> card.passed
 False
@@ -31,7 +39,10 @@ import ipywidgets as widgets  # type: ignore[import-untyped]
 
 from jupyter_cc.attest.kinds import SIMULATED_BANNER
 
-__all__ = ["AttestationCard", "card_html", "card_text"]
+__all__ = ["COPY_CLASS", "AttestationCard", "card_html", "card_text"]
+
+#: The class of a card's static copy (see the module docstring).
+COPY_CLASS = "jupyter-cc-card-copy"
 
 # (border, background, headline colour) per status: readable in light and dark themes because the
 # card sets its own background and text colour.
@@ -217,6 +228,15 @@ def card_text(state: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _hide_copy(card_id: str) -> str:
+    """A ``<style>`` rule hiding the static copy of card ``card_id`` (shown where it renders)."""
+    return f'<style>.{COPY_CLASS}[data-cc-card="{_esc(card_id)}"]{{display:none}}</style>'
+
+
+def _copy_html(card_id: str, body: str) -> str:
+    return f'<div class="{COPY_CLASS}" data-cc-card="{_esc(card_id)}">{body}</div>'
+
+
 class AttestationCard(widgets.HTML):  # type: ignore[misc]
     """An attestation state shown as a card; also renders where widgets do not.
 
@@ -229,11 +249,18 @@ class AttestationCard(widgets.HTML):  # type: ignore[misc]
 
     def __init__(self, state: Mapping[str, Any], **kwargs: Any) -> None:
         self.state: dict[str, Any] = dict(state)
-        super().__init__(value=card_html(self.state), **kwargs)
+        self._copy: Any = None  # the static copy's DisplayHandle, once displayed
+        super().__init__(**kwargs)
+        self.value = self._live_html()
 
     def __repr__(self) -> str:
         view = _View(self.state)
         return f"AttestationCard(passed={view.passed}, simulated={view.simulated})"
+
+    @property
+    def card_id(self) -> str:
+        """The id tying the static copy to this card (the widget's model id)."""
+        return str(self.model_id or id(self))
 
     @property
     def passed(self) -> bool:
@@ -252,10 +279,19 @@ class AttestationCard(widgets.HTML):  # type: ignore[misc]
     def text(self) -> str:
         return card_text(self.state)
 
+    def _live_html(self) -> str:
+        """The card plus the rule hiding its static copy: what renders where the card renders."""
+        return _hide_copy(self.card_id) + self.html
+
     def update(self, state: Mapping[str, Any]) -> None:
         """Show a newer state (a re-attestation) in the same card, wherever it is displayed."""
         self.state = dict(state)
-        self.value = card_html(self.state)
+        self.value = self._live_html()
+        if self._copy is not None:
+            self._copy.update(*self._copy_bundle(), raw=True)
+
+    def _copy_bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"text/html": _copy_html(self.card_id, self.html)}, {"jupyter_cc": {"card": "copy"}}
 
     def _repr_html_(self) -> str:
         return self.html
@@ -263,6 +299,14 @@ class AttestationCard(widgets.HTML):  # type: ignore[misc]
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         """The widget view plus ``text/html`` and ``text/plain`` fallbacks in one bundle."""
         data: dict[str, Any] = dict(super()._repr_mimebundle_(**kwargs) or {})
-        data["text/html"] = self.html
+        data["text/html"] = self._live_html()
         data["text/plain"] = self.text
         return data
+
+    def _ipython_display_(self) -> None:
+        """The card's bundle, then its static copy (``text/html`` only, hidden where the card shows)."""
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)  # type: ignore[no-untyped-call]
+        data, metadata = self._copy_bundle()
+        self._copy = display(data, raw=True, metadata=metadata, display_id=True)  # type: ignore[no-untyped-call]

@@ -151,6 +151,9 @@ class ConfidentialSession:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
 def replay_output(msg: dict[str, Any]) -> None:
     """Show a remote iopub message here: streams to our streams, displays through IPython."""
     from IPython.display import publish_display_data
@@ -162,7 +165,15 @@ def replay_output(msg: dict[str, Any]) -> None:
         stream.write(content.get("text", ""))
         stream.flush()
     elif kind in ("display_data", "execute_result", "update_display_data"):
-        publish_display_data(content.get("data", {}), content.get("metadata", {}))  # type: ignore[no-untyped-call]
+        data = dict(content.get("data", {}))
+        metadata = content.get("metadata", {})
+        if (metadata.get("jupyter_cc") or {}).get("card") == "copy":
+            return  # a card's static copy: the card's own text/html shows it here (see card.py)
+        if WIDGET_VIEW in data and len(data) > 1:
+            # The widget's model lives in the confidential kernel and never reaches this
+            # frontend: its text/html and text/plain render instead of "model not found".
+            del data[WIDGET_VIEW]
+        publish_display_data(data, metadata)  # type: ignore[no-untyped-call]
     elif kind == "clear_output":
         from IPython.display import clear_output
 

@@ -35,6 +35,33 @@ def _audit(event: str, **fields: Any) -> None:
     audit.record(event, **fields)
 
 
+def _show_card(state: dict[str, Any]) -> None:
+    """Display an attestation card (widget view, HTML and text; see :mod:`jupyter_cc.notebook.card`)."""
+    from IPython.display import display
+
+    from jupyter_cc.notebook.card import AttestationCard
+
+    display(AttestationCard(state))  # type: ignore[no-untyped-call]
+
+
+def _refusal_state(exc: CCError, target: str) -> dict[str, Any]:
+    """The card state of a refused connect: one sentence, every failed rule, the claims seen."""
+    verdict = getattr(exc, "verdict", None)
+    claims = getattr(exc, "claims", None)
+    rules = getattr(exc, "rules", None) or (verdict.reasons if verdict is not None else ())
+    message = str(getattr(exc, "message", "") or exc)
+    return {
+        "confidential": False,
+        "passed": False,
+        "error": message.split("\n", 1)[0],
+        "reasons": [str(r) for r in rules],
+        "claims": claims.to_json() if claims is not None else {},
+        "simulated": bool(getattr(claims, "simulated", False)),
+        "verdict": {"passed": False, "policy": verdict.policy if verdict is not None else None},
+        "target": target,
+    }
+
+
 @magics_class
 class SessionMagics(Magics):
     """Sessions with attested confidential kernels, and moving data across."""
@@ -65,6 +92,7 @@ class SessionMagics(Magics):
         try:
             session.start()
         except CCError as exc:
+            _show_card(_refusal_state(exc, profile_name))  # the refusal stays in the saved notebook
             raise UsageError(f"%cc connect {profile_name}: {exc.diagnostics()}") from None
         self.session = session
         state = session.attestation_state
@@ -104,6 +132,7 @@ class SessionMagics(Magics):
                 f"session {self.session.name}: kernel {alive}; {state.get('evidence_kind')} "
                 f"verified at {state.get('attested_at')} under policy {verdict.get('policy')}"
             )
+            _show_card({**state, "target": self.session.name})
             return None
         if command == "disconnect":
             if self.session is not None:

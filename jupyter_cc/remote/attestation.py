@@ -35,7 +35,7 @@ class PolicyRejectedError(CCError):
 
     def __init__(self, verdict: Verdict, claims: Claims) -> None:
         rules = "; ".join(str(r) for r in verdict.reasons)
-        super().__init__(f"policy '{verdict.policy}' rejected the {claims.kind} TEE: {rules}")
+        super().__init__(f"policy '{verdict.policy}' refused the {claims.kind} TEE: {rules}")
         self.verdict = verdict
         self.claims = claims
 

@@ -7,6 +7,7 @@ status bar item and attestation panel read it. Routes, under the server's ``base
 
     GET  jupyter-cc/api/kernels/<kernel_id>          the kernel's state (jupyter_cc.server.state)
     POST jupyter-cc/api/kernels/<kernel_id>/attest   re-attest now, answer the new state
+    GET  jupyter-cc/api/refusals?kernel_name=K&path=P  confidential kernels refused at start
     GET  jupyter-cc/api/audit?limit=N                the last N audit-log entries
 
 The entry points jupyter_server calls live in :mod:`jupyter_cc` and delegate here, so that

@@ -1,8 +1,10 @@
 """The REST handlers under ``<base_url>/jupyter-cc/api/`` (design section 3).
 
 ``GET kernels/<id>`` and ``POST kernels/<id>/attest`` answer a kernel state (see
-:mod:`jupyter_cc.server.state` for its keys); ``GET audit?limit=N`` answers
-``{"entries": [...], "limit": N}`` with the last N audit-log entries, oldest first.
+:mod:`jupyter_cc.server.state` for its keys; a kernel refused at start is answered from the
+refusal the provisioner kept); ``GET refusals?kernel_name=K&path=P&limit=N`` answers
+``{"refusals": [...], "limit": N}``, the kept refusals newest first; ``GET audit?limit=N``
+answers ``{"entries": [...], "limit": N}`` with the last N audit-log entries, oldest first.
 
 Every verb is ``@tornado.web.authenticated`` (outermost, so the server's start-up check sees it)
 and then ``@authorized`` against the ``kernels`` resource, like jupyter_server's own kernel API:
@@ -23,9 +25,16 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from jupyter_cc.errors import CCError
-from jupyter_cc.server.state import is_confidential, kernel_state, parse_limit, spec_is_confidential
+from jupyter_cc.server.state import (
+    is_confidential,
+    kernel_state,
+    parse_limit,
+    refusal_state,
+    refusals,
+    spec_is_confidential,
+)
 
-__all__ = ["AuditHandler", "KernelAttestHandler", "KernelStateHandler", "routes"]
+__all__ = ["AuditHandler", "KernelAttestHandler", "KernelStateHandler", "RefusalsHandler", "routes"]
 
 AUTH_RESOURCE = "kernels"
 # Kernel ids are looked up, never interpreted, so any path segment is accepted; an unknown one is
@@ -47,11 +56,26 @@ class _BaseHandler(APIHandler):
         self.set_status(status)
         self._answer({"message": sentence, "reason": self._reason})
 
+    @property
+    def _root_dir(self) -> str | None:
+        root = getattr(self.serverapp, "root_dir", None) if self.serverapp is not None else None
+        return str(root) if root else None
+
+    def _refusal(self, kernel_id: str) -> Any | None:
+        """The kept refusal of a kernel refused at start with this id, if any."""
+        from jupyter_cc.provisioner import recent_refusals
+
+        return next((r for r in recent_refusals() if r.kernel_id == kernel_id), None)
+
     def _kernel(self, kernel_id: str) -> Any | None:
-        """The kernel's KernelManager, or None after answering 404."""
+        """The kernel's KernelManager, or None after answering 404 (409 for a refused kernel)."""
         manager = self.kernel_manager
         if kernel_id not in manager:
-            self._fail(404, f"There is no kernel with id {kernel_id!r} on this server.")
+            refusal = self._refusal(kernel_id)
+            if refusal is not None:
+                self._fail(409, f"Kernel {kernel_id} was refused at start: {refusal.sentence}")
+            else:
+                self._fail(404, f"There is no kernel with id {kernel_id!r} on this server.")
             return None
         return manager.get_kernel(kernel_id)
 
@@ -62,6 +86,11 @@ class KernelStateHandler(_BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, kernel_id: str) -> None:
+        if kernel_id not in self.kernel_manager:
+            refusal = self._refusal(kernel_id)
+            if refusal is not None:
+                self._answer(refusal_state(kernel_id, refusal, self._root_dir))
+                return
         km = self._kernel(kernel_id)
         if km is not None:
             self._answer(kernel_state(kernel_id, km))
@@ -123,6 +152,34 @@ class KernelAttestHandler(_BaseHandler):
             self.log.warning("jupyter_cc: re-attestation not in the audit log: %s", exc.diagnostics())
 
 
+class RefusalsHandler(_BaseHandler):
+    """``GET refusals``: the confidential kernels refused at start, newest first.
+
+    Optional filters ``kernel_name`` (the kernelspec) and ``path`` (the notebook, relative to
+    the server root), and ``limit`` (default 50, at most 1000). Each refusal carries the
+    dialog's text, its first sentence and the failed rules (see :mod:`jupyter_cc.server.state`).
+    """
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        from jupyter_cc.provisioner import recent_refusals
+
+        try:
+            limit = parse_limit(self.get_query_argument("limit", None))
+        except ValueError as exc:
+            self._fail(400, f"{str(exc)[0].upper()}{str(exc)[1:]}.")
+            return
+        found = refusals(
+            recent_refusals(),
+            kernel_name=self.get_query_argument("kernel_name", None) or None,
+            path=self.get_query_argument("path", None) or None,
+            limit=limit,
+            root_dir=self._root_dir,
+        )
+        self._answer({"refusals": found, "limit": limit})
+
+
 class AuditHandler(_BaseHandler):
     """``GET audit?limit=N``: the last N entries of the audit log (default 50, at most 1000)."""
 
@@ -150,5 +207,6 @@ def routes(base_url: str) -> list[tuple[str, type[APIHandler]]]:
     return [
         (url_path_join(api, "kernels", _KERNEL_ID) + "/?", KernelStateHandler),
         (url_path_join(api, "kernels", _KERNEL_ID, "attest") + "/?", KernelAttestHandler),
+        (url_path_join(api, "refusals") + "/?", RefusalsHandler),
         (url_path_join(api, "audit") + "/?", AuditHandler),
     ]

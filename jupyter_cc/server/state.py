@@ -13,7 +13,23 @@ below always present, so the JupyterLab front end never has to guess which are m
      "evidence_sha256": "...",        # digest of the evidence bundle judged last
      "source": "...",                 # where the guest read its evidence
      "gpu": null,                     # the attested GPU, if any
-     "error": null}                   # why a confidential kernel is NOT trusted (one sentence)
+     "error": null,                   # why a confidential kernel is NOT trusted (one sentence)
+     "refusal": null}                 # the kernel was refused at start: see refusal_json
+
+A kernel refused at start never exists in the kernel manager, but the provisioner keeps the
+refusal (:func:`jupyter_cc.provisioner.recent_refusals`): ``GET kernels/<its id>`` answers
+``confidential: false``, ``error`` (the dialog's first sentence) and ``refusal``, and
+``GET refusals`` lists the recent ones. A refusal (:func:`refusal_json`)::
+
+    {"kernel_id": "...", "kernel_name": "cc-prod", "display_name": "...",
+     "path": "analysis.ipynb",        # the notebook, relative to the server root, else null
+     "refused_at": "2026-01-01T12:00:00Z",
+     "check": "policy",               # the failed check
+     "sentence": "Confidential kernel not started: policy 'default' refused the sim-snp TEE.",
+     "message": "<the sentence>\n- <rule>\n...",   # the dialog's text, one failed rule a line
+     "rules": [{"rule": "allow_simulated", "expected": "...", "observed": "..."}],
+     "policy": "default", "evidence_kind": "sim-snp", "simulated": true,
+     "claims": {...}}                 # the claims of the refused evidence (policy refusals)
 
 A plain kernel (any provisioner without an attestation) is ``confidential: false`` with nulls and
 no error. A confidential kernel that was refused, failed a re-attestation (and was stopped:
@@ -23,7 +39,8 @@ front end can tell "not confidential" from "attestation FAILED".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, TypeGuard
 
 from jupyter_cc.kernelspec import PROVISIONER_NAME
@@ -39,6 +56,9 @@ __all__ = [
     "normalize",
     "parse_limit",
     "plain_state",
+    "refusal_json",
+    "refusal_state",
+    "refusals",
     "spec_is_confidential",
 ]
 
@@ -58,10 +78,11 @@ KEYS = (
     "source",
     "gpu",
     "error",
+    "refusal",
 )
 
 # Only meaningful while the kernel is trusted; blanked otherwise so a stale verdict never shows.
-_ATTESTATION_KEYS = tuple(key for key in KEYS if key not in ("kernel_id", "confidential", "error"))
+_ATTESTATION_KEYS = tuple(key for key in KEYS if key not in ("kernel_id", "confidential", "error", "refusal"))
 
 
 def plain_state(kernel_id: str, error: str | None = None) -> dict[str, Any]:
@@ -135,6 +156,70 @@ def kernel_state(kernel_id: str, kernel_manager: Any) -> dict[str, Any]:
             kernel_id, "the confidential kernel is not running, so it has no current attestation"
         )
     return plain_state(kernel_id)
+
+
+class KeptRefusal(Protocol):
+    """What the API uses of :class:`jupyter_cc.provisioner.Refusal`."""
+
+    @property
+    def kernel_id(self) -> str: ...
+
+    @property
+    def kernel_name(self) -> str: ...
+
+    @property
+    def sentence(self) -> str: ...
+
+    @property
+    def session_path(self) -> str | None: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+def refusal_json(refusal: KeptRefusal, root_dir: str | None = None) -> dict[str, Any]:
+    """A kept refusal as the API's JSON, with ``path`` relative to the server's root.
+
+    A session file outside ``root_dir`` (or without one) is ``path: null``: the API never shows
+    a filesystem path the contents API would not.
+    """
+    body = refusal.to_json()
+    path = None
+    if refusal.session_path and root_dir:
+        root = os.path.realpath(root_dir)
+        full = os.path.realpath(refusal.session_path)
+        if os.path.commonpath([root, full]) == root and full != root:
+            path = os.path.relpath(full, root).replace(os.sep, "/")
+    body["path"] = path
+    return body
+
+
+def refusal_state(kernel_id: str, refusal: KeptRefusal, root_dir: str | None = None) -> dict[str, Any]:
+    """The state of a kernel refused at start: not confidential, the sentence, the refusal."""
+    state = plain_state(kernel_id, refusal.sentence)
+    state["refusal"] = refusal_json(refusal, root_dir)
+    return state
+
+
+def refusals(
+    kept: Iterable[KeptRefusal],
+    *,
+    kernel_name: str | None = None,
+    path: str | None = None,
+    limit: int = DEFAULT_AUDIT_LIMIT,
+    root_dir: str | None = None,
+) -> list[dict[str, Any]]:
+    """``GET refusals``: the kept refusals (newest first), filtered by kernelspec and notebook."""
+    out: list[dict[str, Any]] = []
+    for refusal in kept:
+        if len(out) >= limit:
+            break
+        if kernel_name and refusal.kernel_name != kernel_name:
+            continue
+        body = refusal_json(refusal, root_dir)
+        if path and body["path"] != path.strip("/"):
+            continue
+        out.append(body)
+    return out
 
 
 def parse_limit(text: str | None) -> int:

@@ -6,9 +6,11 @@ import { requestAPI } from './request';
 import {
   IAuditEntry,
   IKernelAttestation,
+  IRefusal,
   IStatusView,
   KernelPhase,
   auditEntries,
+  pickRefusal,
   specIsConfidential,
   statusView
 } from './state';
@@ -49,6 +51,11 @@ export class AttestationModel {
 
   get attestation(): IKernelAttestation | null {
     return this._attestation;
+  }
+
+  /** The refusal the server kept for the followed document's last refused start, if any. */
+  get refusal(): IRefusal | null {
+    return this._refusal;
   }
 
   get audit(): IAuditEntry[] {
@@ -113,6 +120,7 @@ export class AttestationModel {
       attestation: this._attestation,
       fetchError: this._fetchError,
       startFailed: this._startFailed,
+      refusal: this._refusal,
       now
     });
   }
@@ -143,6 +151,7 @@ export class AttestationModel {
     this._attestation = null;
     this._fetchError = null;
     this._startFailed = null;
+    this._refusal = null;
     this._attemptConfidential = null;
     if (context) {
       context.kernelChanged.connect(this._onKernelChanged, this);
@@ -158,6 +167,9 @@ export class AttestationModel {
   async refresh(): Promise<void> {
     const kernelId = this.kernelId;
     if (!kernelId || this.isDisposed) {
+      if (this._startFailed && !this._refusal && !this.isDisposed) {
+        await this.refreshRefusal();
+      }
       this._emit(); // redraw "n min ago" and phase changes
       return;
     }
@@ -210,6 +222,39 @@ export class AttestationModel {
     await this.refreshAudit();
   }
 
+  /**
+   * Ask the server for the refusal of the followed document's refused start: no kernel exists,
+   * so it is found by kernelspec (the specs with the display name shown while starting) and path.
+   */
+  async refreshRefusal(): Promise<void> {
+    const ctx = this._context;
+    if (!ctx || !this._startFailed) {
+      return;
+    }
+    const attempt = this._attemptName;
+    const names: string[] = [];
+    const specs = this._specs.specs;
+    for (const [name, spec] of Object.entries(specs ? specs.kernelspecs : {})) {
+      if (spec && (spec.display_name === attempt || name === attempt)) {
+        names.push(name);
+      }
+    }
+    try {
+      const body = await requestAPI<unknown>('refusals?limit=50');
+      if (this._context !== ctx || !this._startFailed) {
+        return; // the document or its kernel changed while we asked
+      }
+      this._refusal = pickRefusal(body, {
+        kernelNames: names,
+        displayName: attempt,
+        path: ctx.path || null
+      });
+    } catch (error) {
+      this._fetchError = (error as Error).message;
+    }
+    this._emit();
+  }
+
   /** The last 20 audit entries, newest first. */
   async refreshAudit(): Promise<void> {
     try {
@@ -243,6 +288,7 @@ export class AttestationModel {
     this._fetchError = null;
     if (this.kernelId) {
       this._startFailed = null;
+      this._refusal = null;
     }
     this._emit();
     void this.refresh();
@@ -257,6 +303,7 @@ export class AttestationModel {
       // A (re)start: the old attestation no longer speaks for the kernel.
       this._attestation = null;
       this._startFailed = null;
+      this._refusal = null;
       this._attemptName = ctx.kernelDisplayName;
       this._attemptConfidential = this._confidentialByDisplayName(ctx.kernelDisplayName);
       if (this._attemptConfidential === null && ctx.session?.kernel?.name) {
@@ -310,6 +357,7 @@ export class AttestationModel {
   private _attestation: IKernelAttestation | null = null;
   private _fetchError: string | null = null;
   private _startFailed: string | null = null;
+  private _refusal: IRefusal | null = null;
   private _attemptConfidential: boolean | null = null;
   private _attemptName = '';
   private _wasStarting = false;

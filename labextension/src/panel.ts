@@ -1,3 +1,4 @@
+import { Clipboard } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { AttestationModel } from './model';
@@ -8,9 +9,25 @@ import {
   evidenceKind,
   failureReasons,
   formatValue,
+  IRefusal,
+  refusalDiagnostics,
+  refusalRules,
   relativeTime,
   teeName
 } from './state';
+
+/** Put `text` on the system clipboard (the async API where allowed, else a copy event). */
+async function copyText(text: string): Promise<void> {
+  if (navigator.clipboard && window.isSecureContext) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return;
+    } catch {
+      // fall back below (no permission, page not focused)
+    }
+  }
+  Clipboard.copyToSystem(text);
+}
 
 /** Create an element with a class and text (text only: claim values are never HTML). */
 function el<K extends keyof HTMLElementTagNameMap>(
@@ -96,6 +113,7 @@ export class AttestationPanel extends Widget {
     const model = this._model;
     const att = model.attestation;
     const view = model.view();
+    const refusal = att && att.refusal ? att.refusal : model.refusal;
     const now = Date.now();
     const c = this._content;
     c.textContent = '';
@@ -134,6 +152,16 @@ export class AttestationPanel extends Widget {
           `${passed ? 'PASSED' : 'FAILED'}: policy ${att.verdict.policy || '—'}`
         )
       );
+    } else if (refusal) {
+      verdict.append(
+        el(
+          'span',
+          'jp-cc-verdict-failed',
+          refusal.policy
+            ? `FAILED: policy ${refusal.policy} (refused at start)`
+            : 'FAILED (refused at start)'
+        )
+      );
     } else if (att && att.error) {
       verdict.append(el('span', 'jp-cc-verdict-failed', 'FAILED'));
     } else {
@@ -147,6 +175,9 @@ export class AttestationPanel extends Widget {
         list.append(el('li', undefined, r));
       }
       c.append(list);
+    }
+    if (refusal) {
+      c.append(this._refusalSection(refusal));
     }
 
     // When.
@@ -168,9 +199,14 @@ export class AttestationPanel extends Widget {
 
     // Claims.
     c.append(el('h3', undefined, 'Claims'));
-    const rows = claimRows(att ? att.claims : null);
+    const rows = claimRows(att && att.claims ? att.claims : refusal ? refusal.claims : null);
+    if (rows.length > 0 && !(att && att.claims) && refusal) {
+      c.append(el('p', 'jp-cc-Panel-tooltip', 'Claims of the evidence the policy refused:'));
+    }
     c.append(
-      rows.length > 0 ? table(rows, 'jp-cc-claims', 'claim') : el('p', 'jp-cc-empty', 'No claims.')
+      rows.length > 0
+        ? table(rows, 'jp-cc-claims', 'claim')
+        : el('p', 'jp-cc-empty', refusal ? 'No claims (no evidence was verified).' : 'No claims.')
     );
 
     // GPU.
@@ -213,6 +249,58 @@ export class AttestationPanel extends Widget {
       t.append(head, body);
       c.append(t);
     }
+  }
+
+  /** The refused start: its sentence, a table of the failed rules and "Copy diagnostics". */
+  private _refusalSection(refusal: IRefusal): HTMLElement {
+    const section = el('div', 'jp-cc-refusal');
+    section.append(el('h3', undefined, 'Refused at start'));
+    section.append(el('p', 'jp-cc-refusal-sentence jp-cc-error', refusal.sentence));
+    const rules = refusalRules(refusal);
+    if (rules.length > 0) {
+      const t = el('table', 'jp-cc-table jp-cc-rules');
+      const head = el('thead');
+      const hr = el('tr');
+      for (const h of ['failed rule', 'expected', 'observed']) {
+        hr.append(el('th', undefined, h));
+      }
+      head.append(hr);
+      const body = el('tbody');
+      for (const r of rules) {
+        const tr = el('tr');
+        tr.dataset.rule = r.rule;
+        tr.append(
+          el('th', 'jp-cc-rule-name', r.rule),
+          el('td', 'jp-cc-rule-expected', r.expected),
+          el('td', 'jp-cc-rule-observed', r.observed)
+        );
+        body.append(tr);
+      }
+      t.append(head, body);
+      section.append(t);
+    }
+    const when = refusal.refused_at ? `refused at ${refusal.refused_at}` : '';
+    const who = [refusal.display_name, refusal.kernel_name ? `(${refusal.kernel_name})` : '', when]
+      .filter(Boolean)
+      .join(' ');
+    if (who) {
+      section.append(el('p', 'jp-cc-Panel-tooltip', who));
+    }
+    const copy = el('button', 'jp-mod-styled jp-cc-copy-diagnostics', 'Copy diagnostics');
+    copy.type = 'button';
+    copy.title = 'Copy the full diagnostics of this refusal (sentence, failed rules, claims)';
+    copy.addEventListener('click', () => {
+      void copyText(refusalDiagnostics(refusal)).then(
+        () => {
+          copy.textContent = 'Copied';
+        },
+        () => {
+          copy.textContent = 'Copy failed';
+        }
+      );
+    });
+    section.append(copy);
+    return section;
   }
 
   private _model: AttestationModel;

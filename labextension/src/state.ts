@@ -27,6 +27,38 @@ export interface IKernelAttestation {
   source?: string | null;
   gpu?: { [key: string]: unknown } | null;
   error?: string | null;
+  /** The kernel was refused at start (a refused kernel's id only). */
+  refusal?: IRefusal | null;
+}
+
+/** One failed policy rule of a refusal: its name, what the policy expects, what was observed. */
+export interface IRefusalRule {
+  rule: string;
+  expected: string;
+  observed: string;
+}
+
+/**
+ * A confidential kernel refused at start, as the server extension keeps it
+ * (`GET /jupyter-cc/api/refusals`, jupyter_cc.server.state): no kernel exists to ask.
+ */
+export interface IRefusal {
+  kernel_id?: string | null;
+  kernel_name?: string | null;
+  display_name?: string | null;
+  /** The notebook, relative to the server root (null: not known). */
+  path?: string | null;
+  refused_at?: string | null;
+  check?: string | null;
+  /** The dialog's first sentence. */
+  sentence: string;
+  /** The dialog's text: the sentence, then one failed rule a line. */
+  message?: string | null;
+  rules?: IRefusalRule[] | null;
+  policy?: string | null;
+  evidence_kind?: string | null;
+  simulated?: boolean | null;
+  claims?: { [key: string]: unknown } | null;
 }
 
 /** One entry of `GET /jupyter-cc/api/audit?limit=N`. */
@@ -62,6 +94,8 @@ export interface IStatusInput {
   fetchError?: string | null;
   /** A confidential kernel's start was refused (the kernel never came up). */
   startFailed?: string | null;
+  /** The refusal the server kept for that start, once it is known. */
+  refusal?: IRefusal | null;
   /** Milliseconds since the epoch. */
   now: number;
 }
@@ -188,6 +222,18 @@ function view(level: Level, label: string, tooltip: string): IStatusView {
 export function statusView(input: IStatusInput): IStatusView {
   const who = input.kernelName ? `${input.kernelName}: ` : '';
   if (input.startFailed) {
+    const refusal = input.refusal;
+    if (refusal) {
+      const rules = refusalRules(refusal).map(ruleText);
+      return view(
+        'failed',
+        'attestation FAILED',
+        [
+          `${refusal.display_name ? `${refusal.display_name}: ` : ''}${refusal.sentence}`,
+          ...rules
+        ].join('\n')
+      );
+    }
     return view(
       'failed',
       'attestation FAILED',
@@ -334,4 +380,108 @@ export function specIsConfidential(
     (prov as { provisioner_name?: unknown }).provisioner_name ===
       'confidential-provisioner'
   );
+}
+
+/** The well-formed rules of a refusal. */
+export function refusalRules(refusal: IRefusal | null | undefined): IRefusalRule[] {
+  if (!refusal || !Array.isArray(refusal.rules)) {
+    return [];
+  }
+  return refusal.rules.filter(
+    (r): r is IRefusalRule =>
+      !!r &&
+      typeof r === 'object' &&
+      typeof r.rule === 'string' &&
+      typeof r.expected === 'string' &&
+      typeof r.observed === 'string'
+  );
+}
+
+/** One failed rule as the dialog writes it: `name: expected X, observed Y`. */
+export function ruleText(rule: IRefusalRule): string {
+  return `${rule.rule}: expected ${rule.expected}, observed ${rule.observed}`;
+}
+
+/** The refusals of `GET refusals` (`{refusals: [...]}` or a bare list), as the server sent them. */
+export function refusalList(body: unknown): IRefusal[] {
+  let list: unknown = body;
+  if (body && typeof body === 'object' && !Array.isArray(body)) {
+    list = (body as { refusals?: unknown }).refusals;
+  }
+  if (!Array.isArray(list)) {
+    return [];
+  }
+  return list.filter(
+    (r): r is IRefusal =>
+      !!r && typeof r === 'object' && typeof (r as IRefusal).sentence === 'string'
+  );
+}
+
+/** Which start a refusal must belong to: the kernelspec(s) tried and the notebook. */
+export interface IRefusalQuery {
+  /** Kernelspec names the attempt may have used (those with its display name). */
+  kernelNames: string[];
+  /** The display name shown while the kernel was starting. */
+  displayName?: string | null;
+  /** The notebook or console path (null: not known). */
+  path?: string | null;
+}
+
+/**
+ * The newest refusal (the server lists newest first) of this start: same kernelspec (by name,
+ * else by display name) and not another notebook's (a refusal with a known, different path).
+ */
+export function pickRefusal(body: unknown, query: IRefusalQuery): IRefusal | null {
+  const path = query.path ? query.path.replace(/^\/+/, '') : null;
+  for (const r of refusalList(body)) {
+    const byName = !!r.kernel_name && query.kernelNames.includes(r.kernel_name);
+    const byDisplay = !!query.displayName && r.display_name === query.displayName;
+    if (!byName && !byDisplay) {
+      continue;
+    }
+    if (path && r.path && r.path !== path) {
+      continue;
+    }
+    return r;
+  }
+  return null;
+}
+
+/**
+ * The full diagnostics of a refusal as plain text, for the clipboard (a bug report or a
+ * message to the CVM's operator): the dialog's text, then every field and claim, one a line.
+ */
+export function refusalDiagnostics(refusal: IRefusal): string {
+  const lines: string[] = [refusal.message || refusal.sentence, ''];
+  const field = (name: string, value: unknown): void => {
+    if (value !== null && value !== undefined && value !== '') {
+      lines.push(`${name}: ${formatValue(value)}`);
+    }
+  };
+  field('kernel', refusal.display_name);
+  field('kernelspec', refusal.kernel_name);
+  field('kernel id', refusal.kernel_id);
+  field('notebook', refusal.path);
+  field('refused at', refusal.refused_at);
+  field('failed check', refusal.check);
+  field('policy', refusal.policy);
+  field('evidence kind', refusal.evidence_kind);
+  if (refusal.simulated) {
+    lines.push(SIMULATED_BANNER);
+  }
+  const rules = refusalRules(refusal);
+  if (rules.length > 0) {
+    lines.push('', 'failed rules:');
+    for (const r of rules) {
+      lines.push(`- ${r.rule}`, `  expected: ${r.expected}`, `  observed: ${r.observed}`);
+    }
+  }
+  const claims = claimRows(refusal.claims);
+  if (claims.length > 0) {
+    lines.push('', 'claims of the refused evidence:');
+    for (const [k, v] of claims) {
+      lines.push(`  ${k}: ${v}`);
+    }
+  }
+  return lines.join('\n') + '\n';
 }

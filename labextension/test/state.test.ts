@@ -4,12 +4,19 @@ import { describe, it } from 'node:test';
 
 import {
   IKernelAttestation,
+  IRefusal,
   IStatusInput,
+  SIMULATED_BANNER,
   auditEntries,
   auditSummary,
   claimRows,
   failureReasons,
+  pickRefusal,
+  refusalDiagnostics,
+  refusalList,
+  refusalRules,
   relativeTime,
+  ruleText,
   specIsConfidential,
   statusView,
   teeName
@@ -190,5 +197,120 @@ describe('panel helpers', () => {
     );
     assert.equal(specIsConfidential({ kernel_provisioner: { provisioner_name: 'local-provisioner' } }), false);
     assert.equal(specIsConfidential(undefined), false);
+  });
+});
+
+function refusal(over: Partial<IRefusal> = {}): IRefusal {
+  return {
+    kernel_id: 'r1',
+    kernel_name: 'cc-sim-refused',
+    display_name: 'Confidential Python (refused)',
+    path: 'cc-sim.ipynb',
+    refused_at: '2026-03-01T11:59:00Z',
+    check: 'policy',
+    sentence: "Confidential kernel not started: policy 'default' refused the sim-snp TEE.",
+    message:
+      "Confidential kernel not started: policy 'default' refused the sim-snp TEE.\n" +
+      '- allow_simulated: expected a hardware TEE, observed SIMULATED evidence',
+    rules: [
+      { rule: 'allow_simulated', expected: 'a hardware TEE', observed: 'SIMULATED evidence' }
+    ],
+    policy: 'default',
+    evidence_kind: 'sim-snp',
+    simulated: true,
+    claims: { tee: 'sim-snp', measurement: 'ab'.repeat(48), tcb: { snp: 8 } },
+    ...over
+  };
+}
+
+describe('refusals', () => {
+  it('reads the refusals answer and keeps only well-formed rules', () => {
+    assert.deepEqual(refusalList({ refusals: [refusal(), { nope: 1 }, null] }), [refusal()]);
+    assert.deepEqual(refusalList([refusal()]), [refusal()]);
+    assert.deepEqual(refusalList({ refusals: 'x' }), []);
+    assert.deepEqual(refusalList(null), []);
+    const odd = refusal({
+      rules: [
+        { rule: 'a', expected: 'x', observed: 'y' },
+        { rule: 'b' } as unknown as { rule: string; expected: string; observed: string }
+      ]
+    });
+    assert.deepEqual(refusalRules(odd).map(r => r.rule), ['a']);
+    assert.deepEqual(refusalRules(refusal({ rules: null })), []);
+    assert.equal(
+      ruleText(refusalRules(refusal())[0]),
+      'allow_simulated: expected a hardware TEE, observed SIMULATED evidence'
+    );
+  });
+
+  it('picks the newest refusal of this kernelspec and notebook', () => {
+    const other = refusal({ kernel_id: 'r0', path: 'other.ipynb' });
+    const mine = refusal({ kernel_id: 'r2' });
+    const noPath = refusal({ kernel_id: 'r3', path: null });
+    const elsewhere = refusal({ kernel_id: 'r4', kernel_name: 'cc-x', display_name: 'X' });
+    const body = { refusals: [elsewhere, other, mine, noPath] };
+    const query = {
+      kernelNames: ['cc-sim-refused'],
+      displayName: 'Confidential Python (refused)',
+      path: 'cc-sim.ipynb'
+    };
+    assert.equal(pickRefusal(body, query)?.kernel_id, 'r2');
+    assert.equal(pickRefusal(body, { ...query, path: '/cc-sim.ipynb' })?.kernel_id, 'r2');
+    // Path unknown on either side: the newest of the kernelspec.
+    assert.equal(pickRefusal(body, { ...query, path: null })?.kernel_id, 'r0');
+    assert.equal(pickRefusal({ refusals: [noPath] }, query)?.kernel_id, 'r3');
+    // By display name when the kernelspec name is not known.
+    assert.equal(
+      pickRefusal(body, { kernelNames: [], displayName: 'X', path: 'cc-sim.ipynb' })?.kernel_id,
+      'r4'
+    );
+    assert.equal(pickRefusal(body, { kernelNames: ['nope'], displayName: 'nope' }), null);
+    assert.equal(pickRefusal({ refusals: [other] }, query), null);
+  });
+
+  it('writes the full diagnostics: the dialog text, fields, rules and claims', () => {
+    const text = refusalDiagnostics(refusal());
+    const lines = text.split('\n');
+    assert.equal(lines[0], "Confidential kernel not started: policy 'default' refused the sim-snp TEE.");
+    assert.equal(lines[1], '- allow_simulated: expected a hardware TEE, observed SIMULATED evidence');
+    for (const want of [
+      'kernel: Confidential Python (refused)',
+      'kernelspec: cc-sim-refused',
+      'kernel id: r1',
+      'notebook: cc-sim.ipynb',
+      'refused at: 2026-03-01T11:59:00Z',
+      'failed check: policy',
+      'policy: default',
+      'evidence kind: sim-snp',
+      SIMULATED_BANNER,
+      '- allow_simulated',
+      '  expected: a hardware TEE',
+      '  observed: SIMULATED evidence',
+      `  measurement: ${'ab'.repeat(48)}`,
+      '  tcb.snp: 8'
+    ]) {
+      assert.ok(lines.includes(want), `missing line ${JSON.stringify(want)} in\n${text}`);
+    }
+    const plain = refusalDiagnostics(
+      refusal({ message: null, rules: [], claims: null, simulated: false, path: null })
+    );
+    assert.ok(plain.startsWith(refusal().sentence));
+    assert.ok(!plain.includes('failed rules') && !plain.includes('claims'));
+    assert.ok(!plain.includes('notebook:') && !plain.includes(SIMULATED_BANNER));
+  });
+
+  it('puts the refusal sentence and its rules in the status tooltip', () => {
+    const v = statusView(
+      input({ phase: 'none', startFailed: 'x did not start', refusal: refusal() })
+    );
+    assert.equal(v.level, 'failed');
+    assert.equal(v.label, 'attestation FAILED');
+    assert.equal(
+      v.tooltip,
+      "Confidential Python (refused): Confidential kernel not started: policy 'default' " +
+        'refused the sim-snp TEE.\nallow_simulated: expected a hardware TEE, observed SIMULATED evidence'
+    );
+    const before = statusView(input({ phase: 'none', startFailed: 'x did not start' }));
+    assert.match(before.tooltip, /refused at start: x did not start/);
   });
 });

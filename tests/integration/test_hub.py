@@ -4,6 +4,7 @@ OpenSSH sshd fixture and the simulated TEE standing in for the confidential VM."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -56,6 +57,19 @@ def wait_for(predicate: Any, timeout: float = 20, what: str = "condition") -> No
     raise AssertionError(f"timed out waiting for {what}")
 
 
+USERS = ("alice", "bob", "carol")
+
+# carol's server starts without --allow-root: as root (the test sshd runs as root here) the
+# single-user server refuses to run and exits while starting.
+NO_ALLOW_ROOT_FOR_CAROL = """
+c.Authenticator.allowed_users = {"alice", "bob", "carol"}
+def _drop_allow_root(spawner):
+    if spawner.user.name == "carol":
+        spawner.args = [a for a in spawner.args if a != "--allow-root"]
+c.Spawner.pre_spawn_hook = _drop_allow_root
+"""
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory, sshd: Sshd) -> Iterator[Hub]:
     from tests.support.env import need_tool
@@ -80,13 +94,14 @@ def hub(tmp_path_factory: pytest.TempPathFactory, sshd: Sshd) -> Iterator[Hub]:
         "args": ["--allow-root"] if os.geteuid() == 0 else [],
     }
     token = os.urandom(16).hex()
-    hub = Hub(work, hub_config(work=work, token=token, spawner=spawner, chp=chp), token).start()
-    for name in ("alice", "bob"):
+    config = hub_config(work=work, token=token, spawner=spawner, chp=chp, extra=NO_ALLOW_ROOT_FOR_CAROL)
+    hub = Hub(work, config, token).start()
+    for name in USERS:
         hub.request("POST", f"/hub/api/users/{name}")
     try:
         yield hub
     finally:
-        for name in ("alice", "bob"):
+        for name in USERS:
             try:
                 hub.request("DELETE", f"/hub/api/users/{name}/server", timeout=30)
             except OSError:
@@ -132,12 +147,45 @@ def test_refusing_policy_names_the_rule_and_leaves_nothing(hub: Hub) -> None:
     events = spawn(hub, "bob", token, {"profile": "strict"})
     last = events[-1]
     assert last.get("failed"), events
-    assert "policy check failed" in last["message"]
-    assert "allow_simulated" in last["message"]
-    assert "hardware-only" in last["message"]
+    # One sentence, then each failed rule on its own line: in the failure and in progress().
+    sentence, *rules = last["message"].split("\n")
+    assert sentence == (
+        "Spawn failed: The confidential VM 127.0.0.1 was not used: "
+        "policy 'hardware-only' refused the sim-snp TEE."
+    )
+    assert rules and all(r.startswith("- ") for r in rules), last["message"]
+    assert any(r.startswith("- allow_simulated: expected a hardware TEE") for r in rules), rules
+    # The spawn pending page shows html_message: the sentence, then the rules as an escaped list.
+    assert "<ul><li>allow_simulated: expected a hardware TEE" in last["html_message"]
+    # progress() sent the refusal with its rules too (the Hub replays only the failure to a
+    # reader that came after it, so the spawner's own event is also read from the Hub's log).
+    for refused in [e for e in events if str(e.get("message", "")).startswith("Refused: ")]:
+        assert refused["message"].split("\n")[1:] == rules
+        assert [f"- {r}" for r in refused["rules"]] == rules
+    assert "Refused: The confidential VM 127.0.0.1 was not used" in hub.log_tail(20000)
+    assert re.search(r"\n\s*- allow_simulated: expected a hardware TEE", hub.log_tail(20000))
     wait_for(lambda: not guest_agents(), what="the refused guest agent to exit")
     assert guest_servers() == []
     assert server_state(hub, "bob") == {}
+
+
+def test_server_that_exits_while_starting_names_the_cause(hub: Hub) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the single-user server refuses to start only as root (this sshd is not root)")
+    token = user_token(hub, "carol")
+    events = spawn(hub, "carol", token, {})
+    last = events[-1]
+    assert last.get("failed"), events
+    # The line that explains the exit (error level), not the server's last or first line.
+    assert "Running as root is not recommended. Use --allow-root to bypass." in last["message"], last[
+        "message"
+    ]
+    assert "Skipped non-installed" not in last["message"]
+    assert last["message"].startswith(
+        "Spawn failed: The server did not start in the confidential VM 127.0.0.1"
+    )
+    wait_for(lambda: not guest_servers(), what="the failed server to be gone")
+    assert server_state(hub, "carol") == {}
 
 
 def test_spawn_progress_proxy_restart_and_stop(hub: Hub) -> None:

@@ -210,8 +210,10 @@ async def test_kernel_whose_evidence_fails_policy_never_starts(sshd: Sshd, kerne
     with pytest.raises(KernelRefusedError) as info:
         await km.start_kernel()
     message = str(info.value)
-    assert message.startswith("Confidential kernel not started: policy check failed:")
-    assert "allow_simulated: expected a hardware TEE" in message
+    first, *rules = message.split("\n")
+    assert first == "Confidential kernel not started: policy 'default' refused the sim-snp TEE."
+    assert rules[0].startswith("- allow_simulated: expected a hardware TEE")
+    assert [f"- {r}" for r in info.value.rules] == rules
     assert km.provisioner.attestation is None
     time.sleep(0.5)
     assert not (set(guest_processes()) - before)
@@ -418,6 +420,6 @@ async def test_a_failed_reattestation_stops_the_kernel(sshd: Sshd, kernel_dir: P
             await asyncio.sleep(0.2)
         assert not await km.is_alive()
         assert km.provisioner.attestation is None
-        assert "policy 'tightened' rejected" in (km.provisioner.attestation_error or "")
+        assert "policy 'tightened' refused" in (km.provisioner.attestation_error or "")
     finally:
         await km.shutdown_kernel(now=True)

@@ -443,7 +443,7 @@ def _km(provisioner: Any, provisioner_name: str | None = None) -> SimpleNamespac
 def test_state_attested() -> None:
     got = state.kernel_state("k1", _km(FakeProvisioner(GOOD)))
     assert list(got) == list(state.KEYS)
-    assert got == {"kernel_id": "k1", **GOOD, "error": None}
+    assert got == {"kernel_id": "k1", **GOOD, "error": None, "refusal": None}
 
 
 def test_state_drops_unknown_keys_and_fills_missing() -> None:
@@ -468,8 +468,50 @@ def test_state_plain_kernel() -> None:
         "source": None,
         "gpu": None,
         "error": None,
+        "refusal": None,
     }
     assert state.kernel_state("k3", _km(None)) == state.plain_state("k3")
+
+
+def test_refusal_json_shows_only_a_path_under_the_root(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from jupyter_cc.policy import Reason
+    from jupyter_cc.provisioner import Refusal
+
+    def refusal(session: str | None, name: str = "cc") -> Refusal:
+        return Refusal(
+            kernel_id="k9",
+            kernel_name=name,
+            display_name="CC",
+            refused_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+            check="policy",
+            message="Confidential kernel not started: policy 'p' refused the sim-snp TEE.\n"
+            "- r: expected a, observed b",
+            rules=(Reason("r", "a", "b"),),
+            session_path=session,
+        )
+
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    inside = refusal(str(root / "sub" / "n.ipynb"))
+    body = state.refusal_json(inside, str(root))
+    assert body["path"] == "sub/n.ipynb"
+    assert body["sentence"] == "Confidential kernel not started: policy 'p' refused the sim-snp TEE."
+    assert body["rules"] == [{"rule": "r", "expected": "a", "observed": "b"}]
+    assert body["refused_at"] == "2026-01-02T03:04:05Z"
+    assert "session_path" not in body
+    for outside in (str(tmp_path / "elsewhere.ipynb"), str(root), None):
+        assert state.refusal_json(refusal(outside), str(root))["path"] is None
+    assert state.refusal_json(inside, None)["path"] is None
+    got = state.refusal_state("k9", inside, str(root))
+    assert list(got) == list(state.KEYS)
+    assert (got["confidential"], got["error"], got["refusal"]) == (False, inside.sentence, body)
+    kept = [refusal(str(root / "a.ipynb"), "x"), inside, refusal(None, "x")]
+    assert [r["path"] for r in state.refusals(kept, root_dir=str(root))] == ["a.ipynb", "sub/n.ipynb", None]
+    assert [r["path"] for r in state.refusals(kept, kernel_name="x", root_dir=str(root))] == ["a.ipynb", None]
+    assert len(state.refusals(kept, path="/sub/n.ipynb", root_dir=str(root))) == 1
+    assert len(state.refusals(kept, limit=1)) == 1
 
 
 def test_state_refused_or_lost_attestation_has_the_sentence() -> None:

@@ -62,7 +62,7 @@ def rejected_state() -> dict[str, Any]:
     s.update(
         confidential=False,
         passed=False,
-        error="policy 'prod' rejected the sim-snp TEE: ...",
+        error="policy 'prod' refused the sim-snp TEE: ...",
         reasons=list(REASONS),
         verdict={"passed": False, "policy": "prod", "reasons": list(REASONS)},
     )
@@ -145,7 +145,10 @@ def test_mimebundle_has_the_widget_view_and_the_fallbacks() -> None:
     card = AttestationCard(simulated_state())
     bundle = card._repr_mimebundle_()
     assert WIDGET_VIEW in bundle and bundle[WIDGET_VIEW]["model_id"] == card.model_id
-    assert bundle["text/html"] == card.html == card.value
+    # The widget and the bundle's HTML both hide the static copy where they render.
+    assert bundle["text/html"] == card.value
+    assert card.value.endswith(card.html)
+    assert f'.jupyter-cc-card-copy[data-cc-card="{card.card_id}"]{{display:none}}' in card.value
     assert bundle["text/plain"] == card.text
     assert card._repr_html_() == card.html
     assert repr(card) == "AttestationCard(passed=True, simulated=True)"
@@ -181,8 +184,41 @@ def test_card_renders_in_nbconvert_output_without_widget_state(
     NotebookClient(
         nb, timeout=60, store_widget_state=False, resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
-    [output] = nb.cells[1].outputs
+    output, copy = nb.cells[1].outputs
     assert {"text/html", "text/plain", WIDGET_VIEW} <= set(output["data"])
+    assert copy["metadata"] == {"jupyter_cc": {"card": "copy"}}  # hidden by the bundle's HTML
     body, _ = HTMLExporter().from_notebook_node(nb)
     assert "jupyter-cc-attestation jupyter-cc-simulated" in body
     assert SIMULATED_BANNER in body
+
+
+def test_display_emits_the_bundle_and_a_static_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Displayed, a card is its bundle plus a text/html-only copy for renderers without widgets."""
+    import IPython.display
+
+    from jupyter_cc.notebook.session import replay_output
+
+    shown: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def record(data: dict[str, Any], raw: bool = False, metadata: Any = None, **kw: Any) -> None:
+        shown.append((data, metadata or {}))
+
+    monkeypatch.setattr(IPython.display, "display", record)
+    card = AttestationCard(simulated_state())
+    card._ipython_display_()
+    (bundle, _), (copy, meta) = shown
+    assert {WIDGET_VIEW, "text/html", "text/plain"} <= set(bundle)
+    assert set(copy) == {"text/html"} and meta == {"jupyter_cc": {"card": "copy"}}
+    assert f'class="jupyter-cc-card-copy" data-cc-card="{card.card_id}"' in copy["text/html"]
+    assert card.html in copy["text/html"] and SIMULATED_BANNER in copy["text/html"]
+
+    # Relayed from a confidential kernel: no copy, and no widget view whose model is over there.
+    relayed: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        IPython.display, "publish_display_data", lambda data, metadata=None: relayed.append(data)
+    )
+    for data, metadata in shown:
+        replay_output(
+            {"header": {"msg_type": "display_data"}, "content": {"data": data, "metadata": metadata}}
+        )
+    assert relayed == [{k: v for k, v in bundle.items() if k != WIDGET_VIEW}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -18,8 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jupyter_cc.attest import azure, tpm
+from jupyter_cc.attest.binding import expected_report_data
 from jupyter_cc.attest.certs import load_certificates
 from jupyter_cc.attest.claims import Claims
+from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bundle
 from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.errors import BindingError, CCError, FormatError, InputError, SignatureError
 from tests.support import azure_builder as ab
@@ -672,3 +675,48 @@ def test_az_tdx_vtpm_end_to_end(
         azure.verify_az_tdx_vtpm(data, td_quote=bytes(quote), at=AT, roots=roots)
     with pytest.raises(CCError):  # the test root is not a pinned Intel root
         azure.verify_az_tdx_vtpm(data, td_quote=td_quote_for(tdx_pki, td), at=AT)
+
+
+def az_tdx_bundle(pki: Any, ak: rsa.RSAPrivateKey, nonce: bytes, host_key: bytes, tpm_nonce: bytes) -> bytes:
+    """An az-tdx-vtpm bundle as the guest agent sends it, its TPM quote made over ``tpm_nonce``."""
+    var = ab.runtime_json(ak.public_key(), secure_boot=False, user_data=expected_report_data(nonce, host_key))
+    hcl = ab.hcl_report(ab.td_report(), var, report_type=4)
+    td = azure.verify_hcl_binding(hcl).td_report()
+    msg = ab.tpms_attest(tpm_nonce)
+    evidence = {
+        "report": hcl,
+        "td_quote": td_quote_for(pki, td),
+        "tpm_quote": msg,
+        "tpm_sig": ab.tpmt_signature(ab.tpm_sign(ak, msg)),
+    }
+    return serialize_bundle(
+        "az-tdx-vtpm",
+        {k: base64.b64encode(v).decode() for k, v in evidence.items()},
+        nonce=nonce,
+        host_key_sha256=host_key,
+        source="azure-vtpm",
+        collected_at="2024-06-01T00:00:00Z",
+    )
+
+
+def test_az_tdx_vtpm_bundle_checks_the_tpm_quote_and_its_nonce(tdx_pki: Any, ak: rsa.RSAPrivateKey) -> None:
+    """The TDX vTPM path judges the bundle's TPM quote exactly as the SNP one does."""
+    roots = TrustStore.of(tdx_pki.anchor)
+    nonce, host_key = bytes(range(32)), b"\x07" * 32
+    bound = expected_report_data(nonce, host_key)[:32]
+    good = parse_bundle(az_tdx_bundle(tdx_pki, ak, nonce, host_key, bound))
+    claims = verify_bundle(good, at=AT, nonce=nonce, host_key_sha256=host_key, roots=roots)
+    assert claims.kind == "az-tdx-vtpm"
+    assert claims.get("tpm_quote")["nonce"] == bound.hex()
+    # A TPM quote made for another nonce (a replayed or relayed one): refused.
+    replayed = parse_bundle(az_tdx_bundle(tdx_pki, ak, nonce, host_key, b"\x99" * 32))
+    with pytest.raises(BindingError, match="nonce"):
+        verify_bundle(replayed, at=AT, nonce=nonce, host_key_sha256=host_key, roots=roots)
+    # A TPM quote signed by another key than the HCL report's HCLAkPub: refused.
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    doc = json.loads(az_tdx_bundle(tdx_pki, ak, nonce, host_key, bound))
+    msg = ab.tpms_attest(bound)
+    doc["evidence"]["tpm_sig"] = base64.b64encode(ab.tpmt_signature(ab.tpm_sign(other, msg))).decode()
+    doc["evidence"]["tpm_quote"] = base64.b64encode(msg).decode()
+    with pytest.raises(SignatureError):
+        verify_bundle(parse_bundle(json.dumps(doc).encode()), at=AT, roots=roots)

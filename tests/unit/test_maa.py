@@ -605,3 +605,21 @@ def test_arbitrary_headers_are_refused_with_a_ccerror(key: rsa.RSAPrivateKey, he
         return
     with pytest.raises(CCError):
         verify_maa(mint(key, header=header), jwks_of(jwk_ne(key)), at=NOW)
+
+
+# --- policy rules on the token's hardware claims ----------------------------------------------
+
+
+@pytest.mark.vectors
+def test_snp_rules_are_judged_against_the_real_token(real: tuple[str, bytes]) -> None:
+    from jupyter_cc.policy import Policy, appraise
+
+    token, jwks = real
+    claims = verify_maa(token, jwks, at=INSIDE, issuer=ISSUER)
+    attack = Policy.from_toml(
+        f'tee = ["maa"]\n[snp]\nmeasurement = ["{"00" * 48}"]\nmin_tcb = {{ snp = 250 }}'
+    )
+    verdict = appraise(claims, attack)
+    assert not verdict.passed
+    assert [r.rule for r in verdict.reasons] == ["snp.measurement", "snp.min_tcb.snp"]
+    assert verdict.reasons[1].observed == "21"

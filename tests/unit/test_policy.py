@@ -124,7 +124,10 @@ def test_tdx_rules() -> None:
 
 def test_azure_rules_fail_closed_when_the_claim_is_absent() -> None:
     policy = Policy.from_toml('[azure]\ncompliance_status = "azure-compliant-cvm"\nsecure_boot = true')
-    assert rules(appraise(snp_claims(), policy)) == ["azure.compliance_status", "azure.secure_boot"]
+    # Without tee, only the kind that carries both claims is accepted (MAA tokens).
+    assert policy.accepted_kinds() == ("maa",)
+    assert rules(appraise(snp_claims(), policy)) == ["tee", "azure.compliance_status", "azure.secure_boot"]
+    assert rules(appraise(snp_claims(kind="maa"), policy)) == ["azure.compliance_status", "azure.secure_boot"]
     good = snp_claims(kind="maa", compliance_status="azure-compliant-cvm", secure_boot=True)
     assert appraise(good, policy).passed
 
@@ -171,3 +174,147 @@ def test_policy_errors_name_the_file(tmp_path) -> None:  # type: ignore[no-untyp
     assert info.value.diagnostics().startswith(f"{path}: allow_simulated must be true or false")
     with pytest.raises(InputError, match="cannot read policy file"):
         Policy.load(tmp_path / "missing.toml")
+
+
+# --- every stated rule is judged for every accepted kind ----------------------------------------
+
+
+def maa_claims(**details: object) -> Claims:
+    base: dict[str, object] = {
+        "attestation_type": "sevsnpvm",
+        "measurement": M1,
+        "host_data": "0" * 64,
+        "vmpl": 0,
+        "reported_tcb": {"bootloader": 4, "tee": 0, "snp": 21, "microcode": 211},
+        "compliance_status": "azure-compliant-cvm",
+        "secure_boot": True,
+    }
+    base.update(details)
+    return Claims(kind="maa", simulated=False, debug=False, report_data=bytes(64), details=base)
+
+
+def test_snp_and_tdx_rules_are_judged_against_maa_tokens() -> None:
+    policy = Policy.from_toml(f'tee = ["maa"]\n[snp]\nmeasurement = ["{M2}"]\nmin_tcb = {{ snp = 250 }}')
+    assert rules(appraise(maa_claims(), policy)) == ["snp.measurement", "snp.min_tcb.snp"]
+    assert appraise(maa_claims(), Policy.from_toml(f'tee = ["maa"]\n[snp]\nmeasurement = ["{M1}"]')).passed
+    # A TDX-backed token under a policy with only [snp] rules fails those rules, it is not waved through.
+    tdx_token = maa_claims(attestation_type="tdxvm", measurement=None, mrtd=M1, rtmr=[M1] * 4)
+    assert rules(appraise(tdx_token, Policy.from_toml(f'tee = ["maa"]\n[snp]\nmeasurement = ["{M1}"]'))) == [
+        "snp.measurement"
+    ]
+    both = Policy.from_toml(f'tee = ["maa"]\n[snp]\nmeasurement = ["{M1}"]\n[tdx]\nmrtd = ["{M1}"]')
+    assert appraise(tdx_token, both).passed and appraise(maa_claims(), both).passed
+    assert rules(appraise(maa_claims(attestation_type="azurevm", measurement=None), both)) == [
+        "snp.measurement",
+        "tdx.mrtd",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('tee = ["maa"]\n[snp]\nproduct = ["Milan"]', "[snp] product cannot be judged for evidence kind maa"),
+        (
+            'tee = ["maa"]\n[snp]\nmin_tcb = { fmc = 1 }',
+            "[snp] min_tcb.fmc cannot be judged for evidence kind maa",
+        ),
+        (
+            'tee = ["maa"]\n[tdx]\ntcb_status = ["UpToDate"]',
+            "[tdx] tcb_status cannot be judged for evidence kind maa",
+        ),
+        (f'tee = ["snp"]\n[tdx]\nmrtd = ["{M1}"]', "[tdx] mrtd is not judged for evidence kind snp"),
+        (
+            f'tee = ["snp", "tdx"]\n[snp]\nmeasurement = ["{M1}"]',
+            "[snp] measurement is not judged for evidence kind tdx",
+        ),
+        ('tee = ["nvidia"]\n[snp]\nvmpl = 0', "[snp] vmpl is not judged for evidence kind nvidia"),
+        (
+            f'tee = ["snp", "maa"]\n[snp]\nvmpl = 0\n[tdx]\nmrtd = ["{M1}"]\n[azure]\nsecure_boot = true',
+            "[azure] secure_boot cannot be judged for evidence kind snp",
+        ),
+        (
+            'tee = ["az-snp-vtpm"]\n[azure]\ncompliance_status = "x"',
+            "compliance_status cannot be judged for evidence kind az-snp-vtpm",
+        ),
+        (
+            'tee = ["maa"]\n[collateral]\nmax_stale_days = 1',
+            "[collateral] max_stale_days cannot be judged for evidence kind maa",
+        ),
+        (
+            f'[snp]\nmeasurement = ["{M1}"]\n[azure]\ncompliance_status = "x"',
+            "no evidence kind can be judged by every rule",
+        ),
+        (
+            f'tee = ["snp", "sim-snp"]\n[tdx]\nmrtd = ["{M1}"]\n[snp]\nvmpl = 0',
+            "[tdx] mrtd is not judged for any kind",
+        ),
+        ("[tdx]\ndeny_advisories = []", "deny_advisories must be a non-empty list"),
+        ("[collateral]\nmax_stale_days = -1", "non-negative integer"),
+        ("[collateral]\nmax_days = 1", "unknown key 'max_days' in [collateral]"),
+    ],
+)
+def test_a_rule_that_cannot_be_judged_for_an_accepted_kind_fails_loading(text: str, message: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        Policy.from_toml(text)
+    assert message in info.value.diagnostics()
+    assert info.value.exit_status == 2
+
+
+def test_policies_stating_both_families_judge_each_kind_by_its_own_section() -> None:
+    policy = Policy.from_toml(f'tee = ["snp", "tdx"]\n[snp]\nmeasurement = ["{M1}"]\n[tdx]\nmrtd = ["{M2}"]')
+    assert appraise(snp_claims(), policy).passed
+    assert rules(appraise(tdx_claims(), policy)) == ["tdx.mrtd"]
+    # Implicit kinds are narrowed rather than refused: simulated kinds that cannot be judged drop out.
+    tdx_only = Policy.from_toml(f'allow_simulated = true\n[tdx]\nmrtd = ["{M1}"]')
+    assert "sim-snp" not in tdx_only.accepted_kinds()
+    assert "sim-snp" in Policy.from_toml("allow_simulated = true\n[snp]\nvmpl = 0").accepted_kinds()
+    assert Policy.from_toml("[azure]\nsecure_boot = true").accepted_kinds() == (
+        "az-snp-vtpm",
+        "az-tdx-vtpm",
+        "maa",
+    )
+
+
+def test_collateral_rules_fail_closed_when_the_collateral_was_not_available() -> None:
+    policy = Policy.from_toml(
+        'tee = ["tdx"]\n[tdx]\ntcb_status = ["UpToDate"]\ndeny_advisories = ["intel-sa-00837"]\n'
+        "[collateral]\nmax_stale_days = 3"
+    )
+    verdict = appraise(tdx_claims(), policy)
+    assert rules(verdict) == ["tdx.tcb_status", "tdx.deny_advisories", "collateral.max_stale_days"]
+    assert all("collateral" in r.observed and "not available" in r.observed for r in verdict.reasons)
+    fresh = tdx_claims(tcb_status="UpToDate", advisory_ids=["INTEL-SA-00615"], collateral_stale_days=0)
+    assert appraise(fresh, policy).passed
+    assert appraise(
+        tdx_claims(tcb_status="UpToDate", advisory_ids=[], collateral_stale_days=3), policy
+    ).passed
+    bad = tdx_claims(tcb_status="Revoked", advisory_ids=["INTEL-SA-00837"], collateral_stale_days=4)
+    text = [str(r) for r in appraise(bad, policy).reasons]
+    assert "tdx.deny_advisories: expected none of ['INTEL-SA-00837'], observed ['INTEL-SA-00837']" in text
+    assert (
+        "collateral.max_stale_days: expected collateral at most 3 days past its nextUpdate, "
+        "observed 4 days past" in text
+    )
+    assert rules(
+        appraise(tdx_claims(tcb_status="UpToDate", advisory_ids="x", collateral_stale_days="1"), policy)
+    ) == [
+        "tdx.deny_advisories",
+        "collateral.max_stale_days",
+    ]
+    # The default policy does not ask for collateral (yet).
+    assert appraise(tdx_claims()).passed
+
+
+def test_the_repository_policies_still_load() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for path in (root / "jupyter_cc" / "policies").glob("*.toml"):
+        Policy.load(path)
+    from jupyter_cc.hub.kubernetes import aci_policy_toml
+
+    Policy.from_toml(aci_policy_toml("aci", "e30="))
+    demo = (root / "examples" / "verify-demo.sh").read_text().split("<<'TOML'\n")[1].split("TOML")[0]
+    assert "sim-snp" in Policy.from_toml(demo).accepted_kinds()
+    readme = (root / "README.md").read_text().split("```toml\n")[1].split("```")[0]
+    Policy.from_toml(readme.replace("<96 hex>", M1))

@@ -6,7 +6,8 @@
  * (simulated TEE, a policy that allows it) and `cc-sim-refused` (no policy: the default one
  * refuses the simulated TEE at start). Screenshots go to ui-tests/screenshots/.
  */
-import { expect, test } from '@jupyterlab/galata';
+import { IJupyterLabPageFixture, expect, test } from '@jupyterlab/galata';
+import type { Locator } from '@playwright/test';
 import * as fs from 'fs';
 import * as path from 'path';
 
@@ -17,6 +18,109 @@ fs.mkdirSync(SHOTS, { recursive: true });
 test.setTimeout(180 * 1000);
 
 test.use({ autoGoto: true });
+
+const RULE = 'allow_simulated: expected a hardware TEE';
+const FIRST = "Confidential kernel not started: policy 'default' refused the sim-snp TEE.";
+
+interface IBox {
+  left: number;
+  top: number;
+  right: number;
+  bottom: number;
+}
+
+/**
+ * Where the failed rule's text is drawn in the "Error Starting Kernel" dialog: the boxes of its
+ * line (a Range over the text node, one box per wrapped line), the dialog body's box, the
+ * viewport, and whether the message overflows sideways.
+ */
+async function ruleLayout(dialog: Locator, rule: string) {
+  return dialog.evaluate((node, text) => {
+    const box = (r: DOMRect) => ({ left: r.left, top: r.top, right: r.right, bottom: r.bottom });
+    const body = node.querySelector('.jp-Dialog-body') as HTMLElement;
+    const pre = body.querySelector('pre') as HTMLElement;
+    const walker = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
+    let found: Text | null = null;
+    let start = -1;
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      start = (n as Text).data.indexOf(text);
+      if (start >= 0) {
+        found = n as Text;
+        break;
+      }
+    }
+    if (!found) {
+      return null;
+    }
+    const newline = found.data.indexOf('\n', start);
+    const end = newline < 0 ? found.data.length : newline;
+    const range = document.createRange();
+    range.setStart(found, start);
+    range.setEnd(found, end);
+    return {
+      line: found.data.slice(start, end),
+      rects: Array.from(range.getClientRects())
+        .filter(r => r.width > 0)
+        .map(box),
+      body: box(body.getBoundingClientRect()),
+      viewport: { left: 0, top: 0, right: window.innerWidth, bottom: window.innerHeight },
+      overflowX: pre.scrollWidth - pre.clientWidth,
+      whiteSpace: getComputedStyle(pre).whiteSpace,
+      text: pre.textContent || ''
+    };
+  }, rule);
+}
+
+function within(inner: IBox, outer: IBox, slack = 1): boolean {
+  return (
+    inner.left >= outer.left - slack &&
+    inner.top >= outer.top - slack &&
+    inner.right <= outer.right + slack &&
+    inner.bottom <= outer.bottom + slack
+  );
+}
+
+/** The dialog shows the first sentence, then the failed rule on its own line, fully visible. */
+async function expectRuleVisible(dialog: Locator): Promise<void> {
+  const layout = await ruleLayout(dialog, RULE);
+  expect(layout, 'the failed rule is in the dialog').not.toBeNull();
+  const l = layout!;
+  console.log(`dialog rule line: ${l.line} (${l.rects.length} box(es), white-space ${l.whiteSpace})`);
+  expect(l.text).toContain(`${FIRST}\n- ${RULE}`);
+  expect(l.line).toMatch(/observed SIMULATED evidence/);
+  expect(l.rects.length).toBeGreaterThan(0);
+  for (const r of l.rects) {
+    expect(within(r, l.body), `rule box ${JSON.stringify(r)} in body ${JSON.stringify(l.body)}`).toBe(true);
+    expect(within(r, l.viewport), `rule box ${JSON.stringify(r)} in the viewport`).toBe(true);
+  }
+  expect(l.overflowX).toBeLessThanOrEqual(1);
+}
+
+/** The attestation panel lists the refused start's rules and copies the full diagnostics. */
+async function expectPanelRefusal(page: IJupyterLabPageFixture, shot: string): Promise<void> {
+  const panel = page.locator('.jp-cc-Panel');
+  await expect(panel).toBeVisible();
+  const section = panel.locator('.jp-cc-refusal');
+  await expect(section).toBeVisible({ timeout: 30 * 1000 });
+  await expect(section.locator('.jp-cc-refusal-sentence')).toHaveText(FIRST);
+  const row = section.locator('tr[data-rule="allow_simulated"]');
+  await expect(row).toBeVisible();
+  await expect(row.locator('.jp-cc-rule-expected')).toContainText('a hardware TEE');
+  await expect(row.locator('.jp-cc-rule-observed')).toContainText('SIMULATED evidence');
+  await expect(panel.locator('.jp-cc-verdict-failed')).toContainText('policy default (refused at start)');
+  await expect(panel.locator('tr[data-claim="tee"] td')).toHaveText('sim-snp');
+  await expect(panel).not.toContainText('No claims.');
+  await row.scrollIntoViewIfNeeded();
+  await panel.screenshot({ path: path.join(SHOTS, shot) });
+  const copy = section.locator('button.jp-cc-copy-diagnostics');
+  await copy.click();
+  await expect(copy).toHaveText('Copied');
+  const copied = await page.evaluate(() => navigator.clipboard.readText());
+  expect(copied.startsWith(`${FIRST}\n- ${RULE}`)).toBe(true);
+  expect(copied).toContain('kernelspec: cc-sim-refused');
+  expect(copied).toContain('  expected: a hardware TEE');
+  expect(copied).toContain('  observed: SIMULATED evidence');
+}
 
 test.describe('jupyter-cc labextension', () => {
   test('activates and offers its commands', async ({ page }) => {
@@ -44,7 +148,8 @@ test.describe('jupyter-cc labextension', () => {
     await launcher.screenshot({ path: path.join(SHOTS, 'launcher.png') });
   });
 
-  test('simulated kernel: status bar, panel, re-attest, then a refused kernel', async ({ page }) => {
+  test('simulated kernel: status bar, panel, re-attest, then a refused kernel', async ({ page, context }) => {
+    await context.grantPermissions(['clipboard-read', 'clipboard-write']);
     await page.notebook.createNew('cc-sim.ipynb', { kernel: 'cc-sim' });
 
     // Status bar: the lock item says SIMULATED once the kernel has attested.
@@ -115,13 +220,45 @@ test.describe('jupyter-cc labextension', () => {
     const error = page.locator('.jp-Dialog', { hasText: 'Error Starting Kernel' });
     await expect(error).toBeVisible({ timeout: 120 * 1000 });
     await expect(error).toContainText('allow_simulated');
+    await expectRuleVisible(error);
     await error.screenshot({ path: path.join(SHOTS, 'refused-dialog.png') });
+    await page.screenshot({ path: path.join(SHOTS, 'refused-dialog-page.png') });
     await error.locator('.jp-mod-accept').click();
 
     await expect(item).toContainText('attestation FAILED');
     await expect(item).toHaveAttribute('data-cc-level', 'failed');
+    await expect(item).toHaveAttribute('title', /refused the sim-snp TEE\.\nallow_simulated: expected/);
+    await expectPanelRefusal(page, 'refused-panel.png');
     await item.screenshot({ path: path.join(SHOTS, 'status-bar-failed.png') });
     await page.locator('#jp-main-statusbar').screenshot({ path: path.join(SHOTS, 'status-bar-failed-full.png') });
+  });
+
+  test('a new notebook on the refused kernel: the dialog and the panel show the rule', async ({
+    page,
+    context
+  }) => {
+    await context.grantPermissions(['clipboard-read', 'clipboard-write']);
+    await page.evaluate(() => {
+      void window.jupyterapp.commands.execute('notebook:create-new', { kernelName: 'cc-sim-refused' });
+    });
+    const error = page.locator('.jp-Dialog', { hasText: 'Error Starting Kernel' });
+    await expect(error).toBeVisible({ timeout: 120 * 1000 });
+    await expectRuleVisible(error);
+    await error.screenshot({ path: path.join(SHOTS, 'refused-dialog-new-notebook.png') });
+    await error.locator('.jp-mod-accept').click();
+    // JupyterLab then offers another kernel for the new notebook: keep none.
+    const choose = page.locator('.jp-Dialog', { hasText: 'Select Kernel' });
+    try {
+      await choose.waitFor({ state: 'visible', timeout: 15 * 1000 });
+      await choose.locator('.jp-mod-reject').click();
+    } catch {
+      // no kernel selector this time
+    }
+    await expect(page.locator('.jp-Dialog')).toHaveCount(0);
+    const item = page.locator('.jp-cc-StatusItem');
+    await expect(item).toContainText('attestation FAILED', { timeout: 30 * 1000 });
+    await page.evaluate(() => window.jupyterapp.commands.execute('jupyter-cc:show-attestation'));
+    await expectPanelRefusal(page, 'refused-panel-new-notebook.png');
   });
 
   test('a plain kernel is not confidential', async ({ page }) => {

@@ -165,6 +165,16 @@ def verify_snp_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None 
 
 
 def verify_tdx_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:
-    """The registry's verifier of kind ``az-tdx-vtpm``: HCL report and the TD quote made from it."""
+    """The registry's verifier of kind ``az-tdx-vtpm``: HCL report, the TD quote made from it,
+    and the TPM quote with its nonce, as :func:`verify_snp_evidence` checks them."""
     quote = ev.require("td_quote", "the TD quote", "pass --quote with the quote from IMDS /acc/tdquote")
-    return verify_az_tdx_vtpm(ev.binary(), td_quote=quote, at=at, roots=roots, **ev.tdx_collateral())
+    return verify_az_tdx_vtpm(
+        ev.binary(),
+        td_quote=quote,
+        at=at,
+        roots=roots,
+        tpm_quote=ev.tpm_quote,
+        tpm_sig=ev.tpm_sig,
+        nonce=ev.nonce,
+        **ev.tdx_collateral(),
+    )

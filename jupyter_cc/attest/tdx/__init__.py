@@ -6,6 +6,8 @@ The package has one module per step, each usable alone:
 - :mod:`~jupyter_cc.attest.tdx.pck`: the PCK chain in the quote to the pinned root, the quote
   and QE report signatures, the QE's binding of the attestation key: :func:`verify_quote`, and
   :func:`verify_tdx` for quote bytes plus optional collateral (as ``jupyter-cc verify tdx``).
+- :mod:`~jupyter_cc.attest.tdx.qe`: Intel's TD quoting enclave identity, pinned, which every
+  quote's QE report must show when no QE identity collateral is given.
 - :mod:`~jupyter_cc.attest.tdx.collateral`: Intel PCS TCB info, QE identity and CRLs as served.
 - :mod:`~jupyter_cc.attest.tdx.tcb`: whether that collateral is genuine and fresh, and the
   platform's and QE's TCB status in it.

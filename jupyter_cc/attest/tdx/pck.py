@@ -9,9 +9,12 @@ section 2, gotdx ``verify/verify.go``):
    attestation key (``SignatureError``);
 3. the QE report signature verifies with the PCK leaf key (``SignatureError``);
 4. QE REPORTDATA = SHA-256(attestation key ‖ QE auth data) ‖ 32 zero bytes (``BindingError``);
-5. with collateral (:mod:`~jupyter_cc.attest.tdx.collateral`, :mod:`~jupyter_cc.attest.tdx.tcb`):
-   TCB info and QE identity are signed and fresh, the QE is the one the QE identity names, and
-   the platform's TCB level is found; ``tcb_status`` then joins the claims.
+5. the QE is Intel's TD quoting enclave, always: without collateral its report must show the
+   pinned TD_QE identity (:mod:`~jupyter_cc.attest.tdx.qe`, ``ChainError``);
+6. with collateral (:mod:`~jupyter_cc.attest.tdx.collateral`, :mod:`~jupyter_cc.attest.tdx.tcb`):
+   TCB info and QE identity are signed and fresh, the QE is the one the QE identity names
+   (``CollateralError``) at a listed ISVSVN, and the platform's TCB level is found;
+   ``tcb_status`` then joins the claims.
 
 The **PCK certificate's SGX extension** (OID 1.2.840.113741.1.13.1) names the platform's
 FMSPC, PCE-ID and TCB (16 CPU SVN components and the PCE SVN); it is read here with a small,
@@ -40,6 +43,7 @@ from jupyter_cc.attest.certs import describe, verify_chain
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.roots import INTEL_SGX_ROOT, TrustStore
 from jupyter_cc.attest.tdx.collateral import QeIdentity, TdxCollateral, load_collateral, load_crl
+from jupyter_cc.attest.tdx.qe import check_qe_report
 from jupyter_cc.attest.tdx.quote import QeReport, TdxQuote, parse_quote, quote_details
 from jupyter_cc.attest.tdx.tcb import (
     QeMatch,
@@ -268,7 +272,8 @@ def verify_quote(
 
     Raises:
         FormatError: the embedded PCK chain is unreadable.
-        ChainError: the PCK chain is mis-signed, expired, revoked or not pinned.
+        ChainError: the PCK chain is mis-signed, expired, revoked or not pinned, or (without
+            collateral) the QE report is not Intel's TD quoting enclave's.
         SignatureError: the quote or QE report signature does not verify.
         BindingError: the QE report does not vouch for the attestation key.
         CollateralError, TcbError: collateral is invalid, stale, for another platform, or no
@@ -277,7 +282,7 @@ def verify_quote(
     roots = roots if roots is not None else TrustStore.of(INTEL_SGX_ROOT)
     # (1) PCK chain, to a pinned root, and not revoked.
     chain = pck_chain(quote)
-    anchor = verify_chain(chain, roots=roots, at=at)
+    anchor = verify_chain(chain, roots=roots, at=at, end_entity="the PCK certificate")
     _check_chain_names(chain)
     all_crls = (*crls, *(collateral.crls if collateral else ()))
     check_revocation(all_crls, chain, at=at)
@@ -311,8 +316,12 @@ def verify_quote(
         )
     details = quote_details(quote, pck)
     details["root"] = anchor.name
-    # (5) Collateral: TCB status of the platform, the TDX module and the QE.
-    if collateral is not None:
+    if collateral is None:
+        # (5) The QE is Intel's TD QE, by its pinned identity.
+        check_qe_report(quote.qe_report)
+    else:
+        # (6) Collateral: the QE by Intel's QE identity, and the TCB status of the platform,
+        # the TDX module and the QE.
         details.update(appraise_collateral(quote, pck, collateral, at=at, roots=roots))
     return Claims(
         kind=kind,

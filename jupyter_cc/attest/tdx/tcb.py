@@ -70,7 +70,7 @@ def _check_signing_chain(
             f"the collateral is signed by '{describe(chain[0])}', expected '{TCB_SIGNING_CN}'",
             hint="pass the PCS TCB-Info-Issuer-Chain (URL-decoded PEM), signing certificate first",
         )
-    anchor = verify_chain(chain, roots=roots, at=at)
+    anchor = verify_chain(chain, roots=roots, at=at, end_entity="the collateral signing certificate")
     key = chain[0].public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise ChainError(f"'{describe(chain[0])}' does not hold an EC P-256 key")
