@@ -15,7 +15,10 @@ Bundle format (JSON, version 1)::
 
 Binary fields are base64 (either alphabet), certificates PEM. ``evidence`` keys by kind:
 ``report`` (SNP report, TD quote, or HCL report for Azure kinds), ``vcek``, ``chain``,
-``td_quote``, ``tpm_quote``, ``tpm_sig``, ``tcb_info``, ``qe_identity``, ``collateral_chain``.
+``td_quote``, ``tpm_quote``, ``tpm_sig``, ``tcb_info``, ``qe_identity``, ``collateral_chain``,
+``crls`` (a list of base64 DER CRLs). Collateral in a bundle is a hint: it counts only where it
+verifies to the chain's CAs, so a guest can leave it out (``revocation: unchecked``) but not
+forge it.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class TdxCollateralInputs(TypedDict):
     qe_identity: bytes | None
     collateral_chain: bytes | None
     crls: Sequence[bytes]
+    allow_stale_days: int
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class Evidence:
     issuer: str | None = None
     nonce: bytes | None = None
     gpus: tuple[Evidence, ...] = ()
+    allow_stale_days: int = 0
 
     def binary(self) -> bytes:
         """``report`` as bytes; :class:`InputError` when it is text (only MAA tokens are)."""
@@ -104,6 +109,7 @@ class Evidence:
             "qe_identity": self.qe_identity,
             "collateral_chain": self.collateral_chain,
             "crls": self.crls,
+            "allow_stale_days": self.allow_stale_days,
         }
 
 
@@ -121,13 +127,31 @@ def _verify_one(ev: Evidence, at: datetime, roots: TrustStore | None) -> Claims:
     return _verifier(ev.kind)(ev, at=at, roots=roots)
 
 
-def verify(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:
+def verify(
+    ev: Evidence,
+    *,
+    at: datetime,
+    roots: TrustStore | None = None,
+    allow_stale_days: int | None = None,
+    crls: Sequence[bytes] = (),
+) -> Claims:
     """Verify ``ev`` and any GPU evidence beside it; return the CPU claims with ``gpu`` set.
+
+    ``crls`` (DER or PEM) are checked besides those ``ev`` carries: the verifier's own, from
+    its collateral cache. A CRL counts only if a CA of the evidence's chain signed it.
+
+    ``allow_stale_days`` (default: ``ev.allow_stale_days``, 0) lets collateral and CRLs be at
+    most that many days past their nextUpdate, for a policy's ``[collateral] max_stale_days``;
+    claims say how stale they were in ``collateral_stale_days``.
 
     Raises:
         EvidenceError: a check failed (its subclass names which).
         InputError: something ``ev.kind`` needs is missing.
     """
+    if allow_stale_days is not None:
+        ev = replace(ev, allow_stale_days=allow_stale_days)
+    if crls:
+        ev = replace(ev, crls=(*ev.crls, *crls))
     claims = _verify_one(ev, at, roots)
     if ev.gpus:
         gpu_claims = [_verify_one(g, at, roots) for g in ev.gpus]
@@ -180,6 +204,15 @@ def _field_certs(evidence: Mapping[str, Any], key: str) -> tuple[x509.Certificat
         raise FormatError(exc.message) from None
 
 
+def _field_crls(evidence: Mapping[str, Any]) -> tuple[bytes, ...]:
+    value = evidence.get("crls")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FormatError("evidence bundle field 'crls' must be a list of base64 strings")
+    return tuple(_field_bytes({"crls": v}, "crls") or b"" for v in value)
+
+
 def _evidence_from(kind: str, evidence: Mapping[str, Any], nonce: bytes | None) -> Evidence:
     if kind not in KIND_NAMES:
         raise FormatError(f"evidence bundle names unknown kind '{kind}' (known: {', '.join(KIND_NAMES)})")
@@ -202,6 +235,7 @@ def _evidence_from(kind: str, evidence: Mapping[str, Any], nonce: bytes | None) 
         tcb_info=_field_bytes(evidence, "tcb_info"),
         qe_identity=_field_bytes(evidence, "qe_identity"),
         collateral_chain=_field_bytes(evidence, "collateral_chain"),
+        crls=_field_crls(evidence),
         nonce=nonce,
     )
 
@@ -263,6 +297,8 @@ def verify_bundle(
     nonce: bytes | None = None,
     host_key_sha256: bytes | None = None,
     roots: TrustStore | None = None,
+    allow_stale_days: int | None = None,
+    crls: Sequence[bytes] = (),
 ) -> Claims:
     """Verify a bundle and its binding: REPORT_DATA must be the contract hash of its nonce and key.
 
@@ -270,8 +306,9 @@ def verify_bundle(
         nonce: the nonce the verifier sent; when given the bundle must carry exactly it.
         host_key_sha256: digest of the host key seen in the SSH handshake; when given the bundle
             must have bound exactly it (a relay with another key fails here).
+        allow_stale_days, crls: as for :func:`verify`.
     """
-    claims = verify(bundle.evidence, at=at, roots=roots)
+    claims = verify(bundle.evidence, at=at, roots=roots, allow_stale_days=allow_stale_days, crls=crls)
     if nonce is not None:
         check_report_data(bundle.nonce, nonce, what="the bundle's nonce")
     if host_key_sha256 is not None:

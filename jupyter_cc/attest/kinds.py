@@ -70,6 +70,10 @@ class Input:
     repeat: bool = False
 
 
+_AMD_CRL = Input(
+    "--crl", "FILE", "AMD KDS CRL (vcek/v1/<product>/crl or vlek/v1/...; DER or PEM); repeatable", repeat=True
+)
+
 _TDX_COLLATERAL = (
     Input("--tcb-info", "FILE", "PCS TCB info JSON for the platform's FMSPC"),
     Input("--qe-identity", "FILE", "PCS QE identity JSON"),
@@ -131,6 +135,7 @@ KINDS: tuple[Kind, ...] = (
         inputs=(
             Input("--vcek", "CERT", "VCEK or VLEK (PEM or DER; may be followed by the chain)"),
             Input("--chain", "PEM", "ASK (or ASVK) then ARK"),
+            _AMD_CRL,
         ),
     ),
     Kind(
@@ -157,6 +162,7 @@ KINDS: tuple[Kind, ...] = (
         inputs=(
             Input("--vcek", "CERT", "VCEK (PEM or DER; may be followed by the chain)", required=True),
             Input("--chain", "PEM", "ASK then ARK"),
+            _AMD_CRL,
             *_VTPM_QUOTE,
         ),
     ),

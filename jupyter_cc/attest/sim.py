@@ -10,9 +10,11 @@ What keeps it honest: its ARK is never a pinned hardware root, so its reports fa
 as ``snp``; verified as ``sim-snp`` their claims say ``simulated: true``, and only a policy with
 ``allow_simulated = true`` accepts them (:mod:`jupyter_cc.policy`).
 
-The chain and the VCEK private key live in ``<data dir>/sim/`` (key files 0600), created on
-first use. Anyone who can read that folder can mint accepted simulated evidence: that is the
-point of a simulator, and the reason no policy accepts it by default.
+The chain, the VCEK and ARK private keys and a CRL issued by the ARK (``crl.der``, renewed
+when past its nextUpdate) live in ``<data dir>/sim/`` (key files 0600), created on first use;
+``sim-snp`` verification checks that CRL, so simulated claims say ``revocation: checked``.
+Anyone who can read that folder can mint accepted simulated evidence: that is the point of a
+simulator, and the reason no policy accepts it by default.
 
 >>> tee = SimulatedTee.load_or_create()              # doctest: +SKIP
 >>> report = tee.mint(report_data=b"\\x00" * 64)       # doctest: +SKIP
@@ -20,6 +22,7 @@ point of a simulator, and the reason no policy accepts it by default.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -40,15 +43,24 @@ from cryptography.x509.oid import NameOID
 from jupyter_cc.attest import snp
 from jupyter_cc.attest.certs import fingerprint, load_certificate, load_certificates
 from jupyter_cc.attest.claims import Claims
+from jupyter_cc.attest.revocation import load_amd_crls, load_crl, stale_days
 from jupyter_cc.attest.roots import TrustAnchor, TrustStore
 from jupyter_cc.errors import InputError
-from jupyter_cc.files import write_private
+from jupyter_cc.files import write_atomic, write_private
 from jupyter_cc.paths import data_dir
 
 if TYPE_CHECKING:
     from jupyter_cc.attest.evidence import Evidence
 
-__all__ = ["SIM_MEASUREMENT", "SIM_PRODUCT", "SIM_TCB", "SimulatedTee", "verify_evidence"]
+__all__ = [
+    "CRL_LIFETIME",
+    "SIM_MEASUREMENT",
+    "SIM_PRODUCT",
+    "SIM_TCB",
+    "SimulatedTee",
+    "build_crl",
+    "verify_evidence",
+]
 
 SIM_PRODUCT = "Milan"
 SIM_CPUID = (0x19, 0x01, 0x01)  # family, model, stepping of a Milan part
@@ -57,6 +69,8 @@ SIM_MEASUREMENT = hashlib.sha384(b"jupyter-cc simulated guest v1").digest()
 SIM_ORG = "jupyter-cc SIMULATED TEE (not a hardware TEE)"
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 _LOADED: dict[tuple[str, int, int, int], SimulatedTee] = {}
+CRL_LIFETIME = dt.timedelta(days=30)
+_CRLS: dict[tuple[str, int, int, int], x509.CertificateRevocationList] = {}
 
 
 def _name(cn: str, organization: str) -> x509.Name:
@@ -88,7 +102,7 @@ def _tcb_bytes(tcb: snp.TcbVersion) -> bytes:
 
 def _build_chain(
     chip_id: bytes, organization: str
-) -> tuple[list[x509.Certificate], ec.EllipticCurvePrivateKey]:
+) -> tuple[list[x509.Certificate], ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]:
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
     until = now + dt.timedelta(days=25 * 365)
     ark_key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
@@ -129,7 +143,33 @@ def _build_chain(
         .add_extension(_amd_ext(snp.OID_HWID, chip_id), critical=False)
         .sign(ask_key, hashes.SHA384(), rsa_padding=_PSS)
     )
-    return [vcek, ask, ark], vcek_key
+    return [vcek, ask, ark], vcek_key, ark_key
+
+
+def build_crl(
+    ark: x509.Certificate,
+    ark_key: rsa.RSAPrivateKey,
+    *,
+    revoked: Sequence[int] = (),
+    now: dt.datetime | None = None,
+    next_update: dt.datetime | None = None,
+) -> bytes:
+    """A DER CRL issued by the simulated ARK (RSA-PSS, SHA-384, as AMD KDS signs), listing
+    ``revoked`` serials; current for :data:`CRL_LIFETIME` unless ``next_update`` says otherwise."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    until = next_update or now + CRL_LIFETIME
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ark.subject)
+        .last_update(min(now, until) - dt.timedelta(days=1))
+        .next_update(until)
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    crl = builder.sign(ark_key, hashes.SHA384(), rsa_padding=_PSS)
+    return crl.public_bytes(serialization.Encoding.DER)
 
 
 @dataclass(frozen=True)
@@ -140,6 +180,7 @@ class SimulatedTee:
     chain: tuple[x509.Certificate, ...]  # ASK, ARK
     chip_id: bytes
     _key: ec.EllipticCurvePrivateKey
+    directory: Path | None = None
 
     def __repr__(self) -> str:
         return f"SimulatedTee(root={fingerprint(self.chain[-1])[:16]}..., SIMULATED)"
@@ -160,14 +201,15 @@ class SimulatedTee:
             tmp = Path(tempfile.mkdtemp(prefix=".sim-", dir=directory.parent))
             try:
                 chip_id = os.urandom(64)
-                certs, key = _build_chain(chip_id, organization)
+                certs, key, ark_key = _build_chain(chip_id, organization)
                 pem = serialization.Encoding.PEM
+                pkcs8, plain = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
                 (tmp / "vcek.pem").write_bytes(certs[0].public_bytes(pem))
                 (tmp / "ask_ark.pem").write_bytes(certs[1].public_bytes(pem) + certs[2].public_bytes(pem))
-                write_private(
-                    tmp / "vcek.key",
-                    key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-                )
+                write_private(tmp / "ark.key", ark_key.private_bytes(pem, pkcs8, plain))
+                write_atomic(tmp / "crl.der", build_crl(certs[2], ark_key))
+                # The VCEK key last: its presence says the folder is complete.
+                write_private(tmp / "vcek.key", key.private_bytes(pem, pkcs8, plain))
                 try:
                     os.rename(tmp, directory)
                 except OSError:
@@ -223,7 +265,61 @@ class SimulatedTee:
             )
         info = snp.parse_vek(vcek)
         assert info.hwid is not None
-        return cls(vcek=vcek, chain=tuple(chain), chip_id=info.hwid, _key=key)
+        return cls(vcek=vcek, chain=tuple(chain), chip_id=info.hwid, _key=key, directory=directory)
+
+    # --- the simulator's CRL ------------------------------------------------------------------
+
+    def _ark_key(self) -> rsa.RSAPrivateKey | None:
+        if self.directory is None:
+            return None
+        try:
+            key = serialization.load_pem_private_key((self.directory / "ark.key").read_bytes(), password=None)
+        except (OSError, ValueError):
+            return None  # a simulator made before it had a CRL keeps no ARK key
+        return key if isinstance(key, rsa.RSAPrivateKey) else None
+
+    def _read_crl(self) -> x509.CertificateRevocationList | None:
+        if self.directory is None:
+            return None
+        path = self.directory / "crl.der"
+        try:
+            st = path.stat()
+            stamp = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = _CRLS.get(stamp)
+            if cached is None:
+                cached = load_crl(path.read_bytes(), what=str(path))
+                _CRLS.clear()
+                _CRLS[stamp] = cached
+        except (OSError, InputError):
+            return None
+        return cached
+
+    def write_crl(
+        self, revoked: Sequence[int] = (), *, next_update: dt.datetime | None = None
+    ) -> x509.CertificateRevocationList | None:
+        """Issue a new CRL with the ARK listing ``revoked`` serials and store it in the data dir.
+
+        Returns the CRL (None when this simulator keeps no ARK key). A data dir that cannot be
+        written still gets the CRL for this verification, in memory.
+        """
+        key = self._ark_key()
+        if key is None or self.directory is None:
+            return None
+        data = build_crl(self.chain[-1], key, revoked=revoked, next_update=next_update)
+        with contextlib.suppress(OSError):
+            write_atomic(self.directory / "crl.der", data)
+        return load_crl(data, what="the simulated TEE's CRL")
+
+    def crl(self, at: dt.datetime | None = None) -> x509.CertificateRevocationList | None:
+        """The simulator's CRL, issued by its ARK; renewed (keeping its entries) when missing or
+        past its nextUpdate at ``at`` (default now). None for a simulator without an ARK key."""
+        now = dt.datetime.now(dt.timezone.utc)
+        when = max(at or now, now)
+        crl = self._read_crl()
+        if crl is not None and stale_days(crl.next_update_utc, when) == 0:
+            return crl
+        revoked = [entry.serial_number for entry in crl] if crl is not None else []
+        return self.write_crl(revoked, next_update=when + CRL_LIFETIME)
 
     def trust_store(self) -> TrustStore:
         """The only roots ``sim-snp`` evidence is verified against: this simulator's ARK."""
@@ -288,12 +384,30 @@ class SimulatedTee:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
 
     def verify(
-        self, report: bytes, *, at: dt.datetime, chain: Sequence[x509.Certificate] | None = None
+        self,
+        report: bytes,
+        *,
+        at: dt.datetime,
+        chain: Sequence[x509.Certificate] | None = None,
+        crls: Sequence[x509.CertificateRevocationList] = (),
+        allow_stale_days: int = 0,
     ) -> Claims:
-        """Verify a simulated report with the same code as real SNP evidence (kind ``sim-snp``)."""
+        """Verify a simulated report with the same code as real SNP evidence (kind ``sim-snp``).
+
+        The simulator's own CRL (:meth:`crl`) is checked with any ``crls`` given, so its claims
+        say ``revocation: checked``, and a VCEK its CRL lists is refused.
+        """
         parsed = snp.parse_report(report)
+        own = self.crl(at)
         return snp.verify_report(
-            parsed, self.vcek, list(chain or self.chain), at=at, roots=self.trust_store(), kind="sim-snp"
+            parsed,
+            self.vcek,
+            list(chain or self.chain),
+            at=at,
+            roots=self.trust_store(),
+            kind="sim-snp",
+            crls=[*(() if own is None else (own,)), *crls],
+            allow_stale_days=allow_stale_days,
         )
 
 
@@ -303,4 +417,5 @@ def verify_evidence(ev: Evidence, *, at: dt.datetime, roots: TrustStore | None =
     ``roots`` is not used: simulated evidence is checked against the local chain only.
     """
     report = snp.parse_report(ev.binary())
-    return SimulatedTee.load().verify(report.raw, at=at)
+    crls = load_amd_crls(ev.crls)
+    return SimulatedTee.load().verify(report.raw, at=at, crls=crls, allow_stale_days=ev.allow_stale_days)

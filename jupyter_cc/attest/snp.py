@@ -7,7 +7,11 @@ Layout and checks follow docs/attestation-formats.md section 1 (AMD SEV-SNP ABI,
 2. the processor line comes from CPUID (v3+) or, for v2, from the certificate's product name;
 3. VEK, ASK/ASVK and ARK form a chain that ends at the pinned ARK of that line;
 4. the report signature (ECDSA P-384, SHA-384, little-endian r and s) verifies with the VEK;
-5. REPORTED_TCB equals the TCB the VEK was issued for, and (VCEK) CHIP_ID equals its hwID.
+5. REPORTED_TCB equals the TCB the VEK was issued for, and (VCEK) CHIP_ID equals its hwID;
+6. CRLs, when given: each is issued by a CA of the chain (AMD KDS ``/vcek/v1/{product}/crl``
+   and ``/vlek/v1/{product}/crl`` are issued by the ARK), verifies with its key, is current,
+   and lists no certificate below its issuer. Claims say ``revocation: checked`` when the ARK's
+   CRL was among them, else ``unchecked``.
 
 >>> report = parse_report(open("report.bin", "rb").read())      # doctest: +SKIP
 >>> claims = verify_report(report, vek, [ask, ark], at=utcnow())  # doctest: +SKIP
@@ -32,6 +36,7 @@ from jupyter_cc.attest import der
 from jupyter_cc.attest.certs import describe, verify_chain
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.kinds import SNP_PRODUCTS
+from jupyter_cc.attest.revocation import check_amd_crls, load_amd_crls
 from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.errors import ChainError, FormatError, SignatureError, TcbError
 
@@ -432,6 +437,8 @@ def verify_report(
     at: datetime,
     roots: TrustStore | None = None,
     kind: str = "snp",
+    crls: Sequence[x509.CertificateRevocationList] = (),
+    allow_stale_days: int = 0,
 ) -> Claims:
     """Verify ``report`` with its VEK and the ASK/ASVK-then-ARK ``chain``; return its claims.
 
@@ -442,9 +449,16 @@ def verify_report(
         at: the verification time.
         roots: the ARKs accepted (default: the pinned AMD ARKs).
         kind: the evidence kind the claims are labelled with.
+        crls: AMD CRLs to check the chain against
+            (:func:`~jupyter_cc.attest.revocation.check_amd_crls`).
+        allow_stale_days: accept CRLs at most this many days past their nextUpdate.
+
+    Claims carry ``revocation`` (``checked`` when the ARK's CRL was given and valid, else
+    ``unchecked``) and, with CRLs, ``collateral_stale_days``.
 
     Raises:
         ChainError, SignatureError, TcbError, FormatError: the failed check, by name.
+        CollateralError: a CRL is for another chain, mis-signed or stale.
     """
     roots = roots if roots is not None else TrustStore.hardware()
     vek = parse_vek(vek_cert)
@@ -471,12 +485,15 @@ def verify_report(
     tcb = TcbVersion.decode(report.reported_tcb, product)
     _check_tcb(report, vek, tcb)
     _check_hwid(report, vek, product)
+    revocation = check_amd_crls(
+        crls, [vek_cert, *chain], product=product, signer=vek.kind, at=at, allow_stale_days=allow_stale_days
+    )
     return Claims(
         kind=kind,
         simulated=anchor.simulated,
         debug=report.debug,
         report_data=report.report_data,
-        details=report_details(report, product) | {"signing_key": vek.kind, "root": anchor.name},
+        details=report_details(report, product) | {"signing_key": vek.kind, "root": anchor.name} | revocation,
     )
 
 
@@ -521,4 +538,12 @@ def verify_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None = No
     """The registry's verifier of kind ``snp``: parse ``ev.report``, verify it with ``ev.vek``."""
     report = parse_report(ev.binary())
     vek = ev.require("vek", "the VCEK or VLEK certificate", "pass --vcek with the certificate from AMD KDS")
-    return verify_report(report, vek, list(ev.chain), at=at, roots=roots)
+    return verify_report(
+        report,
+        vek,
+        list(ev.chain),
+        at=at,
+        roots=roots,
+        crls=load_amd_crls(ev.crls),
+        allow_stale_days=ev.allow_stale_days,
+    )

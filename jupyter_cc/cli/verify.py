@@ -13,10 +13,11 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-from jupyter_cc.attest.certs import load_certificates, utcnow
+from jupyter_cc.attest.certs import load_certificate, load_certificates, utcnow
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.evidence import Evidence, parse_bundle, verify, verify_bundle
 from jupyter_cc.attest.kinds import KINDS, SIMULATED_BANNER, Kind, kind
@@ -69,6 +70,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", metavar="FILE", help="TOML policy (default: valid, no debug, no simulated)")
     p.add_argument("--report-data", metavar="HEX", help="expected REPORT_DATA (or its leading bytes)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="collateral not given as files comes from the cache only, never the vendor service",
+    )
 
 
 def _blob(path: str, what: str) -> bytes:
@@ -201,10 +207,53 @@ def _evidence(args: argparse.Namespace) -> Evidence:
     )
 
 
-def _claims(args: argparse.Namespace, at: datetime, out: dict[str, Any]) -> Claims:
-    """Verify what ``args`` names; ``out['kind']`` becomes the bundle's kind for a bundle."""
+def _with_collateral(args: argparse.Namespace, ev: Evidence, at: datetime, out: dict[str, Any]) -> Evidence:
+    """``ev`` with the collateral it lacks from the cache or the vendor (design section 12).
+
+    Files given win: a TD quote with any of --tcb-info/--qe-identity/--collateral-chain, or an
+    SNP report with --vcek, is verified with what was given alone.
+    """
+    from jupyter_cc.cli.collateral import service_for
+
+    if ev.kind == "tdx" and ev.tcb_info is None and ev.qe_identity is None and ev.collateral_chain is None:
+        files = service_for(bool(getattr(args, "offline", False))).tdx(ev.binary(), at=at)
+        out["collateral"] = [item.to_json() for item in files.items]
+        return replace(
+            ev,
+            tcb_info=files.tcb_info,
+            qe_identity=files.qe_identity,
+            collateral_chain=files.collateral_chain,
+            crls=(*ev.crls, *files.crls),
+        )
+    if ev.kind == "snp" and ev.vek is None:
+        snp = service_for(bool(getattr(args, "offline", False))).snp(ev.binary(), at=at, crl=False)
+        out["collateral"] = [item.to_json() for item in snp.items]
+        return replace(ev, vek=load_certificate(snp.vcek, what="VCEK"), chain=tuple(_pem_certs(snp.chain)))
+    return ev
+
+
+def _pem_certs(pem: bytes) -> list[Any]:
+    return load_certificates(pem, what="cached cert_chain")
+
+
+def _stale_notes(out: dict[str, Any]) -> None:
+    for item in out.get("collateral", []):
+        if item["stale_days"]:
+            print(
+                f"note: the cached {item['item']} is {item['stale_days']} day(s) past its nextUpdate "
+                f"{item['next_update']} (offline)",
+                file=sys.stderr,
+            )
+
+
+def _claims(args: argparse.Namespace, at: datetime, out: dict[str, Any], *, fetch: bool = False) -> Claims:
+    """Verify what ``args`` names; ``out['kind']`` becomes the bundle's kind for a bundle.
+
+    With ``fetch``, collateral not given as files comes from the cache or the vendor.
+    """
     if args.kind != "bundle":
-        return verify(_evidence(args), at=at)
+        ev = _evidence(args)
+        return verify(_with_collateral(args, ev, at, out) if fetch else ev, at=at)
     bundle = parse_bundle(read_input(args.file, "evidence bundle"))
     out["kind"] = bundle.evidence.kind
     nonce = decode_hex(args.nonce, what="--nonce") if args.nonce else None
@@ -225,7 +274,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         "errors": [],
     }
     try:
-        claims = _claims(args, at, out)
+        claims = _claims(args, at, out, fetch=True)
+        _stale_notes(out)
         if expected_rd is not None:
             from jupyter_cc.attest.binding import check_report_data
 

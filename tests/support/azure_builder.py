@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from jupyter_cc.attest import snp
@@ -206,9 +207,24 @@ class SnpSigner:
         self.ask = cert("TEST-ASK", "TEST-ARK", ask_key.public_key(), ark_key, True)
         self.vcek = cert("SEV-VCEK", "TEST-ASK", self._vcek_key.public_key(), ask_key, False, vcek_exts)
         self.chain = [self.ask, self.ark]
+        self._ark_key = ark_key
         self.roots = TrustStore.of(
             TrustAnchor(name="TEST-ARK", fingerprint=fingerprint(self.ark), product="Milan")
         )
+
+    def crl(self, revoked: Sequence[int] = (), *, next_update: datetime | None = None) -> bytes:
+        """A DER CRL issued by the test ARK (as AMD KDS's ``/vcek/v1/{product}/crl`` is)."""
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.ark.subject)
+            .last_update(NOW - timedelta(days=30))
+            .next_update(next_update or NOW + timedelta(days=7))
+        )
+        for serial in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(NOW).build()
+            )
+        return builder.sign(self._ark_key, hashes.SHA384()).public_bytes(Encoding.DER)
 
     def report(self, report_data: bytes = bytes(64), *, measurement: bytes = b"\x42" * 48) -> bytes:
         body = bytearray(snp.REPORT_SIZE)

@@ -10,7 +10,7 @@ import struct
 import sys
 import types
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -720,3 +720,40 @@ def test_az_tdx_vtpm_bundle_checks_the_tpm_quote_and_its_nonce(tdx_pki: Any, ak:
     doc["evidence"]["tpm_quote"] = base64.b64encode(msg).decode()
     with pytest.raises(SignatureError):
         verify_bundle(parse_bundle(json.dumps(doc).encode()), at=AT, roots=roots)
+
+
+def test_az_snp_vtpm_checks_amd_crls(signer: ab.SnpSigner, snp_case: dict[str, Any]) -> None:
+    from jupyter_cc.attest.evidence import Evidence, verify
+    from jupyter_cc.attest.revocation import load_amd_crls
+    from jupyter_cc.errors import ChainError, CollateralError
+
+    assert verify_case(signer, snp_case).get("revocation") == "unchecked"
+    clean = verify_case(signer, snp_case, crls=load_amd_crls([signer.crl()]))
+    assert clean.get("revocation") == "checked"
+    assert clean.get("collateral_stale_days") == 0
+    with pytest.raises(ChainError, match=f"'SEV-VCEK' \\(serial {signer.vcek.serial_number:x}\\)"):
+        verify_case(signer, snp_case, crls=load_amd_crls([signer.crl([signer.vcek.serial_number])]))
+    with pytest.raises(ChainError, match=r"'TEST-ASK'.*revoked"):
+        verify_case(signer, snp_case, crls=load_amd_crls([signer.crl([signer.ask.serial_number])]))
+    with pytest.raises(CollateralError, match="not signed"):
+        verify_case(signer, snp_case, crls=load_amd_crls([ab.SnpSigner().crl()]))
+    # Through the registry's verifier, as the kernel path and `jupyter-cc verify --crl` call it.
+    ev = Evidence(
+        kind="az-snp-vtpm",
+        report=snp_case["hcl"],
+        vek=signer.vcek,
+        chain=tuple(signer.chain),
+        crls=(signer.crl([signer.vcek.serial_number]),),
+    )
+    with pytest.raises(ChainError, match="revoked"):
+        verify(ev, at=AT, roots=signer.roots)
+    stale = Evidence(
+        kind="az-snp-vtpm",
+        report=snp_case["hcl"],
+        vek=signer.vcek,
+        chain=tuple(signer.chain),
+        crls=(signer.crl(next_update=AT - timedelta(days=1)),),
+    )
+    with pytest.raises(CollateralError, match="stale"):
+        verify(stale, at=AT, roots=signer.roots)
+    assert verify(stale, at=AT, roots=signer.roots, allow_stale_days=1).get("collateral_stale_days") == 1

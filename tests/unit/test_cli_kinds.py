@@ -19,10 +19,15 @@ def verify(capsys, *argv: str) -> tuple[int, dict, str]:  # type: ignore[no-unty
     return status, json.loads(out), err
 
 
-def test_tdx_quote(capsys, vectors: Path) -> None:  # type: ignore[no-untyped-def]
-    status, doc, _ = verify(capsys, "tdx", str(vectors / "tdx/spr-e4-v4.quote.bin"), "--at", TDX_AT)
-    assert status == 0 and doc["passed"]
-    claims = doc["claims"]
+def test_tdx_quote_claims(vectors: Path) -> None:
+    """What the real quote says once its signatures and PCK chain verify to Intel's pinned root
+    (the CLI adds the TCB evaluation, for which it needs collateral: see the next test)."""
+    from datetime import datetime
+
+    from jupyter_cc.attest.tdx import parse_quote, verify_quote
+
+    quote = parse_quote((vectors / "tdx/spr-e4-v4.quote.bin").read_bytes())
+    claims = verify_quote(quote, at=datetime.fromisoformat(TDX_AT.replace("Z", "+00:00"))).to_json()
     assert claims["tee"] == "tdx" and claims["debug"] is False
     assert claims["mrtd"].startswith("6363b8043668a3ad")
     assert claims["report_data"].startswith("6c62dec1b8191749")
@@ -32,6 +37,20 @@ def test_tdx_quote(capsys, vectors: Path) -> None:  # type: ignore[no-untyped-de
     for key in ("td_attributes", "tee_tcb_svn"):
         assert key in claims
     assert "tcb_status" not in claims  # only with collateral
+
+
+def test_tdx_quote_offline_without_collateral_says_what_is_missing(  # type: ignore[no-untyped-def]
+    capsys, vectors: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No verdict without TCB collateral: offline with an empty cache, the CLI names what is
+    missing and how to bring it, and exits 1 (fail closed)."""
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path))  # an empty collateral cache
+    status, doc, err = verify(
+        capsys, "tdx", str(vectors / "tdx/spr-e4-v4.quote.bin"), "--at", TDX_AT, "--offline"
+    )
+    assert status == 1 and not doc["verified"] and not doc["passed"]
+    assert "TCB info for FMSPC 50806f000000" in doc["errors"][0]
+    assert "jupyter-cc collateral import" in err and "Traceback" not in err
 
 
 def test_tdx_collateral_finds_no_tcb_level_as_go_tdx_guest_does(capsys, vectors: Path) -> None:  # type: ignore[no-untyped-def]

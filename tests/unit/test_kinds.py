@@ -193,3 +193,13 @@ def test_the_public_api_is_flat() -> None:
     }
     assert KINDS is kinds.KINDS
     assert {"Policy", "appraise", "Verdict"} <= set(policy.__all__)
+
+
+def test_snp_kinds_take_amd_crls_as_tdx_kinds_take_intel_ones() -> None:
+    from jupyter_cc.attest.kinds import kind as registered
+
+    for name in ("snp", "az-snp-vtpm", "tdx", "az-tdx-vtpm"):
+        entry = registered(name)
+        assert entry is not None
+        crl = [i for i in entry.inputs if i.flag == "--crl"]
+        assert len(crl) == 1 and crl[0].repeat and not crl[0].required, name

@@ -76,3 +76,72 @@ def test_report_data_must_be_64_bytes(sim_tee) -> None:  # type: ignore[no-untyp
 def test_loading_a_missing_simulator_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InputError, match="no simulated TEE"):
         SimulatedTee.load(tmp_path / "none")
+
+
+# --- the simulator's CRL ------------------------------------------------------------------------
+
+
+def test_simulated_evidence_is_checked_against_the_simulators_own_crl(sim_tee) -> None:  # type: ignore[no-untyped-def]
+    claims = sim_tee.verify(sim_tee.mint(bytes(64)), at=NOW)
+    assert claims.get("revocation") == "checked"
+    assert claims.get("collateral_stale_days") == 0
+    crl = sim_tee.crl()
+    assert crl is not None
+    assert crl.issuer == sim_tee.chain[-1].subject
+    assert crl.is_signature_valid(sim_tee.chain[-1].public_key())
+
+
+def test_the_simulators_files_and_modes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    SimulatedTee.load_or_create(tmp_path / "sim")
+    names = sorted(p.name for p in (tmp_path / "sim").iterdir())
+    assert names == ["ark.key", "ask_ark.pem", "crl.der", "vcek.key", "vcek.pem"]
+    for key in ("vcek.key", "ark.key"):
+        assert stat.S_IMODE(os.stat(tmp_path / "sim" / key).st_mode) == 0o600
+
+
+def test_a_simulated_vcek_listed_in_the_simulators_crl_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tee = SimulatedTee.load_or_create(tmp_path / "sim")
+    report = tee.mint(bytes(64))
+    assert tee.write_crl([tee.vcek.serial_number]) is not None
+    with pytest.raises(ChainError, match=f"'SEV-VCEK' \\(serial {tee.vcek.serial_number:x}\\).*revoked"):
+        tee.verify(report, at=NOW)
+    tee.write_crl([tee.chain[0].serial_number])  # the ASK this time
+    with pytest.raises(ChainError, match=r"'SEV-Milan'.*revoked"):
+        tee.verify(report, at=NOW)
+    tee.write_crl()
+    assert tee.verify(report, at=NOW).get("revocation") == "checked"
+
+
+def test_a_listed_simulated_vcek_is_refused_through_the_registry(sim_tee) -> None:  # type: ignore[no-untyped-def]
+    from jupyter_cc.attest.evidence import Evidence, verify
+
+    report = sim_tee.mint(bytes(64))
+    ev = Evidence(kind="sim-snp", report=report)
+    assert verify(ev, at=NOW).get("revocation") == "checked"
+    sim_tee.write_crl([sim_tee.vcek.serial_number])
+    try:
+        with pytest.raises(ChainError, match="revoked"):
+            verify(ev, at=NOW)
+    finally:
+        sim_tee.write_crl()
+    assert verify(ev, at=NOW).get("revocation") == "checked"
+
+
+def test_an_expired_simulator_crl_is_renewed_keeping_its_entries(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    tee = SimulatedTee.load_or_create(tmp_path / "sim")
+    tee.write_crl([4242], next_update=NOW - timedelta(days=1))
+    renewed = tee.crl()
+    assert renewed is not None
+    assert renewed.next_update_utc is not None and renewed.next_update_utc > NOW
+    assert [e.serial_number for e in renewed] == [4242]
+    assert tee.verify(tee.mint(bytes(64)), at=NOW).get("revocation") == "checked"
+
+
+def test_a_simulator_without_an_ark_key_is_unchecked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tee = SimulatedTee.load_or_create(tmp_path / "sim")
+    (tmp_path / "sim" / "ark.key").unlink()
+    (tmp_path / "sim" / "crl.der").unlink()
+    claims = tee.verify(tee.mint(bytes(64)), at=NOW)
+    assert claims.get("revocation") == "unchecked"

@@ -7,6 +7,7 @@ import struct
 from datetime import datetime, timezone
 
 import pytest
+from cryptography import x509
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,15 @@ from jupyter_cc.attest.certs import fingerprint, load_certificate, load_certific
 from jupyter_cc.attest.roots import AMD_ARKS, TrustStore
 from jupyter_cc.attest.sim import SimulatedTee
 from jupyter_cc.decoding import decode_blob
-from jupyter_cc.errors import CCError, ChainError, EvidenceError, FormatError, SignatureError, TcbError
+from jupyter_cc.errors import (
+    CCError,
+    ChainError,
+    CollateralError,
+    EvidenceError,
+    FormatError,
+    SignatureError,
+    TcbError,
+)
 from jupyter_cc.policy import Policy, appraise
 
 AT = datetime(2024, 6, 1, tzinfo=timezone.utc)
@@ -299,3 +308,39 @@ def test_a_pinned_root_of_another_vendor_or_product_is_not_an_ark(sim_tee) -> No
             snp.verify_report(
                 report, sim_tee.vcek, list(sim_tee.chain), at=datetime.now(timezone.utc), roots=store
             )
+
+
+def test_real_report_claims_say_revocation_unchecked_without_a_crl(milan) -> None:  # type: ignore[no-untyped-def]
+    report, vcek, chain = milan
+    claims = snp.verify_report(snp.parse_report(report), vcek, chain, at=AT)
+    assert claims.get("revocation") == "unchecked"
+    assert "collateral_stale_days" not in claims.details
+
+
+def test_a_crl_from_a_self_made_ark_is_refused_for_the_real_chain(milan, read_vector) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    report, vcek, chain = milan
+    # AMD's ARK name, to the last attribute, on a CRL signed by a key of the attacker's.
+    forged = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(chain[-1].subject)
+        .last_update(AT - timedelta(days=1))
+        .next_update(AT + timedelta(days=7))
+        .sign(ec.generate_private_key(ec.SECP384R1()), hashes.SHA384())
+    )
+    with pytest.raises(CollateralError, match="not signed by the 'ARK-Milan'"):
+        snp.verify_report(snp.parse_report(report), vcek, chain, at=AT, crls=[forged])
+    genoa = load_certificates(read_vector("amd/ask_ark_genoa.pem"))[-1]
+    other = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(genoa.subject)
+        .last_update(AT - timedelta(days=1))
+        .next_update(AT + timedelta(days=7))
+        .sign(ec.generate_private_key(ec.SECP384R1()), hashes.SHA384())
+    )
+    with pytest.raises(CollateralError, match=r"CN=ARK-Genoa.* is not for the VCEK chain"):
+        snp.verify_report(snp.parse_report(report), vcek, chain, at=AT, crls=[other])

@@ -579,3 +579,37 @@ def test_mutated_real_quote(quote_bytes: bytes, edits: list[tuple[int, int]], cu
         verify_quote(parse_quote(bytes(data[: max(cut, 4935)])), at=COLLATERAL_TIME)
     with contextlib.suppress(CCError):
         parse_quote(bytes(data[:cut]))
+
+
+def test_real_crls_give_revocation_checked(read_vector, quote_bytes: bytes) -> None:  # type: ignore[no-untyped-def]
+    crls = [read_vector("tdx/root-ca-crl.der"), read_vector("tdx/pck-platform-crl.der")]
+    claims = verify_tdx(quote_bytes, at=COLLATERAL_TIME, crls=crls)
+    assert claims.get("revocation") == "checked"
+    assert claims.get("collateral_stale_days") == 0
+    assert verify_tdx(quote_bytes, at=COLLATERAL_TIME, crls=crls[1:]).get("revocation") == "unchecked"
+    assert verify_tdx(quote_bytes, at=COLLATERAL_TIME).get("revocation") == "unchecked"
+
+
+def test_synthetic_revocation_through_collateral_claims(pki: SyntheticPki) -> None:
+    quote = parse_quote(build_quote(pki))
+    roots = synth_roots(pki)
+    crls = [tc.load_crl(pki.crl("platform")), tc.load_crl(pki.crl("root"))]
+    collateral = tc.load_collateral(
+        tcb_info=tcb_info(pki, levels=[level("OutOfDate", advisories=["INTEL-SA-00837"])]),
+        qe_identity=qe_identity(pki),
+        issuer_chain=pki.collateral_chain_pem(),
+        crls=crls,
+    )
+    claims = verify_quote(quote, at=SYNTH_TIME, roots=roots, collateral=collateral)
+    assert claims.get("tcb_status") == "OutOfDate"
+    assert claims.get("advisory_ids") == ("INTEL-SA-00837",)
+    assert claims.get("revocation") == "checked"
+    assert claims.get("collateral_stale_days") == 0
+    with pytest.raises(ChainError, match="revoked"):
+        verify_quote(
+            quote,
+            at=SYNTH_TIME,
+            roots=roots,
+            collateral=collateral,
+            crls=[tc.load_crl(pki.crl("platform", [pki.pck.serial_number]))],
+        )

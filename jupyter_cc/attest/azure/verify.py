@@ -26,6 +26,7 @@ from jupyter_cc.attest.azure.hcl import (
     verify_hcl_binding,
 )
 from jupyter_cc.attest.claims import Claims
+from jupyter_cc.attest.revocation import load_amd_crls
 from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.errors import InputError
 
@@ -82,6 +83,8 @@ def verify_az_snp_vtpm(
     tpm_quote: bytes | None = None,
     tpm_sig: bytes | None = None,
     nonce: bytes | None = None,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+    allow_stale_days: int = 0,
 ) -> Claims:
     """Verify Azure SEV-SNP CVM evidence: HCL report, inner SNP report, optional TPM quote.
 
@@ -91,7 +94,8 @@ def verify_az_snp_vtpm(
 
     Args:
         hcl: the HCL report bytes (NV index 0x01400001).
-        vek_cert, chain, at, roots: as for :func:`jupyter_cc.attest.snp.verify_report`.
+        vek_cert, chain, at, roots, crls, allow_stale_days: as for
+            :func:`jupyter_cc.attest.snp.verify_report` (claims carry ``revocation``).
         tpm_quote: the TPMS_ATTEST message of a TPM2_Quote by the vTPM's AK.
         tpm_sig: its signature, raw or as a TPMT_SIGNATURE.
         nonce: the challenge the quote must carry; requires ``tpm_quote``.
@@ -101,7 +105,16 @@ def verify_az_snp_vtpm(
         InputError: a quote without its signature, or a nonce without a quote.
     """
     report = verify_hcl_binding(hcl, report_type=REPORT_TYPE_SNP)
-    claims = snp.verify_report(report.snp_report(), vek_cert, chain, at=at, roots=roots, kind="az-snp-vtpm")
+    claims = snp.verify_report(
+        report.snp_report(),
+        vek_cert,
+        chain,
+        at=at,
+        roots=roots,
+        kind="az-snp-vtpm",
+        crls=crls,
+        allow_stale_days=allow_stale_days,
+    )
     return _azure_claims("az-snp-vtpm", claims, report, tpm_quote, tpm_sig, nonce)
 
 
@@ -118,6 +131,7 @@ def verify_az_tdx_vtpm(
     tpm_quote: bytes | None = None,
     tpm_sig: bytes | None = None,
     nonce: bytes | None = None,
+    allow_stale_days: int = 0,
 ) -> Claims:
     """Verify Azure TDX CVM evidence: HCL report, the TD quote made from its TDREPORT, TPM quote.
 
@@ -144,6 +158,7 @@ def verify_az_tdx_vtpm(
         collateral_chain=collateral_chain,
         crls=crls,
         kind="az-tdx-vtpm",
+        allow_stale_days=allow_stale_days,
     )
     bind_td_quote(td, claims)
     return _azure_claims("az-tdx-vtpm", claims, report, tpm_quote, tpm_sig, nonce)
@@ -161,6 +176,8 @@ def verify_snp_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None 
         tpm_quote=ev.tpm_quote,
         tpm_sig=ev.tpm_sig,
         nonce=ev.nonce,
+        crls=load_amd_crls(ev.crls),
+        allow_stale_days=ev.allow_stale_days,
     )
 
 

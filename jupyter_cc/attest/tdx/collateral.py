@@ -17,15 +17,14 @@ step 7; go-tdx-guest ``verify/verify.go``); :mod:`jupyter_cc.attest.tdx.tcb` che
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from cryptography import x509
-from cryptography.utils import CryptographyDeprecationWarning
 
+from jupyter_cc.attest import revocation
 from jupyter_cc.attest.certs import load_certificates
 from jupyter_cc.decoding import JSON_DECODER
 from jupyter_cc.errors import CollateralError, InputError
@@ -376,22 +375,12 @@ def parse_qe_identity(raw: bytes) -> QeIdentity:
 
 
 def load_crl(data: bytes, *, what: str = "CRL") -> x509.CertificateRevocationList:
-    """A CRL from DER or PEM bytes.
+    """A CRL from DER or PEM bytes, as Intel PCS serves them.
 
     Raises:
         InputError: the bytes are not a CRL.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            if b"-----BEGIN X509 CRL-----" in data:
-                return x509.load_pem_x509_crl(data)
-            return x509.load_der_x509_crl(data)
-    except ValueError as exc:
-        raise InputError(
-            f"{what} is not a readable X.509 CRL ({str(exc).rstrip('.')})",
-            hint="pass the DER CRL as Intel PCS serves it",
-        ) from None
+    return revocation.load_crl(data, what=what, hint="pass the DER CRL as Intel PCS serves it")
 
 
 @dataclass(frozen=True)

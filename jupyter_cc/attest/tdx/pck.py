@@ -4,7 +4,8 @@ Checks, in order (each failure its own error, naming the check; docs/attestation
 section 2, gotdx ``verify/verify.go``):
 
 1. the PCK chain from the quote (leaf, Platform/Processor CA, root) ends at a pinned root
-   (``ChainError``), and no given CRL revokes it;
+   (``ChainError``), and no given CRL revokes it (claims: ``revocation`` is ``checked`` when
+   the PCK CRL and the Root CA CRL were both given and valid, else ``unchecked``);
 2. the quote signature (ECDSA P-256, big-endian r‖s) over header‖body verifies with the
    attestation key (``SignatureError``);
 3. the QE report signature verifies with the PCK leaf key (``SignatureError``);
@@ -41,13 +42,15 @@ from cryptography.utils import CryptographyDeprecationWarning
 from jupyter_cc.attest import der
 from jupyter_cc.attest.certs import describe, verify_chain
 from jupyter_cc.attest.claims import Claims
+from jupyter_cc.attest.revocation import CHECKED, UNCHECKED
 from jupyter_cc.attest.roots import INTEL_SGX_ROOT, TrustStore
 from jupyter_cc.attest.tdx.collateral import QeIdentity, TdxCollateral, load_collateral, load_crl
 from jupyter_cc.attest.tdx.qe import check_qe_report
 from jupyter_cc.attest.tdx.quote import QeReport, TdxQuote, parse_quote, quote_details
 from jupyter_cc.attest.tdx.tcb import (
     QeMatch,
-    check_revocation,
+    apply_revocation,
+    collateral_stale_days,
     match_qe_identity,
     match_tcb_level,
     verify_collateral,
@@ -259,6 +262,7 @@ def verify_quote(
     collateral: TdxCollateral | None = None,
     crls: Sequence[x509.CertificateRevocationList] = (),
     kind: str = "tdx",
+    allow_stale_days: int = 0,
 ) -> Claims:
     """Verify ``quote`` to a pinned root and return its claims.
 
@@ -269,6 +273,13 @@ def verify_quote(
         collateral: Intel PCS TCB info and QE identity; adds ``tcb_status`` to the claims.
         crls: CRLs to check the PCK chain against, besides those in ``collateral``.
         kind: the evidence kind the claims are labelled with.
+        allow_stale_days: accept collateral and CRLs at most this many days past their
+            nextUpdate (default 0: refuse stale collateral).
+
+    Claims always carry ``revocation``: ``checked`` when a PCK CRL (issued by the Platform or
+    Processor CA) and the Root CA CRL both applied, else ``unchecked``. With collateral or CRLs
+    they carry ``collateral_stale_days`` (0 when every item is within its nextUpdate), and with
+    collateral ``tcb_status`` and ``advisory_ids`` from the matched TCB levels.
 
     Raises:
         FormatError: the embedded PCK chain is unreadable.
@@ -285,7 +296,7 @@ def verify_quote(
     anchor = verify_chain(chain, roots=roots, at=at, end_entity="the PCK certificate")
     _check_chain_names(chain)
     all_crls = (*crls, *(collateral.crls if collateral else ()))
-    check_revocation(all_crls, chain, at=at)
+    applied = apply_revocation(all_crls, chain, at=at, allow_stale_days=allow_stale_days)
     pck_key = chain[0].public_key()
     if not isinstance(pck_key, ec.EllipticCurvePublicKey) or pck_key.curve.name != "secp256r1":
         raise ChainError(f"the PCK certificate '{describe(chain[0])}' does not hold an EC P-256 key")
@@ -322,7 +333,14 @@ def verify_quote(
     else:
         # (6) Collateral: the QE by Intel's QE identity, and the TCB status of the platform,
         # the TDX module and the QE.
-        details.update(appraise_collateral(quote, pck, collateral, at=at, roots=roots))
+        details.update(
+            appraise_collateral(quote, pck, collateral, at=at, roots=roots, allow_stale_days=allow_stale_days)
+        )
+    covered = {a.position for a in applied}
+    details["revocation"] = CHECKED if {1, 2} <= covered else UNCHECKED
+    if applied or collateral is not None:
+        ages = [a.stale_days for a in applied]
+        details["collateral_stale_days"] = max([details.get("collateral_stale_days", 0), *ages])
     return Claims(
         kind=kind,
         simulated=anchor.simulated,
@@ -355,11 +373,13 @@ def appraise_collateral(
     *,
     at: datetime,
     roots: TrustStore | None = None,
+    allow_stale_days: int = 0,
 ) -> dict[str, Any]:
     """Verify ``collateral`` and look up the quote's TCB and QE status in it (claims, JSON-ready).
 
     ``tcb_status`` is the worst of the platform level, the TDX module level (when TEE_TCB_SVN
     names a module version) and the QE level; each is reported on its own too.
+    ``collateral_stale_days`` is how many days the staler document is past its nextUpdate.
 
     Raises:
         ChainError, SignatureError, CollateralError, TcbError: see
@@ -367,7 +387,7 @@ def appraise_collateral(
         :func:`~jupyter_cc.attest.tdx.collateral.match_tcb_level` and
         :func:`~jupyter_cc.attest.tdx.collateral.match_qe_identity`.
     """
-    verify_collateral(collateral, at=at, roots=roots)
+    verify_collateral(collateral, at=at, roots=roots, allow_stale_days=allow_stale_days)
     qe_match = match_qe_report(quote.qe_report, collateral.qe_identity)
     tcb = match_tcb_level(
         collateral.tcb_info,
@@ -383,6 +403,7 @@ def appraise_collateral(
         "tcb_date": tcb.level.tcb_date,
         "tcb_evaluation_data_number": collateral.tcb_info.tcb_evaluation_data_number,
         "advisory_ids": list(dict.fromkeys((*tcb.advisory_ids, *qe_match.advisory_ids))),
+        "collateral_stale_days": collateral_stale_days(collateral, at),
     }
     if tcb.module_level is not None:
         out["tdx_module_id"] = tcb.module_id
@@ -400,6 +421,7 @@ def verify_tdx(
     collateral_chain: bytes | None = None,
     crls: Sequence[bytes] = (),
     kind: str = "tdx",
+    allow_stale_days: int = 0,
 ) -> Claims:
     """Parse and verify a quote with optional collateral, as ``jupyter-cc verify tdx`` does.
 
@@ -427,7 +449,15 @@ def verify_tdx(
             tcb_info=tcb_info, qe_identity=qe_identity, issuer_chain=collateral_chain
         )
     quote = parse_quote(quote_bytes)
-    return verify_quote(quote, at=at, roots=roots, collateral=collateral, crls=loaded_crls, kind=kind)
+    return verify_quote(
+        quote,
+        at=at,
+        roots=roots,
+        collateral=collateral,
+        crls=loaded_crls,
+        kind=kind,
+        allow_stale_days=allow_stale_days,
+    )
 
 
 def verify_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:

@@ -3,7 +3,9 @@
 * :func:`verify_collateral`: the TCB info and QE identity are signed by "Intel SGX TCB Signing"
   chained to a pinned root, have the expected ids and versions, and are fresh.
 * :func:`check_revocation`: CRLs, verified with their issuer from the chain they apply to, list
-  no certificate of that chain.
+  no certificate of that chain (:mod:`jupyter_cc.attest.revocation`).
+* Freshness: documents and CRLs past ``nextUpdate`` are refused unless the caller allows some
+  days (``allow_stale_days``); :func:`collateral_stale_days` says how stale they are.
 * **Matching**: the TCB level is the first level of the TCB info whose SGX components, PCE SVN
   and TDX components (TEE_TCB_SVN; bytes 0-1 skipped when byte 1 names a module version, then
   the module's level from ``tdxModuleIdentities``) are all at or below the platform's. The QE
@@ -31,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from jupyter_cc.attest.certs import describe, verify_chain
 from jupyter_cc.attest.kinds import TCB_STATUSES
+from jupyter_cc.attest.revocation import AppliedCrl, CrlHints, apply_crls, stale_days, staleness_note
 from jupyter_cc.attest.roots import INTEL_SGX_ROOT, TrustAnchor, TrustStore
 from jupyter_cc.attest.tdx.collateral import ModuleTcbLevel, QeIdentity, TcbInfo, TcbLevel, TdxCollateral
 from jupyter_cc.errors import ChainError, CollateralError, SignatureError, TcbError
@@ -41,7 +44,9 @@ if TYPE_CHECKING:
 __all__ = [
     "QeMatch",
     "TcbMatch",
+    "apply_revocation",
     "check_revocation",
+    "collateral_stale_days",
     "match_qe_identity",
     "match_tcb_level",
     "verify_collateral",
@@ -89,21 +94,39 @@ def _check_signature(key: ec.EllipticCurvePublicKey, signed: bytes, sig: bytes, 
         ) from None
 
 
-def _check_fresh(what: str, issue: datetime, next_update: datetime, at: datetime) -> None:
-    if at > next_update:
+def _check_fresh(
+    what: str, issue: datetime, next_update: datetime, at: datetime, allow_stale_days: int
+) -> int:
+    days = stale_days(next_update, at)
+    if days > allow_stale_days:
         raise CollateralError(
             f"the {what} is stale: its nextUpdate {next_update:%Y-%m-%dT%H:%M:%SZ} is before the "
-            f"verification time {at:%Y-%m-%dT%H:%M:%SZ} (issued {issue:%Y-%m-%dT%H:%M:%SZ})",
+            f"verification time {at:%Y-%m-%dT%H:%M:%SZ} (issued {issue:%Y-%m-%dT%H:%M:%SZ})"
+            f"{staleness_note(days, allow_stale_days)}",
             hint=_FETCH_HINT,
         )
+    return days
+
+
+def collateral_stale_days(collateral: TdxCollateral, at: datetime) -> int:
+    """Days the staler of the TCB info and QE identity is past its nextUpdate (0: both current)."""
+    return max(
+        stale_days(collateral.tcb_info.next_update, at), stale_days(collateral.qe_identity.next_update, at)
+    )
 
 
 def verify_collateral(
-    collateral: TdxCollateral, *, at: datetime, roots: TrustStore | None = None
+    collateral: TdxCollateral,
+    *,
+    at: datetime,
+    roots: TrustStore | None = None,
+    allow_stale_days: int = 0,
 ) -> TrustAnchor:
     """Check the TCB info and QE identity: signer chain, signatures, ids, versions, freshness.
 
     A Root CA CRL among ``collateral.crls`` is also checked against the signing certificate.
+    Documents and CRLs past their nextUpdate are refused, unless by at most
+    ``allow_stale_days`` days (:func:`collateral_stale_days` says by how many).
 
     Returns:
         the pinned root the signing chain ends at.
@@ -129,8 +152,8 @@ def verify_collateral(
         )
     # Staleness first, as go-tdx-guest does: stale collateral usually also means an expired
     # signing certificate, and "fetch fresh collateral" is the message that helps.
-    _check_fresh("TCB info", info.issue_date, info.next_update, at)
-    _check_fresh("QE identity", ident.issue_date, ident.next_update, at)
+    _check_fresh("TCB info", info.issue_date, info.next_update, at, allow_stale_days)
+    _check_fresh("QE identity", ident.issue_date, ident.next_update, at, allow_stale_days)
     key, anchor = _check_signing_chain(collateral.issuer_chain, roots=roots, at=at)
     _check_signature(key, info.signed_bytes, info.signature, "TCB info")
     _check_signature(key, ident.signed_bytes, ident.signature, "QE identity")
@@ -138,8 +161,33 @@ def verify_collateral(
         raise CollateralError("the TCB info lists no TCB levels")
     if not ident.tcb_levels:
         raise CollateralError("the QE identity lists no TCB levels")
-    check_revocation(collateral.crls, collateral.issuer_chain, at=at, what="collateral issuer chain")
+    check_revocation(
+        collateral.crls,
+        collateral.issuer_chain,
+        at=at,
+        what="collateral issuer chain",
+        allow_stale_days=allow_stale_days,
+    )
     return anchor
+
+
+_TDX_CRL_HINTS = CrlHints(
+    sign="pass the CRLs Intel PCS serves for this chain",
+    stale=_FETCH_HINT,
+    revoked="the platform's keys are no longer trusted by Intel",
+)
+
+
+def apply_revocation(
+    crls: Sequence[x509.CertificateRevocationList],
+    chain: Sequence[x509.Certificate],
+    *,
+    at: datetime,
+    what: str = "PCK chain",
+    allow_stale_days: int = 0,
+) -> list[AppliedCrl]:
+    """:func:`check_revocation`, returning the CRLs that applied (with their CA and age)."""
+    return apply_crls(crls, chain, at=at, what=what, hints=_TDX_CRL_HINTS, allow_stale_days=allow_stale_days)
 
 
 def check_revocation(
@@ -148,12 +196,14 @@ def check_revocation(
     *,
     at: datetime,
     what: str = "PCK chain",
+    allow_stale_days: int = 0,
 ) -> int:
-    """Check a verified ``chain`` (leaf first) against the CRLs whose issuer is in it.
+    """Check a verified ``chain`` (leaf first) against the CRLs whose issuer is a CA in it.
 
-    Each CRL issued by a certificate of ``chain`` must verify with that certificate and be
-    current at ``at``; no certificate it issued may be listed. CRLs from other issuers are
-    ignored here (a Root CA CRL applies to every chain, a PCK CRL only to the PCK chain).
+    Each CRL issued by a CA of ``chain`` must verify with that certificate and be current at
+    ``at`` (or at most ``allow_stale_days`` past its nextUpdate); no certificate it issued may be
+    listed. CRLs from other issuers are ignored here (a Root CA CRL applies to every chain, a
+    PCK CRL only to the PCK chain).
 
     Returns:
         how many CRLs applied.
@@ -162,40 +212,7 @@ def check_revocation(
         CollateralError: a CRL does not verify with its issuer, or is stale.
         ChainError: a certificate of the chain is revoked.
     """
-    applied = 0
-    for crl in crls:
-        for i, issuer in enumerate(chain):
-            if crl.issuer != issuer.subject:
-                continue
-            public = issuer.public_key()
-            valid = isinstance(public, ec.EllipticCurvePublicKey) and crl.is_signature_valid(public)
-            if not valid:
-                raise CollateralError(
-                    f"the CRL naming '{describe(issuer)}' as issuer is not signed by the "
-                    f"'{describe(issuer)}' of the {what}",
-                    hint="pass the CRLs Intel PCS serves for this chain",
-                )
-            next_update = crl.next_update_utc
-            if next_update is not None and at > next_update:
-                raise CollateralError(
-                    f"the CRL of '{describe(issuer)}' is stale: its nextUpdate "
-                    f"{next_update:%Y-%m-%dT%H:%M:%SZ} is before the verification time "
-                    f"{at:%Y-%m-%dT%H:%M:%SZ}",
-                    hint=_FETCH_HINT,
-                )
-            applied += 1
-            for child in chain[:i]:
-                if child.issuer != issuer.subject:
-                    continue
-                entry = crl.get_revoked_certificate_by_serial_number(child.serial_number)
-                if entry is not None:
-                    raise ChainError(
-                        f"certificate '{describe(child)}' (serial {child.serial_number:x}) of the "
-                        f"{what} was revoked by '{describe(issuer)}' at "
-                        f"{entry.revocation_date_utc:%Y-%m-%dT%H:%M:%SZ}",
-                        hint="the platform's keys are no longer trusted by Intel",
-                    )
-    return applied
+    return len(apply_revocation(crls, chain, at=at, what=what, allow_stale_days=allow_stale_days))
 
 
 # --- matching ---------------------------------------------------------------------------------
