@@ -128,6 +128,10 @@ class Cache:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        # Parsed entries by key, with the (device, inode, mtime, size) of the file they came
+        # from: a verifier re-reads the same few files on every call, and a replaced (renamed
+        # over) or rewritten file has another stamp, so it is read again.
+        self._parsed: dict[str, tuple[tuple[int, int, int, int], Entry]] = {}
 
     def path(self, key: str) -> Path:
         if not _KEY.match(key) or ".." in key:
@@ -138,11 +142,22 @@ class Cache:
         """The entry under ``key``, or None when there is none (or it is unreadable)."""
         try:
             with open(self.path(key), "rb") as fh:
+                st = os.fstat(fh.fileno())
+                stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+                known = self._parsed.get(key)
+                if known is not None and known[0] == stamp:
+                    return known[1]
                 raw = fh.read(_MAX_ENTRY + 1)
             entry = Entry.from_json(json.loads(raw))
         except (OSError, ValueError, UnicodeDecodeError):
+            self._parsed.pop(key, None)
             return None
-        return entry if entry.key == key else None
+        if entry.key != key:
+            return None
+        if len(self._parsed) >= 256:
+            self._parsed.clear()
+        self._parsed[key] = (stamp, entry)
+        return entry
 
     def put(self, entry: Entry) -> Path:
         """Write ``entry`` whole (atomically).

@@ -14,6 +14,7 @@ for. It returns the item's ``nextUpdate``. Parsing is :mod:`jupyter_cc.attest.td
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -216,7 +217,8 @@ def check_root_ca_crl(
     return _check_crl(body, root, at, "Intel SGX Root CA CRL")
 
 
+@functools.lru_cache(maxsize=32)
 def root_pem(chain_pem: bytes) -> bytes:
-    """The last certificate (the root) of a PEM chain, as PEM."""
+    """The last certificate (the root) of a PEM chain, as PEM (cached: it depends only on the bytes)."""
     root = load_certificates(chain_pem, what="issuer chain")[-1]
     return root.public_bytes(serialization.Encoding.PEM)
