@@ -186,6 +186,11 @@ def test_tampered_tcb_info(read_vector) -> None:  # type: ignore[no-untyped-def]
     raw = read_vector("tdx/tcb-info-50806f000000.json")
     chain = read_vector("tdx/tcb-info-issuer-chain.pem")
     qe = read_vector("tdx/qe-identity.json")
+    # The genuine document first, so its signature check is cached: the cache must answer only
+    # for those exact bytes, never for an edited copy.
+    tt.verify_collateral(
+        tc.load_collateral(tcb_info=raw, qe_identity=qe, issuer_chain=chain), at=COLLATERAL_TIME
+    )
     tampered = raw.replace(b'"pcesvn":11', b'"pcesvn":10', 1)
     assert tampered != raw
     bad = tc.load_collateral(tcb_info=tampered, qe_identity=qe, issuer_chain=chain)

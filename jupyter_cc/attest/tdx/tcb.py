@@ -20,6 +20,7 @@ Nothing here decides whether a status is acceptable: statuses are returned as In
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -82,16 +83,32 @@ def _check_signing_chain(
     return key, anchor
 
 
-def _check_signature(key: ec.EllipticCurvePublicKey, signed: bytes, sig: bytes, what: str) -> None:
+@functools.lru_cache(maxsize=64)
+def _signature_holds(key_der: bytes, signed: bytes, sig: bytes) -> bool:
+    """Whether ``sig`` (raw r||s) over ``signed`` verifies with the P-256 key ``key_der``.
+
+    The answer depends only on these bytes, so it is cached: a verifier judging one platform
+    again and again (kernels re-attesting, a broker) checks each collateral document once.
+    """
+    key = serialization.load_der_public_key(key_der)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return False
     der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
     try:
         key.verify(der, signed, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
+        return False
+    return True
+
+
+def _check_signature(key: ec.EllipticCurvePublicKey, signed: bytes, sig: bytes, what: str) -> None:
+    key_der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if not _signature_holds(key_der, signed, sig):
         raise SignatureError(
             f"the {what} signature does not verify with '{TCB_SIGNING_CN}' over the exact bytes of "
             "its body: the document was altered or belongs to another issuer chain",
             hint="pass the PCS response exactly as served, with its issuer chain",
-        ) from None
+        )
 
 
 def _check_fresh(
