@@ -54,8 +54,13 @@ expect 1 jupyter-cc verify snp "$work/report.bin" --vcek "$(python3 -c 'from jup
 
 if [ -d ../shared/vectors ]; then
     step "7. Real evidence from an AMD Milan machine (public sample), verified to the pinned ARK"
-    expect 0 jupyter-cc verify snp ../shared/vectors/snp/milan-v2.report.hex \
-        --vcek ../shared/vectors/snp/milan-v2.vcek.der --chain ../shared/vectors/amd/ask_ark_milan.pem
+    milan=(../shared/vectors/snp/milan-v2.report.hex --vcek ../shared/vectors/snp/milan-v2.vcek.der
+        --chain ../shared/vectors/amd/ask_ark_milan.pem)
+    echo "(no AMD CRL given: revocation is unchecked, which every policy refuses; exit 1)"
+    expect 1 jupyter-cc verify snp "${milan[@]}"
+    printf 'name = "unchecked-revocation-ok"\n[collateral]\nallow_unchecked_revocation = true\n' \
+        > "$work/unchecked.toml"
+    expect 0 jupyter-cc verify snp "${milan[@]}" --policy "$work/unchecked.toml"
 fi
 
 python3 "$(dirname "$0")/kernel_demo.py"

@@ -22,6 +22,12 @@ with a :class:`PolicyError` naming the rule and the kind:
 - ``[azure]``, ``[collateral]`` and ``[gpu]`` are judged for every accepted kind; a claim that
   the evidence does not carry fails the rule (the collateral rules say the collateral was not
   available).
+- Every policy refuses a TCB rated ``Revoked``, collateral more than ``[collateral]
+  max_stale_days`` (0) past nextUpdate, and unchecked revocation where it could be checked:
+  ``snp``, ``az-snp-vtpm`` (AMD CRL), ``tdx``, ``az-tdx-vtpm`` (Intel PCK and Root CA CRLs) must
+  say ``revocation: checked``; MAA tokens and GPU reports carry no such claim, simulated ones
+  are judged by ``allow_simulated``; other claims saying ``unchecked`` fail. ``[collateral]
+  allow_unchecked_revocation = true`` (for sites that cannot fetch CRLs) lifts this rule.
 
 When ``tee`` is absent, the accepted kinds are all real kinds, narrowed to the families of the
 hardware sections that hold rules (a policy pinning an SNP measurement does not accept TDX
@@ -250,11 +256,18 @@ class Policy:
     azure_compliance_status: str | None = None
     azure_secure_boot: bool | None = None
     collateral_max_stale_days: int | None = None
+    collateral_allow_unchecked_revocation: bool = False
     gpu_required: bool = False
     _kinds: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if "Revoked" in (self.tdx_tcb_status or ()):
+            raise PolicyError("[tdx] tcb_status cannot accept Revoked: every policy refuses a revoked TCB")
         object.__setattr__(self, "_kinds", self._judged_kinds())
+
+    @property
+    def max_stale_days(self) -> int:
+        return self.collateral_max_stale_days or 0  # [collateral] max_stale_days, default 0
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -286,7 +299,7 @@ class Policy:
         snp = _table(doc, "snp", ("measurement", "host_data", "vmpl", "min_tcb", "product"))
         tdx = _table(doc, "tdx", ("mrtd", "rtmr", "tcb_status", "deny_advisories"))
         azure = _table(doc, "azure", ("compliance_status", "secure_boot"))
-        collateral = _table(doc, "collateral", ("max_stale_days",))
+        collateral = _table(doc, "collateral", ("max_stale_days", "allow_unchecked_revocation"))
         gpu = _table(doc, "gpu", ("required",))
         name = doc.get("name", "unnamed")
         if not isinstance(name, str) or not name:
@@ -315,6 +328,9 @@ class Policy:
             azure_compliance_status=compliance,
             azure_secure_boot=opt(azure, "secure_boot", _bool, "[azure] secure_boot"),
             collateral_max_stale_days=opt(collateral, "max_stale_days", _int, "[collateral] max_stale_days"),
+            collateral_allow_unchecked_revocation=_bool(
+                collateral.get("allow_unchecked_revocation", False), "[collateral] allow_unchecked_revocation"
+            ),
             gpu_required=_bool(gpu.get("required", False), "[gpu] required"),
         )
 
@@ -418,6 +434,7 @@ def _observed(value: Any) -> str:
 
 
 _NO_COLLATERAL = "not evaluated: the collateral ({}) was not available"
+_STALE = "collateral at most {} days past its nextUpdate"
 
 
 def _check_snp(policy: Policy, claims: Claims, record: Any) -> None:
@@ -486,12 +503,26 @@ def _check_azure(policy: Policy, claims: Claims, record: Any) -> None:
         record("azure.secure_boot", boot is policy.azure_secure_boot, policy.azure_secure_boot, boot)
 
 
+def _check_always(policy: Policy, claims: Claims, record: Any) -> None:
+    """The rules of every policy (module docstring); recorded only when they fail."""
+    if claims.get("tcb_status") == "Revoked" and policy.tdx_tcb_status is None:  # else judged there
+        record("tdx.tcb_status", False, "a TCB that is not Revoked (every policy)", "Revoked")
+    rev, days = claims.get("revocation"), claims.get("collateral_stale_days")
+    checkable = claims.kind in _COLLATERAL_KINDS or (rev is not None and not claims.simulated)
+    if rev != "checked" and checkable and not policy.collateral_allow_unchecked_revocation:
+        why = "revocation checked against the vendor's CRLs (allow_unchecked_revocation = false)"
+        record("collateral.revocation", False, why, rev or "absent: no CRL was checked")
+    if policy.collateral_max_stale_days is None and isinstance(days, int) and days > 0:
+        record("collateral.max_stale_days", False, _STALE.format(0), f"{days} days past")
+
+
 def _check_collateral(policy: Policy, claims: Claims, record: Any) -> None:
+    _check_always(policy, claims, record)
     limit = policy.collateral_max_stale_days
     if limit is None:
         return
     days = claims.get("collateral_stale_days")
-    expected = f"collateral at most {limit} days past its nextUpdate"
+    expected = _STALE.format(limit)
     if days is None:
         record("collateral.max_stale_days", False, expected, _NO_COLLATERAL.format("TCB info, CRLs"))
     elif isinstance(days, int) and not isinstance(days, bool):

@@ -191,10 +191,16 @@ def _cmd_new(args: argparse.Namespace) -> int:
         raise EvidenceError(f"the evidence in {args.source} runs on a TCB that Intel has revoked")
     text = policy_text(claims, args.name or f"pinned-{name_}", Path(args.source).name)
     policy = Policy.from_toml(text)
-    verdict = appraise(claims, policy)
-    if not verdict.passed:  # pragma: no cover - a policy written from claims must accept them
-        raise CCError(
-            f"the written policy would refuse its own evidence ({verdict.reasons[0]}); this is a bug"
+    # Sample evidence verified without CRLs says revocation: unchecked, which every policy
+    # refuses; the written policy is for evidence judged where CRLs are fetched.
+    reasons = [r for r in appraise(claims, policy).reasons if r.rule != "collateral.revocation"]
+    if reasons:  # pragma: no cover - a policy written from claims must accept them
+        raise CCError(f"the written policy would refuse its own evidence ({reasons[0]}); this is a bug")
+    if claims.get("revocation") not in (None, "checked"):
+        print(
+            f"note: {args.source} was verified without CRLs (revocation: unchecked); every policy "
+            "refuses that, so kernels and the broker check revocation with fetched collateral",
+            file=sys.stderr,
         )
     try:
         write_atomic(out, text.encode("utf-8"))
@@ -267,7 +273,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _warnings(policy: Policy) -> list[str]:
     unpinned = [k for k in policy.accepted_kinds() if not policy.pins_measurement(k)]
-    return [_NO_MEASUREMENT.format(kinds=", ".join(unpinned))] if unpinned else []
+    out = [_NO_MEASUREMENT.format(kinds=", ".join(unpinned))] if unpinned else []
+    if policy.collateral_allow_unchecked_revocation:
+        out.append(
+            "WARNING: allow_unchecked_revocation = true: a TEE whose VCEK or PCK the vendor has "
+            "revoked passes whenever its CRLs could not be checked"
+        )
+    return out
 
 
 def _hexes(values: Any) -> str:
@@ -321,6 +333,15 @@ def explain_lines(policy: Policy) -> list[str]:
         "the simulated TEE is "
         + ("accepted (allow_simulated = true)" if policy.allow_simulated else "refused")
         + "."
+    )
+    revocation = (
+        "NOT required to be checked (allow_unchecked_revocation = true)"
+        if policy.collateral_allow_unchecked_revocation
+        else "checked against the vendor's CRLs where it can be"
+    )
+    lines.append(
+        f"A TCB Intel rates Revoked is refused; revocation is {revocation}; collateral may be at "
+        f"most {policy.max_stale_days} days past its nextUpdate."
     )
     return lines
 

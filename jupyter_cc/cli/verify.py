@@ -246,19 +246,32 @@ def _stale_notes(out: dict[str, Any]) -> None:
             )
 
 
-def _claims(args: argparse.Namespace, at: datetime, out: dict[str, Any], *, fetch: bool = False) -> Claims:
+def _claims(
+    args: argparse.Namespace, at: datetime, out: dict[str, Any], *, fetch: bool = False, stale: int = 0
+) -> Claims:
     """Verify what ``args`` names; ``out['kind']`` becomes the bundle's kind for a bundle.
 
-    With ``fetch``, collateral not given as files comes from the cache or the vendor.
+    With ``fetch``, collateral not given as files comes from the cache or the vendor (for a
+    bundle, as the kernel path gets it: what the bundle carries is a hint); collateral may be
+    ``stale`` days past its nextUpdate (the policy's ``[collateral] max_stale_days``).
     """
     if args.kind != "bundle":
         ev = _evidence(args)
-        return verify(_with_collateral(args, ev, at, out) if fetch else ev, at=at)
+        return verify(_with_collateral(args, ev, at, out) if fetch else ev, at=at, allow_stale_days=stale)
     bundle = parse_bundle(read_input(args.file, "evidence bundle"))
     out["kind"] = bundle.evidence.kind
     nonce = decode_hex(args.nonce, what="--nonce") if args.nonce else None
     host_key = decode_hex(args.host_key_sha256, what="--host-key-sha256") if args.host_key_sha256 else None
-    return verify_bundle(bundle, at=at, nonce=nonce, host_key_sha256=host_key)
+    if fetch:
+        from jupyter_cc.cli.collateral import service_for
+        from jupyter_cc.collateral.evidence import NEEDS_COLLATERAL, with_collateral
+
+        if bundle.evidence.kind in NEEDS_COLLATERAL:
+            service = service_for(bool(getattr(args, "offline", False)))
+            evidence, items = with_collateral(bundle.evidence, at=at, service=service)
+            out["collateral"] = [item.to_json() for item in items]
+            bundle = replace(bundle, evidence=evidence)
+    return verify_bundle(bundle, at=at, nonce=nonce, host_key_sha256=host_key, allow_stale_days=stale)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -274,7 +287,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         "errors": [],
     }
     try:
-        claims = _claims(args, at, out, fetch=True)
+        claims = _claims(args, at, out, fetch=True, stale=policy.max_stale_days)
         _stale_notes(out)
         if expected_rd is not None:
             from jupyter_cc.attest.binding import check_report_data

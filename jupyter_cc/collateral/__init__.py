@@ -11,6 +11,8 @@ Design section 12 is the contract. One module per thing it holds:
   KDS paths, and the check of each item to the pinned roots.
 - :mod:`~jupyter_cc.collateral.service`: files, then the cache, then the vendor (unless offline).
 - :mod:`~jupyter_cc.collateral.transfer`: export and import for air-gapped sites; prune.
+- :mod:`~jupyter_cc.collateral.evidence`: what one piece of evidence needs, for the kernel
+  path (``judge_bundle``), ``verify bundle`` and the broker (bundle collateral only a hint).
 
 >>> service = CollateralService()                        # doctest: +SKIP
 >>> files = service.tdx(quote_bytes, at=utcnow())          # doctest: +SKIP

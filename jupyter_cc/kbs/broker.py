@@ -44,6 +44,8 @@ from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.evidence import BUNDLE_FORMAT, bound_report_data, parse_bundle, verify
 from jupyter_cc.attest.kinds import AZURE_KINDS, KINDS
 from jupyter_cc.attest.roots import TrustStore
+from jupyter_cc.collateral.evidence import with_collateral
+from jupyter_cc.collateral.service import CollateralService
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.kbs.protocol import (
     HASH_ALGORITHMS,
@@ -141,6 +143,12 @@ class Broker:
         clock: seconds since the epoch; tests move it to expire sessions and nonces.
         roots: the roots evidence must chain to (default: the pinned vendor roots); tests
             pass a store holding their own test roots.
+        collateral: where TCB info, QE identity and CRLs come from (default: a service from
+            the settings, made when evidence first needs it); evidence whose collateral cannot
+            be had is refused.
+        allow_stale_days: how stale collateral may be when evidence is verified at ``attest``
+            (default: the largest ``[collateral] max_stale_days`` of the resources' policies
+            at that time); each resource's policy then judges the claim at ``release``.
     """
 
     def __init__(
@@ -154,9 +162,13 @@ class Broker:
         max_sessions: int = 10_000,
         clock: Callable[[], float] = time.time,
         roots: TrustStore | None = None,
+        collateral: CollateralService | None = None,
+        allow_stale_days: int | None = None,
     ) -> None:
         self.store = store
         self.roots = roots
+        self.collateral = collateral
+        self.allow_stale_days = allow_stale_days
         self.audit_path = audit_path or store.path.parent / AUDIT_NAME
         self.audit = audit or (lambda event: append_audit(self.audit_path, event))
         self.session_ttl = session_ttl
@@ -295,7 +307,16 @@ class Broker:
             nonce, jwk, session.hash_algorithm, additional_evidence=extra if isinstance(extra, str) else None
         )
         try:
-            claims = verify_tee_evidence(evidence, report_data_for(digest), roots=self.roots)
+            stale = self.allow_stale_days
+            if stale is None:
+                stale = max((p.max_stale_days for p in self.store.policies()), default=0)
+            claims = verify_tee_evidence(
+                evidence,
+                report_data_for(digest),
+                roots=self.roots,
+                collateral=self.collateral,
+                allow_stale_days=stale,
+            )
         except CCError as exc:
             self.audit(
                 {
@@ -382,9 +403,19 @@ class Broker:
 
 
 def verify_tee_evidence(
-    tee_evidence: Any, report_data: bytes, *, at: datetime | None = None, roots: TrustStore | None = None
+    tee_evidence: Any,
+    report_data: bytes,
+    *,
+    at: datetime | None = None,
+    roots: TrustStore | None = None,
+    collateral: CollateralService | None = None,
+    allow_stale_days: int = 0,
 ) -> Claims:
     """Verify jupyter-cc evidence sent as ``tee-evidence`` and check that it binds ``report_data``.
+
+    Hardware evidence is verified with the collateral service's TCB info, QE identity and CRLs
+    (:func:`~jupyter_cc.collateral.evidence.with_collateral`; what the evidence carries is only
+    a hint), at most ``allow_stale_days`` past their nextUpdate.
 
     Raises:
         CCError: malformed evidence (``FormatError``), failed verification (its leaf error), or
@@ -413,6 +444,8 @@ def verify_tee_evidence(
     evidence = bundle.evidence
     if evidence.kind in AZURE_KINDS and evidence.tpm_quote is not None:
         evidence = replace(evidence, nonce=report_data[:32])
-    claims = verify(evidence, at=at or datetime.now(timezone.utc), roots=roots)
+    when = at or datetime.now(timezone.utc)
+    evidence, _ = with_collateral(evidence, at=when, service=collateral)
+    claims = verify(evidence, at=when, roots=roots, allow_stale_days=allow_stale_days)
     check_report_data(bound_report_data(claims), report_data, what="the evidence's REPORT_DATA")
     return claims

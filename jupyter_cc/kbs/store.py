@@ -223,6 +223,12 @@ class KeyStore:
             ).fetchall()
         return [self._info(r) for r in rows]
 
+    def policies(self) -> tuple[Policy, ...]:
+        """The policy of every resource (the default one where none was set)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, policy FROM resources ORDER BY id").fetchall()
+        return tuple(_policy(text, rid) for rid, text in rows)
+
     # --- changes ------------------------------------------------------------------------------
 
     def add(self, rid: str, material: bytes, *, policy_text: str | None = None) -> ResourceInfo:

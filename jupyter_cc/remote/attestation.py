@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from jupyter_cc.attest.binding import NONCE_SIZE, host_key_digest
+from jupyter_cc.attest.binding import NONCE_SIZE, check_report_data, host_key_digest
 from jupyter_cc.attest.certs import utcnow
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.evidence import parse_bundle, verify_bundle
+from jupyter_cc.attest.roots import TrustStore
+from jupyter_cc.collateral.evidence import with_collateral
+from jupyter_cc.collateral.service import CollateralService
 from jupyter_cc.errors import CCError
 from jupyter_cc.policy import Policy, Verdict, appraise
 from jupyter_cc.remote.agent_client import AgentClient
@@ -90,24 +93,40 @@ def judge_bundle(
     host_key_sha256: bytes,
     policy: Policy,
     at: datetime | None = None,
+    collateral: CollateralService | None = None,
+    roots: TrustStore | None = None,
 ) -> Attestation:
     """Parse, verify (nonce and host-key binding included) and appraise one raw bundle.
 
     The verdict is returned whatever it says; the caller decides what a rejection means.
+    Hardware evidence is verified with the collateral and CRLs the collateral service has for
+    it (:func:`~jupyter_cc.collateral.evidence.with_collateral`; what the bundle carries is only
+    a hint), collateral at most the policy's ``[collateral] max_stale_days`` past its nextUpdate.
 
     Args:
         nonce: the nonce the evidence must be bound to (the one this client sent).
         host_key_sha256: the digest of the host key the evidence must bind (32 zero bytes for
             the ``local`` transport).
         at: the verification time (default: now).
+        collateral: the collateral service (default: one from the settings, made when needed).
+        roots: the roots evidence must chain to (default: the pinned vendor roots).
 
     Raises:
         EvidenceError: the evidence is malformed, invalid, stale, or bound to another nonce or
-            host key.
+            host key; ``CollateralError`` when its collateral cannot be had (fail closed).
     """
     bundle = parse_bundle(raw)
     when = at or utcnow()
-    claims = verify_bundle(bundle, at=when, nonce=nonce, host_key_sha256=host_key_sha256)
+    check_report_data(bundle.nonce, nonce, what="the bundle's nonce")  # before any fetch
+    evidence, _ = with_collateral(bundle.evidence, at=when, service=collateral)
+    claims = verify_bundle(
+        replace(bundle, evidence=evidence),
+        at=when,
+        nonce=nonce,
+        host_key_sha256=host_key_sha256,
+        roots=roots,
+        allow_stale_days=policy.max_stale_days,
+    )
     notes = bundle.extra.get("notes", [])
     return Attestation(
         claims=claims,
@@ -127,6 +146,7 @@ def attest(
     host_key_type: str | None,
     policy: Policy,
     at: datetime | None = None,
+    collateral: CollateralService | None = None,
 ) -> Attestation:
     """Ask ``agent`` for evidence bound to a fresh nonce and the SSH host key, and judge it.
 
@@ -134,6 +154,7 @@ def attest(
         host_key_blob: the host key seen in this connection's SSH handshake (None for the
             ``local`` transport, where 32 zero bytes are bound instead).
         host_key_type: its type, so the agent binds the same key of its sshd.
+        collateral: as for :func:`judge_bundle`.
 
     Raises:
         EvidenceError: the evidence is invalid, stale, or bound to another nonce or host key.
@@ -141,7 +162,12 @@ def attest(
     """
     nonce, raw = request_evidence(agent, host_key_type=host_key_type)
     attestation = judge_bundle(
-        raw, nonce=nonce, host_key_sha256=host_key_digest(host_key_blob), policy=policy, at=at
+        raw,
+        nonce=nonce,
+        host_key_sha256=host_key_digest(host_key_blob),
+        policy=policy,
+        at=at,
+        collateral=collateral,
     )
     if not attestation.verdict.passed:
         raise PolicyRejectedError(attestation.verdict, attestation.claims)

@@ -38,8 +38,19 @@ def snp_args(vectors: Path, report: str = "snp/milan-v2.report.hex") -> list[str
     ]
 
 
-def test_snp_json_has_the_contract_shape(capsys, vectors) -> None:  # type: ignore[no-untyped-def]
+def unchecked_ok(tmp_path: Path) -> list[str]:
+    """A policy allowing unchecked revocation: the vectors hold no AMD CRL for these reports."""
+    path = tmp_path / "unchecked-ok.toml"
+    path.write_text('name = "unchecked-revocation-ok"\n[collateral]\nallow_unchecked_revocation = true\n')
+    return ["--policy", str(path)]
+
+
+def test_snp_json_has_the_contract_shape(capsys, vectors, tmp_path) -> None:  # type: ignore[no-untyped-def]
     status, out, _ = run(capsys, *snp_args(vectors), "--json")
+    assert status == 1  # the default policy: no CRL was given, so revocation is unchecked
+    assert json.loads(out)["reasons"][0].startswith("collateral.revocation: expected revocation checked")
+    assert json.loads(out)["claims"]["revocation"] == "unchecked"
+    status, out, _ = run(capsys, *snp_args(vectors), "--json", *unchecked_ok(tmp_path))
     assert status == 0
     doc = json.loads(out)
     assert set(doc) >= {"kind", "verified", "passed", "claims", "reasons", "errors"}
@@ -55,9 +66,10 @@ def test_snp_json_has_the_contract_shape(capsys, vectors) -> None:  # type: igno
     assert claims["signing_key"] == "vcek"
 
 
-def test_report_data_flag(capsys, vectors) -> None:  # type: ignore[no-untyped-def]
-    assert run(capsys, *snp_args(vectors), "--report-data", "d447b55d197491bf")[0] == 0
-    status, _, err = run(capsys, *snp_args(vectors), "--report-data", "00" * 64)
+def test_report_data_flag(capsys, vectors, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    policy = unchecked_ok(tmp_path)
+    assert run(capsys, *snp_args(vectors), "--report-data", "d447b55d197491bf", *policy)[0] == 0
+    status, _, err = run(capsys, *snp_args(vectors), "--report-data", "00" * 64, *policy)
     assert status == 1
     assert "binding check failed" in err
 

@@ -79,7 +79,7 @@ def test_tdx_collateral_finds_no_tcb_level_as_go_tdx_guest_does(capsys, vectors:
     assert status == 2 and "--tcb-info given without" in err
 
 
-def test_az_snp_vtpm(capsys, vectors: Path) -> None:  # type: ignore[no-untyped-def]
+def test_az_snp_vtpm(capsys, vectors: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     azure = vectors / "azure"
     args = [
         "az-snp-vtpm",
@@ -88,6 +88,11 @@ def test_az_snp_vtpm(capsys, vectors: Path) -> None:  # type: ignore[no-untyped-
         str(azure / "snp-vtpm.vcek-chain.pem"),
     ]
     status, doc, _ = verify(capsys, *args, "--at", "2024-06-01T00:00:00Z")
+    assert status == 1 and doc["verified"]  # no AMD CRL given: revocation unchecked, refused
+    assert [r.split(":")[0] for r in doc["reasons"]] == ["collateral.revocation"]
+    lax = tmp_path / "unchecked-ok.toml"
+    lax.write_text("[collateral]\nallow_unchecked_revocation = true\n")
+    status, doc, _ = verify(capsys, *args, "--at", "2024-06-01T00:00:00Z", "--policy", str(lax))
     assert status == 0 and doc["passed"]
     claims = doc["claims"]
     assert claims["tee"] == "az-snp-vtpm"
@@ -190,7 +195,10 @@ def test_nvidia_report(capsys, vectors: Path) -> None:  # type: ignore[no-untype
 
 def test_gpu_required_policy_refuses_cpu_evidence_alone(capsys, vectors: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     policy = tmp_path / "gpu.toml"
-    policy.write_text('name = "gpu"\n[gpu]\nrequired = true\n')
+    # Unchecked revocation allowed (no AMD CRL in the vectors): the GPU rule is what is judged.
+    policy.write_text(
+        'name = "gpu"\n[collateral]\nallow_unchecked_revocation = true\n[gpu]\nrequired = true\n'
+    )
     status, doc, _ = verify(
         capsys,
         "snp",

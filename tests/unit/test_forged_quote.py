@@ -36,6 +36,8 @@ from jupyter_cc.kbs.protocol import report_data_for, runtime_data_digest, tee_pu
 from jupyter_cc.kbs.store import KeyStore
 from jupyter_cc.policy import Policy, appraise
 from tests.support import azure_builder as ab
+from tests.support.fake_pcs import FakeService, serve
+from tests.support.synthetic_pcs import synthetic_routes, synthetic_service
 from tests.support.tdx_builder import (
     QuoteSpec,
     SyntheticPki,
@@ -171,7 +173,8 @@ def test_forged_qe_is_refused_in_a_bundle(pki: SyntheticPki, roots: TrustStore, 
         return build_quote(pki, forged_spec(report_data=rd))
 
     good = parse_bundle(tdx_bundle(genuine, nonce, host_key))
-    claims = verify_bundle(good, at=AT, nonce=nonce, host_key_sha256=host_key, roots=roots)
+    crls = [pki.crl("platform"), pki.crl("root")]  # revocation checked, as the kernel path does
+    claims = verify_bundle(good, at=AT, nonce=nonce, host_key_sha256=host_key, roots=roots, crls=crls)
     assert appraise(claims, policy).passed  # the policy alone would let the forgery through
     bad = parse_bundle(tdx_bundle(forged, nonce, host_key))
     with pytest.raises(ChainError) as caught:
@@ -205,11 +208,14 @@ MRTD_POLICY = f'name = "pinned-mrtd"\ntee = ["tdx"]\n[tdx]\nmrtd = ["{MRTD.hex()
 
 
 @pytest.fixture
-def broker(tmp_path: Path, roots: TrustStore) -> Any:
+def broker(tmp_path: Path, pki: SyntheticPki, roots: TrustStore) -> Any:
     store = KeyStore(tmp_path / "kbs" / "kbs.sqlite")
     store.add("default/key/strict", b"\xa5" * 32)  # the default policy
     store.add("default/key/mrtd", b"\x5a" * 32, policy_text=MRTD_POLICY)
-    yield Broker(store, roots=roots)
+    # The broker fetches the synthetic PKI's collateral (TCB info, QE identity, CRLs) as it
+    # would Intel's.
+    with serve(FakeService(synthetic_routes(pki))) as pcs:
+        yield Broker(store, roots=roots, collateral=synthetic_service(pcs, tmp_path / "cache", roots))
     store.close()
 
 

@@ -19,6 +19,7 @@ def snp_claims(**overrides: object) -> Claims:
         "vmpl": 0,
         "product": "Milan",
         "reported_tcb": {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115},
+        "revocation": "checked",
     }
     kind = str(overrides.pop("kind", "snp"))
     simulated = bool(overrides.pop("simulated", False))
@@ -31,7 +32,7 @@ def snp_claims(**overrides: object) -> Claims:
 
 
 def tdx_claims(**details: object) -> Claims:
-    base = {"mrtd": M1, "rtmr": [M1, M1, M2, M2]}
+    base = {"mrtd": M1, "rtmr": [M1, M1, M2, M2], "revocation": "checked"}
     base.update(details)
     return Claims(kind="tdx", simulated=False, debug=False, report_data=bytes(64), details=base)
 
@@ -301,8 +302,41 @@ def test_collateral_rules_fail_closed_when_the_collateral_was_not_available() ->
         "tdx.deny_advisories",
         "collateral.max_stale_days",
     ]
-    # The default policy does not ask for collateral (yet).
+    # The default policy asks only what every policy asks: revocation checked, nothing stale.
     assert appraise(tdx_claims()).passed
+
+
+def test_every_policy_refuses_revoked_unchecked_and_stale() -> None:
+    strict = Policy.from_toml(f'name = "pinned"\n[tdx]\nmrtd = ["{M1}"]')
+    for policy in (Policy(), strict):
+        revoked = appraise(tdx_claims(tcb_status="Revoked"), policy)
+        assert "tdx.tcb_status" in rules(revoked)
+        assert "observed Revoked" in str(revoked.reasons[0])
+        for claims in (tdx_claims(revocation="unchecked"), tdx_claims(revocation=None)):
+            assert rules(appraise(claims, policy)) == ["collateral.revocation"]
+        assert rules(appraise(tdx_claims(collateral_stale_days=1), policy)) == ["collateral.max_stale_days"]
+        assert appraise(tdx_claims(collateral_stale_days=0), policy).passed
+    # Every kind that could be checked is judged; an absent claim fails.
+    for kind in ("snp", "az-snp-vtpm"):
+        assert rules(appraise(snp_claims(kind=kind, revocation=None))) == ["collateral.revocation"]
+    # Simulated evidence is judged by allow_simulated (an old simulator has no CRL to check).
+    sim = snp_claims(kind="sim-snp", simulated=True, revocation="unchecked")
+    assert appraise(sim, Policy.from_toml("allow_simulated = true")).passed
+    assert rules(appraise(snp_claims(kind="nvidia", revocation="unchecked"))) == ["collateral.revocation"]
+    # MAA tokens and GPU reports carry no revocation claim: not judged by it.
+    assert appraise(maa_claims()).passed
+    gpu = Claims(kind="nvidia", simulated=False, debug=False, report_data=b"", details={"cc_mode": True})
+    assert "collateral.revocation" not in rules(appraise(gpu))
+    # The loud opt-out lets unchecked revocation through, and nothing else.
+    lax = Policy.from_toml("[collateral]\nallow_unchecked_revocation = true")
+    assert appraise(tdx_claims(revocation="unchecked"), lax).passed
+    assert rules(appraise(tdx_claims(revocation="unchecked", tcb_status="Revoked"), lax)) == [
+        "tdx.tcb_status"
+    ]
+    with pytest.raises(PolicyError, match="allow_unchecked_revocation must be true or false"):
+        Policy.from_toml('[collateral]\nallow_unchecked_revocation = "yes"')
+    with pytest.raises(PolicyError, match="cannot accept Revoked"):
+        Policy.from_toml('tee = ["tdx"]\n[tdx]\ntcb_status = ["UpToDate", "Revoked"]')
 
 
 def test_the_repository_policies_still_load() -> None:

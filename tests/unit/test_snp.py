@@ -56,7 +56,11 @@ def test_real_milan_v2_report_verifies_to_the_pinned_ark(milan) -> None:  # type
     assert claims.get("report_version") == 2
     assert claims.get("signing_key") == "vcek"
     assert claims.get("root") == "ARK-Milan"
-    assert appraise(claims, Policy()).passed
+    # No AMD CRL was given, so revocation is unchecked: every policy refuses that unless it
+    # says allow_unchecked_revocation = true.
+    assert claims.get("revocation") == "unchecked"
+    assert [r.rule for r in appraise(claims, Policy()).reasons] == ["collateral.revocation"]
+    assert appraise(claims, Policy(collateral_allow_unchecked_revocation=True)).passed
 
 
 def test_milan_report_with_the_genoa_chain_is_refused(milan, read_vector) -> None:  # type: ignore[no-untyped-def]
@@ -72,10 +76,14 @@ def test_debug_report_signature_is_valid_but_the_default_policy_rejects_it(read_
     claims = snp.verify_report(report, vcek, load_certificates(read_vector("amd/ask_ark_milan.pem")), at=AT)
     assert claims.debug
     assert claims.get("policy") == 0xB0000
-    verdict = appraise(claims, Policy())
+    # Judged under a policy that allows unchecked revocation (no AMD CRL in the vectors), so
+    # the debug rule is the one refusal.
+    unchecked_ok = Policy(collateral_allow_unchecked_revocation=True)
+    verdict = appraise(claims, unchecked_ok)
     assert not verdict.passed
     assert [r.rule for r in verdict.reasons] == ["allow_debug"]
-    assert appraise(claims, Policy(allow_debug=True)).passed
+    assert "allow_debug" in [r.rule for r in appraise(claims, Policy()).reasons]
+    assert appraise(claims, Policy(allow_debug=True, collateral_allow_unchecked_revocation=True)).passed
 
 
 def test_a_vcek_of_another_chip_is_refused(milan, read_vector) -> None:  # type: ignore[no-untyped-def]
