@@ -341,37 +341,34 @@ def main() -> int:
         real_full, real_base = real_tdx(root / "real")
         snp_full, snp_scratch, snp_raw = snp_pair()
         snp_cache, snp_files = snp_cached(root / "snp")
+        raw = "raw checks (ECDSA P-384 + 2 RSA-PSS)"
+        without = "same verify without collateral"
+        pairs = {
+            "tdx-synthetic": (
+                "TDX verify, collateral from the warm cache (synthetic quote, full appraisal)",
+                synth_full,
+                synth_base,
+                without,
+            ),
+            "tdx-real": (
+                "TDX verify, collateral from the warm cache (real SPR quote, up to the TCB match)",
+                real_full,
+                real_base,
+                without,
+            ),
+            "snp": ("SNP verify (links cached)", snp_full, snp_raw, raw),
+            "snp-scratch": ("SNP verify (from scratch, link cache cleared)", snp_scratch, snp_raw, raw),
+            "snp-cache": (
+                "SNP verify, VCEK and chain from the warm cache",
+                snp_cache,
+                snp_files,
+                "same verify with the certificates given",
+            ),
+        }
         ratios = {}
-        full, base = interleaved(synth_full, synth_base)
-        ratios["tdx-synthetic"] = line(
-            "TDX verify, collateral from the warm cache (synthetic quote, full appraisal)",
-            full,
-            base,
-            "same verify without collateral",
-        )
-        full, base = interleaved(real_full, real_base)
-        ratios["tdx-real"] = line(
-            "TDX verify, collateral from the warm cache (real SPR quote, up to the TCB match)",
-            full,
-            base,
-            "same verify without collateral",
-        )
-        full, base = interleaved(snp_full, snp_raw)
-        ratios["snp"] = line("SNP verify (links cached)", full, base, "raw checks (ECDSA P-384 + 2 RSA-PSS)")
-        full, base = interleaved(snp_scratch, snp_raw)
-        ratios["snp-scratch"] = line(
-            "SNP verify (from scratch, link cache cleared)",
-            full,
-            base,
-            "raw checks (ECDSA P-384 + 2 RSA-PSS)",
-        )
-        full, base = interleaved(snp_cache, snp_files)
-        ratios["snp-cache"] = line(
-            "SNP verify, VCEK and chain from the warm cache",
-            full,
-            base,
-            "same verify with the certificates given",
-        )
+        for name, (what, measured, baseline, baseline_name) in pairs.items():
+            full, base = interleaved(measured, baseline)
+            ratios[name] = line(what, full, base, baseline_name)
         cold_line("TDX cold fetch (4 items from the loopback fake PCS, checked, cached)", cold_tdx(root))
         cold_line(
             "SNP cold fetch (cert_chain and VCEK from the loopback fake KDS, checked, cached)", cold_snp(root)

@@ -51,6 +51,14 @@ class _BaseHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
 
+    def _limit(self) -> int | None:
+        """The ``limit`` query argument, or None after answering 400 with the reason."""
+        try:
+            return parse_limit(self.get_query_argument("limit", None))
+        except ValueError as exc:
+            self._fail(400, f"{str(exc)[0].upper()}{str(exc)[1:]}.")
+            return None
+
     def _fail(self, status: int, sentence: str) -> None:
         """Finish with ``{"message": sentence, "reason": ...}`` (no %-formatting of the text)."""
         self.set_status(status)
@@ -165,10 +173,8 @@ class RefusalsHandler(_BaseHandler):
     async def get(self) -> None:
         from jupyter_cc.provisioner import recent_refusals
 
-        try:
-            limit = parse_limit(self.get_query_argument("limit", None))
-        except ValueError as exc:
-            self._fail(400, f"{str(exc)[0].upper()}{str(exc)[1:]}.")
+        limit = self._limit()
+        if limit is None:
             return
         found = refusals(
             recent_refusals(),
@@ -188,10 +194,8 @@ class AuditHandler(_BaseHandler):
     async def get(self) -> None:
         from jupyter_cc import audit
 
-        try:
-            limit = parse_limit(self.get_query_argument("limit", None))
-        except ValueError as exc:
-            self._fail(400, f"{str(exc)[0].upper()}{str(exc)[1:]}.")
+        limit = self._limit()
+        if limit is None:
             return
         try:
             entries = await asyncio.to_thread(audit.read, limit=limit)
