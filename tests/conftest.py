@@ -51,6 +51,19 @@ def read_vector(vectors: Path) -> Callable[[str], bytes]:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _offline() -> Iterator[None]:
+    """Tests never reach Intel, AMD or NVIDIA: collateral comes from files, the cache, or a
+    loopback fake that a test points at (and turns offline mode off for)."""
+    old = os.environ.get("JUPYTER_CC_OFFLINE")
+    os.environ["JUPYTER_CC_OFFLINE"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("JUPYTER_CC_OFFLINE", None)
+    else:
+        os.environ["JUPYTER_CC_OFFLINE"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Keep tests out of the user's data dir: the simulated TEE is created in a temp folder."""
     old = os.environ.get("JUPYTER_DATA_DIR")

@@ -23,7 +23,7 @@ from jupyter_cc.attest.evidence import Evidence, parse_bundle, verify, verify_bu
 from jupyter_cc.attest.kinds import KINDS, SIMULATED_BANNER, Kind, kind
 from jupyter_cc.cli.output import failure_line, summary
 from jupyter_cc.decoding import decode_blob, decode_hex
-from jupyter_cc.errors import CCError, InputError
+from jupyter_cc.errors import CCError, CollateralError, InputError
 from jupyter_cc.files import read_input
 from jupyter_cc.policy import Policy, Verdict, appraise
 
@@ -214,6 +214,7 @@ def _with_collateral(args: argparse.Namespace, ev: Evidence, at: datetime, out: 
     SNP report with --vcek, is verified with what was given alone.
     """
     from jupyter_cc.cli.collateral import service_for
+    from jupyter_cc.collateral.evidence import NEEDS_COLLATERAL
 
     if ev.kind == "tdx" and ev.tcb_info is None and ev.qe_identity is None and ev.collateral_chain is None:
         files = service_for(bool(getattr(args, "offline", False))).tdx(ev.binary(), at=at)
@@ -228,7 +229,25 @@ def _with_collateral(args: argparse.Namespace, ev: Evidence, at: datetime, out: 
     if ev.kind == "snp" and ev.vek is None:
         snp = service_for(bool(getattr(args, "offline", False))).snp(ev.binary(), at=at, crl=False)
         out["collateral"] = [item.to_json() for item in snp.items]
-        return replace(ev, vek=load_certificate(snp.vcek, what="VCEK"), chain=tuple(_pem_certs(snp.chain)))
+        ev = replace(ev, vek=load_certificate(snp.vcek, what="VCEK"), chain=tuple(_pem_certs(snp.chain)))
+    if NEEDS_COLLATERAL.get(ev.kind) == "snp" and not ev.crls:
+        ev = _with_amd_crl(args, ev, at, out)
+    return ev
+
+
+def _with_amd_crl(args: argparse.Namespace, ev: Evidence, at: datetime, out: dict[str, Any]) -> Evidence:
+    """``ev`` with AMD's CRL for its chain from the cache or KDS; without it (offline with none
+    cached, KDS unreachable) the claims say ``revocation: unchecked`` and the policy decides;
+    a note says why (printed with the verdict)."""
+    from jupyter_cc.cli.collateral import service_for
+    from jupyter_cc.collateral.evidence import with_collateral
+
+    try:
+        ev, items = with_collateral(ev, at=at, service=service_for(bool(getattr(args, "offline", False))))
+    except CollateralError as exc:
+        out.setdefault("notes", []).append(f"revocation not checked: {exc.diagnostics()}")
+        return ev
+    out.setdefault("collateral", []).extend(item.to_json() for item in items)
     return ev
 
 
@@ -237,6 +256,8 @@ def _pem_certs(pem: bytes) -> list[Any]:
 
 
 def _stale_notes(out: dict[str, Any]) -> None:
+    for note in out.pop("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     for item in out.get("collateral", []):
         if item["stale_days"]:
             print(
@@ -294,6 +315,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
             check_report_data(claims.report_data, expected_rd)
     except CCError as exc:
+        out.pop("notes", None)  # why revocation went unchecked matters only beside a verdict
         out["errors"].append(exc.diagnostics())
         if args.json:
             print(json.dumps(out, indent=2))

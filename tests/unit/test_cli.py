@@ -247,3 +247,23 @@ def test_console_script_never_prints_a_traceback(tmp_path) -> None:  # type: ign
     assert proc.returncode in (1, 2)
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("jupyter-cc:")
+
+
+def test_snp_without_crl_looks_for_amds_crl_and_says_why_revocation_went_unchecked(  # type: ignore[no-untyped-def]
+    capsys, vectors, tmp_path, monkeypatch
+) -> None:
+    """A VCEK given on the command line is not a CRL: verify looks for AMD's CRL in the cache
+    (and at KDS unless offline). Offline with none cached, revocation stays unchecked, the
+    default policy refuses, and a note names what was missing and how to bring it."""
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path))  # an empty collateral cache
+    status, out, err = run(capsys, *snp_args(vectors), "--offline")
+    assert status == 1
+    assert "failed collateral.revocation" in out
+    assert "note: revocation not checked: offline" in err and "Milan VCEK cert_chain" in err
+    assert "jupyter-cc collateral import" in err and "Traceback" not in err
+    # Unreachable KDS (online): the same refusal, the note names the service that failed.
+    monkeypatch.setenv("JUPYTER_CC_OFFLINE", "0")
+    monkeypatch.setenv("JUPYTER_CC_AMD_KDS_URL", "http://127.0.0.1:9")
+    status, out, err = run(capsys, *snp_args(vectors))
+    assert status == 1 and "failed collateral.revocation" in out
+    assert "note: revocation not checked:" in err and "127.0.0.1:9" in err

@@ -349,6 +349,7 @@ def cli_env(pcs: FakeService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("JUPYTER_CC_CONFIG", str(tmp_path / "none.toml"))
     monkeypatch.setenv("JUPYTER_CC_INTEL_PCS_URL", pcs.url)
+    monkeypatch.setenv("JUPYTER_CC_OFFLINE", "0")
     monkeypatch.setenv("JUPYTER_CC_INTEL_CERTS_URL", pcs.url)
     return tmp_path
 
@@ -379,6 +380,7 @@ def test_fetch_export_import_offline(cli_env: Path, tdx: Path, pcs: FakeService,
     # Another machine: no network, empty cache.
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(cli_env / "airgap"))
     monkeypatch.setenv("JUPYTER_CC_INTEL_PCS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("JUPYTER_CC_OFFLINE", "0")
     capsys.readouterr()
     assert main(["collateral", "import", str(export), "--at", AT_TEXT]) == 0
     assert "imported 4 verified" in capsys.readouterr().out
