@@ -160,15 +160,7 @@ def synthetic_tdx(cache: Path) -> tuple[Callable[[], object], Callable[[], objec
         assert [i.origin for i in service.tdx(quote, at=AT_SYNTH).items] == ["fetched"] * 4
 
     def with_collateral() -> object:
-        files = service.tdx(quote, at=AT_SYNTH)
-        ev = Evidence(
-            kind="tdx",
-            report=quote,
-            tcb_info=files.tcb_info,
-            qe_identity=files.qe_identity,
-            collateral_chain=files.collateral_chain,
-            crls=files.crls,
-        )
+        ev = Evidence(kind="tdx", report=quote, **service.tdx(quote, at=AT_SYNTH).inputs())
         return verify(ev, at=AT_SYNTH, roots=roots)
 
     def without() -> object:
@@ -189,15 +181,7 @@ def real_tdx(cache: Path) -> tuple[Callable[[], object], Callable[[], object]]:
         service.tdx(quote, at=AT_TDX)
 
     def with_collateral() -> object:
-        files = service.tdx(quote, at=AT_TDX)
-        ev = Evidence(
-            kind="tdx",
-            report=quote,
-            tcb_info=files.tcb_info,
-            qe_identity=files.qe_identity,
-            collateral_chain=files.collateral_chain,
-            crls=files.crls,
-        )
+        ev = Evidence(kind="tdx", report=quote, **service.tdx(quote, at=AT_TDX).inputs())
         try:
             return verify(ev, at=AT_TDX)
         except TcbError:  # every check up to the TCB level match passed

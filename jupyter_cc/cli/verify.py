@@ -219,13 +219,7 @@ def _with_collateral(args: argparse.Namespace, ev: Evidence, at: datetime, out: 
     if ev.kind == "tdx" and ev.tcb_info is None and ev.qe_identity is None and ev.collateral_chain is None:
         files = service_for(bool(getattr(args, "offline", False))).tdx(ev.binary(), at=at)
         out["collateral"] = [item.to_json() for item in files.items]
-        return replace(
-            ev,
-            tcb_info=files.tcb_info,
-            qe_identity=files.qe_identity,
-            collateral_chain=files.collateral_chain,
-            crls=(*ev.crls, *files.crls),
-        )
+        return replace(ev, **{**files.inputs(), "crls": (*ev.crls, *files.crls)})  # --crl files kept
     if ev.kind == "snp" and ev.vek is None:
         snp = service_for(bool(getattr(args, "offline", False))).snp(ev.binary(), at=at, crl=False)
         out["collateral"] = [item.to_json() for item in snp.items]

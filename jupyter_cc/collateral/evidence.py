@@ -76,14 +76,7 @@ def _tdx(ev: Evidence, at: datetime, service: CollateralService) -> tuple[Eviden
         _hint(service, "tdx-tcb-info", {"fmspc": fmspc}, ev.tcb_info, ev.collateral_chain, at)
         _hint(service, "tdx-qe-identity", {}, ev.qe_identity, ev.collateral_chain, at)
     files = service.tdx(quote, at=at)
-    filled = replace(
-        ev,
-        tcb_info=files.tcb_info,
-        qe_identity=files.qe_identity,
-        collateral_chain=files.collateral_chain,
-        crls=files.crls,
-    )
-    return filled, files.items
+    return replace(ev, **files.inputs()), files.items
 
 
 def _hint(

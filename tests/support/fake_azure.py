@@ -127,9 +127,9 @@ _KEY_USAGES = (
 )
 
 
-def _key_usage(**allowed: bool) -> x509.KeyUsage:
+def key_usage(*allowed: str) -> x509.KeyUsage:
     """A KeyUsage extension allowing what is named and nothing else."""
-    return x509.KeyUsage(**{usage: allowed.get(usage, False) for usage in _KEY_USAGES})
+    return x509.KeyUsage(**{usage: usage in allowed for usage in _KEY_USAGES})
 
 
 @dataclass
@@ -164,7 +164,7 @@ class Pki:
         cert = (
             _builder(_name(name), _name(name), key, start, days=2)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+            .add_extension(key_usage("key_cert_sign", "crl_sign"), critical=True)
             .add_extension(ski, critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -177,7 +177,7 @@ class Pki:
             _builder(_name(cn or dns_names[0]), self.ca.cert.subject, key, start, days=1)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(digital_signature=True, key_encipherment=True), critical=True)
+            .add_extension(key_usage("digital_signature", "key_encipherment"), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(

@@ -24,23 +24,9 @@ from jupyter_cc.attest.certs import fingerprint, load_certificate, load_certific
 from jupyter_cc.attest.roots import TrustAnchor, TrustStore
 from jupyter_cc.attest.tdx import parse_quote, pck_chain
 from jupyter_cc.errors import ChainError
+from tests.support.fake_azure import key_usage
 
 AT = datetime(2024, 6, 1, tzinfo=timezone.utc)
-_KEY_USAGES = (
-    "digital_signature",
-    "content_commitment",
-    "key_encipherment",
-    "data_encipherment",
-    "key_agreement",
-    "key_cert_sign",
-    "crl_sign",
-    "encipher_only",
-    "decipher_only",
-)
-
-
-def key_usage(*allowed: str) -> x509.KeyUsage:
-    return x509.KeyUsage(**{u: u in allowed for u in _KEY_USAGES})
 
 
 @dataclass
