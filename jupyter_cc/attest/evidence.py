@@ -6,12 +6,17 @@ collateral or keys its kind uses); :func:`verify` sends it to the kind's verifie
 The CLI fills an ``Evidence`` from files, the provisioner from the bundle the guest agent
 returns (:func:`parse_bundle`), so both run the same checks.
 
-Bundle format (JSON, version 1)::
+Bundle format (JSON, version 2)::
 
-    {"format": "jupyter-cc-evidence", "version": 1, "kind": "sim-snp",
+    {"format": "jupyter-cc-evidence", "version": 2, "kind": "sim-snp",
      "nonce": "<64 hex>", "host_key_sha256": "<64 hex>", "source": "...", "collected_at": "...",
      "evidence": {"report": "<base64>", "vcek": "<PEM>", "chain": "<PEM>", ...},
-     "gpus": [{"kind": "nvidia", "report": "<base64>", "chain": "<PEM>"}]}
+     "gpus": [{"kind": "nvidia", "report": "<base64>", "chain": "<PEM>"}],
+     "bound": {"gpu-evidence": "<64 hex>"}}
+
+REPORT_DATA is the labelled input of :mod:`jupyter_cc.attest.binding` over the nonce, the host
+key digest and every ``bound`` value; GPU ``i`` signs ``gpu_nonce(nonce, i)`` and the GPU list as
+a whole is bound as ``gpu-evidence``.
 
 Binary fields are base64 (either alphabet), certificates PEM. ``evidence`` keys by kind:
 ``report`` (SNP report, TD quote, or HCL report for Azure kinds), ``vcek``, ``chain``,
@@ -23,6 +28,7 @@ forge it.
 
 from __future__ import annotations
 
+import hmac
 import importlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -32,14 +38,22 @@ from typing import Any, TypedDict
 
 from cryptography import x509
 
-from jupyter_cc.attest.binding import check_report_data, expected_report_data
+from jupyter_cc.attest.binding import (
+    GPU_EVIDENCE,
+    NONCE_SIZE,
+    check_report_data,
+    expected_report_data,
+    gpu_evidence_digest,
+    gpu_nonce,
+    parse_bound,
+)
 from jupyter_cc.attest.certs import load_certificates
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.kinds import AZURE_KINDS, KIND_NAMES
 from jupyter_cc.attest.kinds import kind as registered_kind
 from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.decoding import b64decode_any, decode_hex, strict_json
-from jupyter_cc.errors import FormatError, InputError
+from jupyter_cc.errors import BindingError, FormatError, InputError
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -54,6 +68,7 @@ __all__ = [
 ]
 
 BUNDLE_FORMAT = "jupyter-cc-evidence"
+BUNDLE_VERSION = 2  # version 2: the labelled REPORT_DATA input of jupyter_cc.attest.binding
 _MAX_BUNDLE = 4 * 1024 * 1024
 
 
@@ -172,10 +187,11 @@ class Bundle:
     source: str = ""
     collected_at: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    bound: Mapping[str, bytes] = field(default_factory=dict)
 
     @property
     def report_data(self) -> bytes:
-        return expected_report_data(self.nonce, self.host_key_sha256)
+        return expected_report_data(self.nonce, self.host_key_sha256, self.bound)
 
 
 def _field_bytes(evidence: Mapping[str, Any], key: str) -> bytes | None:
@@ -250,8 +266,11 @@ def parse_bundle(data: bytes) -> Bundle:
         raise FormatError(f"evidence bundle is not JSON ({exc.__class__.__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
         raise FormatError(f'not a jupyter-cc evidence bundle (expected "format": "{BUNDLE_FORMAT}")')
-    if doc.get("version") != 1:
-        raise FormatError(f"evidence bundle version {doc.get('version')!r} is not supported (expected 1)")
+    if doc.get("version") != BUNDLE_VERSION:
+        raise FormatError(
+            f"evidence bundle version {doc.get('version')!r} is not supported (expected {BUNDLE_VERSION}); "
+            "the guest runs another jupyter-cc release"
+        )
     try:
         nonce = decode_hex(str(doc.get("nonce", "")), what="bundle nonce")
         host_key = decode_hex(str(doc.get("host_key_sha256", "")), what="bundle host_key_sha256")
@@ -261,17 +280,20 @@ def parse_bundle(data: bytes) -> Bundle:
     gpus_raw = doc.get("gpus", [])
     if not isinstance(gpus_raw, list):
         raise FormatError("evidence bundle field 'gpus' must be a list")
+    if len(nonce) != NONCE_SIZE or len(host_key) != 32:
+        raise FormatError("evidence bundle nonce and host_key_sha256 must be 32 bytes each")
+    bound = parse_bound(doc.get("bound"))
     gpus = []
-    for g in gpus_raw:
+    for index, g in enumerate(gpus_raw):
         if not isinstance(g, dict):
             raise FormatError("each entry of 'gpus' must be an object")
-        gpus.append(_evidence_from(str(g.get("kind", "")), g, expected_report_data(nonce, host_key)[:32]))
+        gpus.append(_evidence_from(str(g.get("kind", "")), g, gpu_nonce(nonce, index)))
     ev = _evidence_from(kind, doc.get("evidence") or {}, None)
     if ev.kind in AZURE_KINDS and ev.tpm_quote is not None:
         # The guest quotes with the first 32 bytes of the bound REPORT_DATA as qualifying data.
-        ev = replace(ev, nonce=expected_report_data(nonce, host_key)[:32])
+        ev = replace(ev, nonce=expected_report_data(nonce, host_key, bound)[:32])
     ev = replace(ev, gpus=tuple(gpus))
-    extra = {k: v for k, v in doc.items() if k not in ("evidence", "gpus")}
+    extra = {k: v for k, v in doc.items() if k not in ("evidence", "gpus", "bound")}
     return Bundle(
         evidence=ev,
         nonce=nonce,
@@ -279,6 +301,7 @@ def parse_bundle(data: bytes) -> Bundle:
         source=str(doc.get("source", "")),
         collected_at=str(doc.get("collected_at", "")),
         extra=extra,
+        bound=bound,
     )
 
 
@@ -308,13 +331,37 @@ def verify_bundle(
             must have bound exactly it (a relay with another key fails here).
         allow_stale_days, crls: as for :func:`verify`.
     """
-    claims = verify(bundle.evidence, at=at, roots=roots, allow_stale_days=allow_stale_days, crls=crls)
     if nonce is not None:
         check_report_data(bundle.nonce, nonce, what="the bundle's nonce")
     if host_key_sha256 is not None:
         check_report_data(bundle.host_key_sha256, host_key_sha256, what="the bound SSH host key digest")
+    check_gpu_binding(bundle)
+    claims = verify(bundle.evidence, at=at, roots=roots, allow_stale_days=allow_stale_days, crls=crls)
     check_report_data(bound_report_data(claims), bundle.report_data)
     return claims
+
+
+def gpu_digest_entries(gpus: Sequence[Evidence]) -> list[tuple[str, bytes, bytes]]:
+    """What :func:`~jupyter_cc.attest.binding.gpu_evidence_digest` covers for each GPU entry."""
+    return [(g.kind, g.binary(), g.chain_pem or b"") for g in gpus]
+
+
+def check_gpu_binding(bundle: Bundle) -> None:
+    """The bundle's GPU list must be exactly the one bound into REPORT_DATA, as a whole.
+
+    Raises:
+        BindingError: GPU evidence was added, dropped, reordered or swapped after binding.
+    """
+    gpus = bundle.evidence.gpus
+    bound = bundle.bound.get(GPU_EVIDENCE)
+    if not gpus and bound is None:
+        return
+    digest = gpu_evidence_digest(gpu_digest_entries(gpus))
+    if bound is None or not hmac.compare_digest(bound, digest):
+        raise BindingError(
+            f"the bundle's {len(gpus)} GPU evidence entries are not the GPU evidence bound into REPORT_DATA",
+            hint="GPU evidence was added, dropped or swapped after binding; collect fresh evidence",
+        )
 
 
 def serialize_bundle(
@@ -327,15 +374,17 @@ def serialize_bundle(
     collected_at: str,
     gpus: Sequence[Mapping[str, str]] = (),
     notes: Sequence[str] = (),
+    bound: Mapping[str, bytes] | None = None,
 ) -> bytes:
     """The JSON a guest agent returns (the inverse of :func:`parse_bundle`).
 
-    ``notes`` say which evidence sources were not used and why; they are informational and not
-    covered by any signature.
+    ``bound`` holds the optional labelled values bound into REPORT_DATA (with GPUs, at least
+    ``gpu-evidence``: :func:`bound_gpu_digest`). ``notes`` say which evidence sources were not
+    used and why; they are informational and not covered by any signature.
     """
     doc: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
-        "version": 1,
+        "version": BUNDLE_VERSION,
         "kind": kind,
         "nonce": nonce.hex(),
         "host_key_sha256": host_key_sha256.hex(),
@@ -344,6 +393,14 @@ def serialize_bundle(
         "evidence": dict(evidence),
         "gpus": [dict(g) for g in gpus],
     }
+    if bound:
+        doc["bound"] = {label: value.hex() for label, value in sorted(bound.items())}
     if notes:
         doc["notes"] = list(notes)
     return json.dumps(doc, indent=1).encode()
+
+
+def bound_gpu_digest(gpus: Sequence[Mapping[str, str]]) -> bytes:
+    """The ``gpu-evidence`` value for bundle ``gpus`` entries, read as :func:`parse_bundle` reads them."""
+    parsed = [_evidence_from(str(g.get("kind", "")), g, None) for g in gpus]
+    return gpu_evidence_digest(gpu_digest_entries(parsed))

@@ -2,10 +2,11 @@
 
 Design section 6 step 3 from the guest's side, written once: the guest agent's ``attest``
 request and ``%attest`` in a confidential kernel (the ``local`` transport, judged in the same
-process) both call :func:`collect_bundle`. REPORT_DATA binds the client's nonce and the
-digest of the host key (32 zero bytes with the ``local`` transport); the CPU evidence comes
-from the first source that works for ``tee``, the GPU evidence from any confidential GPU, and
-the sources that did not work are named in the bundle's notes.
+process) both call :func:`collect_bundle`. The GPU evidence comes first (GPU ``i``
+signs ``gpu_nonce(nonce, i)``); REPORT_DATA then binds the client's nonce, the digest of the host
+key (32 zero bytes with the ``local`` transport) and the digest of all GPU evidence; the CPU
+evidence comes from the first source that works for ``tee``, and the sources that did not work
+are named in the bundle's notes.
 
 The judging side is :func:`jupyter_cc.remote.attestation.judge_bundle`.
 """
@@ -17,9 +18,9 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from jupyter_cc.attest.binding import expected_report_data
+from jupyter_cc.attest.binding import GPU_EVIDENCE, expected_report_data
 from jupyter_cc.attest.certs import utcnow
-from jupyter_cc.attest.evidence import serialize_bundle
+from jupyter_cc.attest.evidence import bound_gpu_digest, serialize_bundle
 from jupyter_cc.guest.collectors import collect_cpu_evidence, collect_gpu_evidence
 
 __all__ = ["collect_bundle"]
@@ -49,9 +50,10 @@ def collect_bundle(
         InputError: the nonce or digest has the wrong size, or ``tee`` is not a choice.
         EvidenceError: no evidence source works; the message names each one and why.
     """
-    report_data = expected_report_data(nonce, host_key_sha256)
+    gpus, gpu_unavailable = collect_gpu_evidence(nonce)
+    bound = {GPU_EVIDENCE: bound_gpu_digest(gpus)} if gpus else {}
+    report_data = expected_report_data(nonce, host_key_sha256, bound)
     collected, unavailable = collect_cpu_evidence(report_data, tee=tee, sim_dir=sim_dir)
-    gpus, gpu_unavailable = collect_gpu_evidence(report_data[:32])
     notes = [*collected.notes, *(f"{u.source}: {u.reason}" for u in [*unavailable, *gpu_unavailable])]
     bundle = serialize_bundle(
         collected.kind,
@@ -62,6 +64,7 @@ def collect_bundle(
         collected_at=clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
         gpus=gpus,
         notes=notes,
+        bound=bound,
     )
     log.info("evidence collected from %s (%s)", collected.source, collected.kind)
     return bundle

@@ -120,7 +120,9 @@ def _sentence(exc: CCError) -> str:
 
 
 def collect_gpu_evidence(nonce: bytes) -> tuple[list[dict[str, str]], list[Unavailable]]:
-    """Bundle ``gpus`` entries for ``nonce`` (32 bytes: REPORT_DATA[0:32]) and GPUs left out.
+    """Bundle ``gpus`` entries for the session ``nonce`` and the GPUs left out.
+
+    GPU ``i`` signs :func:`~jupyter_cc.attest.binding.gpu_nonce` of ``nonce`` and ``i``.
 
     A GPU not in confidential computing mode gives no entry but an Unavailable naming it, so a
     policy with ``[gpu] required = true`` refuses the bundle (see :mod:`.nvml`).

@@ -22,6 +22,7 @@ import hmac
 from types import ModuleType
 from typing import Any
 
+from jupyter_cc.attest.binding import gpu_nonce
 from jupyter_cc.errors import InputError
 from jupyter_cc.guest.results import Unavailable
 
@@ -93,11 +94,11 @@ def _gpu_entry(nvml: Any, handle: Any, nonce: bytes, label: str) -> dict[str, st
 
 
 def collect_nvml(nonce: bytes, *, nvml: Any = None) -> tuple[list[dict[str, str]], list[Unavailable]]:
-    """GPU evidence entries for ``nonce`` (32 bytes), and why GPUs were left out.
+    """GPU evidence entries for the session ``nonce`` (32 bytes), and why GPUs were left out.
 
     Args:
-        nonce: what each GPU signs; the agent passes REPORT_DATA[0:32], which is what
-            ``parse_bundle`` expects the GPU report to carry.
+        nonce: the session nonce; GPU ``i`` signs ``gpu_nonce(nonce, i)``
+            (:mod:`jupyter_cc.attest.binding`), which is what ``parse_bundle`` expects.
         nvml: the ``pynvml`` module; tests pass a fake with the same functions.
     """
     if len(nonce) != NONCE_SIZE:
@@ -129,7 +130,7 @@ def collect_nvml(nonce: bytes, *, nvml: Any = None) -> tuple[list[dict[str, str]
                 )
                 continue
             try:
-                entries.append(_gpu_entry(nvml, handle, nonce, label))
+                entries.append(_gpu_entry(nvml, handle, gpu_nonce(nonce, index), label))
             except per_gpu as exc:
                 unavailable.append(Unavailable(SOURCE, f"{label} gave no attestation report ({_text(exc)})"))
     except errors as exc:

@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jupyter_cc.attest import azure, tpm
-from jupyter_cc.attest.binding import expected_report_data
+from jupyter_cc.attest.binding import expected_report_data, gpu_nonce
 from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bundle
 from jupyter_cc.decoding import b64url_encode
 from jupyter_cc.errors import EvidenceError, InputError
@@ -752,11 +752,12 @@ class FakeNvml:
 def test_nvml_cc_mode_gpu_gives_a_bundle_entry() -> None:
     fake = FakeNvml(count=2)
     entries, unavailable = nvml.collect_nvml(NONCE, nvml=fake)
-    assert unavailable == [] and fake.shut_down and fake.nonces == [NONCE, NONCE]
+    # Each GPU signs its own nonce, derived from the session nonce and its index.
+    assert unavailable == [] and fake.shut_down and fake.nonces == [gpu_nonce(NONCE, 0), gpu_nonce(NONCE, 1)]
     assert len(entries) == 2
     entry = entries[0]
     assert (entry["kind"], entry["cc_mode"], entry["chain"]) == ("nvidia", "on", LEAF)
-    assert base64.b64decode(entry["report"])[4:36] == NONCE
+    assert base64.b64decode(entry["report"])[4:36] == gpu_nonce(NONCE, 0)
 
 
 def test_nvml_h100_not_in_cc_mode_is_reported_and_gpu_required_refuses(sim_tee: Any) -> None:

@@ -10,8 +10,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from jupyter_cc.attest.binding import expected_report_data, host_key_digest
-from jupyter_cc.attest.evidence import parse_bundle, serialize_bundle, verify_bundle
+from jupyter_cc.attest.binding import expected_report_data, gpu_nonce, host_key_digest
+from jupyter_cc.attest.evidence import (
+    bound_gpu_digest,
+    check_gpu_binding,
+    parse_bundle,
+    serialize_bundle,
+    verify_bundle,
+)
 from jupyter_cc.errors import BindingError, FormatError, InputError
 from tests.support import azure_builder as ab
 
@@ -26,11 +32,30 @@ def test_the_binding_is_the_contract_hash() -> None:
     nonce, key_blob = bytes(range(32)), b"ssh-ed25519 host key blob"
     import hashlib
 
-    want = hashlib.sha512(b"jupyter-cc/v1" + nonce + hashlib.sha256(key_blob).digest()).digest()
+    key = hashlib.sha256(key_blob).digest()
+    # Design section 6: "jupyter-cc/v2", a u32 count, then (u16 label length, label, u32 value
+    # length, value) with the labels sorted, written out by hand here.
+    want = hashlib.sha512(
+        b"jupyter-cc/v2" + b"\x00\x00\x00\x02"
+        + b"\x00\x05nonce" + b"\x00\x00\x00\x20" + nonce
+        + b"\x00\x0cssh-host-key" + b"\x00\x00\x00\x20" + key
+    ).digest()  # fmt: skip
     assert expected_report_data(nonce, host_key_digest(key_blob)) == want
     assert host_key_digest(None) == bytes(32)  # the local transport
     with pytest.raises(InputError, match="32 bytes"):
         expected_report_data(b"short", bytes(32))
+    # Each bound value changes the result; a label nobody defined cannot be bound.
+    gpu = expected_report_data(nonce, key, {"gpu-evidence": bytes(32)})
+    curve = expected_report_data(nonce, key, {"curve-server-key": bytes(32)})
+    assert len({want, gpu, curve}) == 3
+    with pytest.raises(InputError, match="unknown label"):
+        expected_report_data(nonce, key, {"colour": b"blue"})
+
+
+def test_gpu_nonces_differ_by_session_and_index() -> None:
+    a, b = os.urandom(32), os.urandom(32)
+    assert len({gpu_nonce(a, 0), gpu_nonce(a, 1), gpu_nonce(b, 0)}) == 3
+    assert all(len(gpu_nonce(a, i)) == 32 for i in range(8))
 
 
 def test_az_snp_vtpm_bundle_binds_through_the_runtime_user_data() -> None:
@@ -65,38 +90,30 @@ def test_az_snp_vtpm_bundle_binds_through_the_runtime_user_data() -> None:
 
 
 def test_gpu_evidence_in_a_bundle_must_answer_the_bound_nonce(sim_tee, vectors) -> None:  # type: ignore[no-untyped-def]
-    # A genuine H100 report, but requested with another nonce than this bundle binds: refused.
-    nonce, host_key = os.urandom(32), bytes(32)
-    report = sim_tee.mint(expected_report_data(nonce, host_key))
-    gpu_report = bytes.fromhex((vectors / "nvidia/h100.report.hex").read_text())
-    doc = serialize_bundle(
-        "sim-snp",
-        {"report": base64.b64encode(report).decode()},
-        nonce=nonce,
-        host_key_sha256=host_key,
-        source="simulated",
-        collected_at="2026-01-01T00:00:00Z",
-        gpus=[
-            {
-                "kind": "nvidia",
-                "report": base64.b64encode(gpu_report).decode(),
-                "chain": (vectors / "nvidia/h100.chain.pem").read_text(),
-            }
-        ],
-    )
+    # A genuine H100 report, bound as the bundle's GPU list, but requested with another nonce
+    # than this session's gpu_nonce(nonce, 0): refused.
+    gpu = {
+        "kind": "nvidia",
+        "report": base64.b64encode(bytes.fromhex((vectors / "nvidia/h100.report.hex").read_text())).decode(),
+        "chain": (vectors / "nvidia/h100.chain.pem").read_text(),
+    }
+    doc, nonce = _gpu_bundle(sim_tee, [gpu], [gpu])
     bundle = parse_bundle(doc)
-    assert bundle.evidence.gpus[0].nonce == expected_report_data(nonce, host_key)[:32]
+    assert bundle.evidence.gpus[0].nonce == gpu_nonce(nonce, 0)
     with pytest.raises(BindingError, match="nonce"):
         verify_bundle(bundle, at=NOW)
-    # Without the GPU the same bundle verifies, and the GPU claims are absent.
-    alone = parse_bundle(doc.replace(b'"gpus": [', b'"gpus": [], "x": ['))
-    assert verify_bundle(alone, at=NOW).gpu is None
+    # Without the GPU (and its binding) a bundle verifies, and the GPU claims are absent.
+    alone, _ = _gpu_bundle(sim_tee, [], [])
+    assert verify_bundle(parse_bundle(alone), at=NOW).gpu is None
 
 
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d.replace(b'"version": 1', b'"version": 9'), "version 9"),
+        (lambda d: d.replace(b'"version": 2', b'"version": 9'), "version 9"),
+        (lambda d: d.replace(b'"version": 2', b'"version": 1'), "version 1 is not supported"),
+        (lambda d: d.replace(b'"gpus": []', b'"gpus": [], "bound": {"colour": "00"}'), "binds 'colour'"),
+        (lambda d: d.replace(b'"gpus": []', b'"gpus": [], "bound": {"gpu-evidence": "zz"}'), "not hex"),
         (lambda d: d.replace(b'"kind": "sim-snp"', b'"kind": "sgx"'), "unknown kind 'sgx'"),
         (lambda d: d.replace(b'"nonce": "', b'"nonce": "zz'), "bundle nonce"),
         (lambda d: d[:-20], "not JSON"),
@@ -114,3 +131,49 @@ def test_malformed_bundles_are_refused(sim_tee, mutate, message: str) -> None:  
     )
     with pytest.raises(FormatError, match=message):
         parse_bundle(mutate(doc))
+
+
+def _gpu_bundle(sim_tee, gpus: list[dict[str, str]], bound_gpus: list[dict[str, str]]) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
+    """A simulated bundle whose REPORT_DATA binds ``bound_gpus`` but which carries ``gpus``."""
+    nonce = os.urandom(32)
+    bound = {"gpu-evidence": bound_gpu_digest(bound_gpus)} if bound_gpus else {}
+    report = sim_tee.mint(expected_report_data(nonce, bytes(32), bound))
+    doc = serialize_bundle(
+        "sim-snp",
+        {"report": base64.b64encode(report).decode()},
+        nonce=nonce,
+        host_key_sha256=bytes(32),
+        source="simulated",
+        collected_at="2026-01-01T00:00:00Z",
+        gpus=gpus,
+        bound=bound,
+    )
+    return doc, nonce
+
+
+def test_the_gpu_list_is_bound_as_a_whole(sim_tee, vectors) -> None:  # type: ignore[no-untyped-def]
+    # Entries the checks below can tell apart; a GPU list other than the bound one fails on the
+    # binding, before any GPU report is looked at.
+    gpu = {
+        "kind": "nvidia",
+        "report": base64.b64encode(bytes.fromhex((vectors / "nvidia/h100.report.hex").read_text())).decode(),
+        "chain": (vectors / "nvidia/h100.chain.pem").read_text(),
+    }
+    other = {**gpu, "chain": (vectors / "nvidia/h100-545.chain.pem").read_text()}
+    attacks = {
+        "dropped": ([gpu], [gpu, other]),
+        "added": ([gpu, other], [gpu]),
+        "reordered": ([other, gpu], [gpu, other]),
+        "swapped": ([other], [gpu]),
+        "unbound": ([gpu], []),
+    }
+    for carried, bound in attacks.values():
+        doc, nonce = _gpu_bundle(sim_tee, carried, bound)
+        bundle = parse_bundle(doc)
+        with pytest.raises(BindingError, match="GPU evidence bound"):
+            check_gpu_binding(bundle)
+        with pytest.raises(BindingError):
+            verify_bundle(bundle, at=NOW, nonce=nonce)
+    # The honest list passes the binding check (the vector GPU then fails on its own nonce).
+    doc, _ = _gpu_bundle(sim_tee, [gpu, other], [gpu, other])
+    check_gpu_binding(parse_bundle(doc))
