@@ -60,6 +60,7 @@ def fingerprint(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
+@functools.lru_cache(maxsize=512)
 def describe(cert: x509.Certificate) -> str:
     """A short name for messages: the subject CN, or the whole subject when there is none."""
     try:
@@ -132,7 +133,9 @@ def _check_validity(cert: x509.Certificate, at: datetime) -> None:
         )
 
 
+@functools.lru_cache(maxsize=512)
 def _extension(cert: x509.Certificate, kind: type[_Ext]) -> _Ext | None:
+    # Parsed once per certificate and extension type (failures raise and are not cached).
     try:
         return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
@@ -249,6 +252,28 @@ def _verify_chain(
         raise ChainError("no certificates to verify")
     for cert in chain:
         _check_validity(cert, at)
+    root = chain[-1]
+    root_fingerprint = _check_structure(tuple(chain), end_entity)
+    anchor = roots.find(root_fingerprint)
+    if anchor is None:
+        raise ChainError(
+            f"the chain ends at a root named '{describe(root)}' whose SHA-256 fingerprint "
+            f"{root_fingerprint} is not pinned (pinned: {', '.join(roots.names()) or 'none'})",
+            hint="evidence must chain to a genuine vendor root",
+        )
+    return anchor
+
+
+@functools.lru_cache(maxsize=128)
+def _check_structure(chain: tuple[x509.Certificate, ...], end_entity: str | None) -> str:
+    """Everything about ``chain`` that does not depend on the time or the trust store.
+
+    Links, CA rules, path lengths and the end-entity rules; returns the root's fingerprint.
+    Successes are cached by the certificates (their bytes): a verifier judging one platform again
+    and again repeats the same chain. Failures raise and are never cached. The root's own
+    self-signature is not checked: the root is trusted only when its fingerprint, taken over the
+    whole certificate including that signature, is pinned.
+    """
     for child, issuer in itertools.pairwise(chain):
         _check_issued_by(child, issuer)
     _check_path_lengths(chain)
@@ -260,12 +285,5 @@ def _verify_chain(
             f"the chain ends at '{describe(root)}', which is not a self-signed root",
             hint="include the root (for AMD the ARK, for Intel the SGX Root CA) in the chain file",
         )
-    _check_issued_by(root, root)
-    anchor = roots.find(fingerprint(root))
-    if anchor is None:
-        raise ChainError(
-            f"the chain ends at a root named '{describe(root)}' whose SHA-256 fingerprint "
-            f"{fingerprint(root)} is not pinned (pinned: {', '.join(roots.names()) or 'none'})",
-            hint="evidence must chain to a genuine vendor root",
-        )
-    return anchor
+    _check_ca(root, root)
+    return fingerprint(root)

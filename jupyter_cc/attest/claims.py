@@ -19,8 +19,13 @@ __all__ = ["Claims", "freeze"]
 _MAA_FAMILIES = {"sevsnpvm": "snp", "tdxvm": "tdx"}
 
 
+_SCALARS = frozenset({str, int, bool, float, bytes, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """Make nested dicts and lists read-only so Claims cannot be edited after verification."""
+    if type(value) in _SCALARS:  # most claims; the ABC check below is the slow path
+        return value
     if isinstance(value, Mapping):
         return MappingProxyType({k: freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
@@ -50,7 +55,8 @@ class Claims:
         report_data: the 64 bytes the guest bound into the evidence (empty where the kind has
             none, as for MAA tokens that carry it as a claim).
         details: the per-kind claims named in design section 4 (JSON-ready values).
-        gpu: claims of a confidential GPU verified together with this evidence, if any.
+        gpu: claims of the first confidential GPU verified together with this evidence, if any.
+        gpus: claims of every GPU verified together with this evidence, in bundle order.
     """
 
     kind: str
@@ -59,6 +65,7 @@ class Claims:
     report_data: bytes
     details: Mapping[str, Any] = field(default_factory=dict)
     gpu: Claims | None = None
+    gpus: tuple[Claims, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "details", freeze(dict(self.details)))
@@ -95,4 +102,6 @@ class Claims:
         out.update(_thaw(self.details))
         if self.gpu is not None:
             out["gpu"] = self.gpu.to_json()
+        if self.gpus:
+            out["gpus"] = [g.to_json() for g in self.gpus]
         return out

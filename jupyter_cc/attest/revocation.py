@@ -17,6 +17,7 @@ Claims say ``revocation: "checked"`` when valid CRLs covering the chain were use
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -66,19 +67,25 @@ def staleness_note(days: int, allowed: int) -> str:
 def load_crl(
     data: bytes, *, what: str = "CRL", hint: str = "pass the DER CRL"
 ) -> x509.CertificateRevocationList:
-    """A CRL from DER or PEM bytes.
+    """A CRL from DER or PEM bytes (the same bytes give the same, immutable object).
 
     Raises:
         InputError: the bytes are not a CRL.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            if b"-----BEGIN X509 CRL-----" in data:
-                return x509.load_pem_x509_crl(data)
-            return x509.load_der_x509_crl(data)
+        return _parse_crl(bytes(data))
     except ValueError as exc:
         raise InputError(f"{what} is not a readable X.509 CRL ({str(exc).rstrip('.')})", hint=hint) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_crl(data: bytes) -> x509.CertificateRevocationList:
+    # Verifiers see the same CRLs for every report until their nextUpdate; parse them once.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        if b"-----BEGIN X509 CRL-----" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
 
 
 @dataclass(frozen=True)
@@ -92,21 +99,52 @@ class AppliedCrl:
 
 
 def crl_issuer(crl: x509.CertificateRevocationList, chain: Sequence[x509.Certificate]) -> int | None:
-    """The position in ``chain`` of the certificate whose subject is the CRL's issuer, or None."""
+    """The position in ``chain`` of the certificate whose subject is the CRL's issuer, or None.
+
+    Names are compared as DER bytes, the exact encoding both carry.
+    """
     try:
-        return next((i for i, cert in enumerate(chain) if crl.issuer == cert.subject), None)
+        issuer = _issuer_der(crl)
+        return next((i for i, cert in enumerate(chain) if _subject_der(cert) == issuer), None)
     except ValueError:  # a malformed name never matches
         return None
 
 
-_VERIFIED: dict[tuple[bytes, bytes, bytes], bool] = {}
+# CRL objects are not hashable; the issuer of each one seen is kept by identity, holding the object
+# so its id cannot be reused while the entry exists (load_crl hands out the same object per bytes).
+_ISSUERS: dict[int, tuple[x509.CertificateRevocationList, bytes]] = {}
+
+
+def _issuer_der(crl: x509.CertificateRevocationList) -> bytes:
+    known = _ISSUERS.get(id(crl))
+    if known is not None and known[0] is crl:
+        return known[1]
+    der = crl.issuer.public_bytes()
+    if len(_ISSUERS) >= 128:
+        _ISSUERS.clear()
+    _ISSUERS[id(crl)] = (crl, der)
+    return der
+
+
+@functools.lru_cache(maxsize=256)
+def _subject_der(cert: x509.Certificate) -> bytes:
+    return cert.subject.public_bytes()
+
+
+@functools.lru_cache(maxsize=256)
+def _issuer_of_der(cert: x509.Certificate) -> bytes:
+    return cert.issuer.public_bytes()
+
+
+# Successful CRL signature checks, by the CRL object (held, as in _ISSUERS) and the issuer
+# certificate (its bytes): a verifier re-checks the same CRL for every report. Failures are never
+# cached.
+_VERIFIED: dict[tuple[int, x509.Certificate], x509.CertificateRevocationList] = {}
 
 
 def _signature_valid(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
-    # Successes are remembered by the CRL's signed bytes and signature and the issuer's bytes (a
-    # verifier re-checks the same CRL for every report); failures are never cached.
-    key = (crl.tbs_certlist_bytes, crl.signature, issuer.tbs_certificate_bytes + issuer.signature)
-    if _VERIFIED.get(key):
+    key = (id(crl), issuer)
+    if _VERIFIED.get(key) is crl:
         return True
     try:
         valid = bool(crl.is_signature_valid(issuer.public_key()))  # type: ignore[arg-type]
@@ -115,7 +153,7 @@ def _signature_valid(crl: x509.CertificateRevocationList, issuer: x509.Certifica
     if valid:
         if len(_VERIFIED) >= 256:
             _VERIFIED.clear()
-        _VERIFIED[key] = True
+        _VERIFIED[key] = crl
     return valid
 
 
@@ -159,7 +197,7 @@ def _check_listed(
     applied: AppliedCrl, chain: Sequence[x509.Certificate], *, what: str, hint: str, direct_only: bool
 ) -> None:
     for child in chain[: applied.position]:
-        if direct_only and child.issuer != applied.issuer.subject:
+        if direct_only and _issuer_of_der(child) != _subject_der(applied.issuer):
             continue
         entry = applied.crl.get_revoked_certificate_by_serial_number(child.serial_number)
         if entry is not None:
@@ -202,6 +240,39 @@ def apply_crls(
         CollateralError: a CRL does not verify, is stale, or (``hints.foreign``) is for another chain.
         ChainError: a certificate of the chain is revoked.
     """
+    memo = (tuple(id(c) for c in crls), tuple(chain), what, direct_only, hints)
+    known = _APPLIED.get(memo)
+    if known is not None and all(a is b for a, b in zip(known[0], crls, strict=True)) and at <= known[1]:
+        return list(known[2])
+    applied = _apply_crls(
+        crls, chain, at=at, what=what, hints=hints, allow_stale_days=allow_stale_days, direct_only=direct_only
+    )
+    # Within every applied CRL's nextUpdate the same CRLs give the same answer (signatures and
+    # listings depend only on the bytes, ages are 0): remember successes until the first of them.
+    fresh_until = [c.crl.next_update_utc for c in applied]
+    if all(fresh_until) and all(c.stale_days == 0 for c in applied):
+        if len(_APPLIED) >= 64:
+            _APPLIED.clear()
+        until = min((t for t in fresh_until if t is not None), default=datetime.max.replace(tzinfo=at.tzinfo))
+        _APPLIED[memo] = (tuple(crls), until, tuple(applied))
+    return applied
+
+
+_APPLIED: dict[
+    tuple[object, ...], tuple[tuple[x509.CertificateRevocationList, ...], datetime, tuple[AppliedCrl, ...]]
+] = {}
+
+
+def _apply_crls(
+    crls: Sequence[x509.CertificateRevocationList],
+    chain: Sequence[x509.Certificate],
+    *,
+    at: datetime,
+    what: str,
+    hints: CrlHints,
+    allow_stale_days: int,
+    direct_only: bool,
+) -> list[AppliedCrl]:
     applied = []
     for crl in crls:
         position = crl_issuer(crl, chain[1:])

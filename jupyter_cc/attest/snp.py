@@ -19,6 +19,7 @@ Layout and checks follow docs/attestation-formats.md section 1 (AMD SEV-SNP ABI,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Mapping, Sequence
@@ -288,8 +289,10 @@ def _hwid(raw: bytes) -> bytes:
     raise FormatError(f"VCEK hwID extension is {len(raw)} bytes, expected 64 or 8 (or DER-wrapped)")
 
 
+@functools.lru_cache(maxsize=64)
 def parse_vek(cert: x509.Certificate) -> VekInfo:
-    """Read AMD's extensions from a VCEK or VLEK certificate.
+    """Read AMD's extensions from a VCEK or VLEK certificate (once per certificate: one chip's
+    VCEK signs every report it makes).
 
     Raises:
         FormatError: the certificate is not a VEK (wrong subject, key type or extensions).

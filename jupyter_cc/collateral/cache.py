@@ -132,6 +132,7 @@ class Cache:
         # from: a verifier re-reads the same few files on every call, and a replaced (renamed
         # over) or rewritten file has another stamp, so it is read again.
         self._parsed: dict[str, tuple[tuple[int, int, int, int], Entry]] = {}
+        self._paths: dict[str, str] = {}
 
     def path(self, key: str) -> Path:
         if not _KEY.match(key) or ".." in key:
@@ -140,13 +141,20 @@ class Cache:
 
     def get(self, key: str) -> Entry | None:
         """The entry under ``key``, or None when there is none (or it is unreadable)."""
+        path = self._paths.get(key)
+        if path is None:
+            path = self._paths[key] = str(self.path(key))
         try:
-            with open(self.path(key), "rb") as fh:
+            st = os.stat(path)
+        except OSError:
+            self._parsed.pop(key, None)
+            return None
+        known = self._parsed.get(key)
+        if known is not None and known[0] == (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size):
+            return known[1]
+        try:
+            with open(path, "rb") as fh:
                 st = os.fstat(fh.fileno())
-                stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-                known = self._parsed.get(key)
-                if known is not None and known[0] == stamp:
-                    return known[1]
                 raw = fh.read(_MAX_ENTRY + 1)
             entry = Entry.from_json(json.loads(raw))
         except (OSError, ValueError, UnicodeDecodeError):
@@ -156,7 +164,7 @@ class Cache:
             return None
         if len(self._parsed) >= 256:
             self._parsed.clear()
-        self._parsed[key] = (stamp, entry)
+        self._parsed[key] = ((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), entry)
         return entry
 
     def put(self, entry: Entry) -> Path:

@@ -19,13 +19,14 @@ The package has one module per step, each usable alone:
 
 from __future__ import annotations
 
-from jupyter_cc.attest.tdx.pck import pck_chain, verify_quote, verify_tdx
+from jupyter_cc.attest.tdx.pck import pck_chain, pck_chain_of, verify_quote, verify_tdx
 from jupyter_cc.attest.tdx.quote import TdxQuote, parse_quote, quote_details
 
 __all__ = [
     "TdxQuote",
     "parse_quote",
     "pck_chain",
+    "pck_chain_of",
     "quote_details",
     "verify_quote",
     "verify_tdx",

@@ -17,6 +17,7 @@ step 7; go-tdx-guest ``verify/verify.go``); :mod:`jupyter_cc.attest.tdx.tcb` che
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -303,10 +304,18 @@ def _module_levels(fields: _Fields) -> tuple[ModuleTcbLevel, ...]:
 def parse_tcb_info(raw: bytes) -> TcbInfo:
     """Parse a PCS TDX TCB info response (``{"tcbInfo": {...}, "signature": "..."}``).
 
+    The same bytes give the same (immutable) result, parsed once: a verifier sees one TCB info
+    for every quote of a platform until its nextUpdate.
+
     Raises:
         InputError: the bytes are not a PCS JSON response.
         CollateralError: a field is missing or has the wrong type.
     """
+    return _parse_tcb_info(bytes(raw))
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_tcb_info(raw: bytes) -> TcbInfo:
     info, signed, sig = _signed_document(raw, "tcbInfo", "TCB info")
     module = info.obj("tdxModule") if "tdxModule" in info.data else None
     identities = []
@@ -356,10 +365,17 @@ def parse_tcb_info(raw: bytes) -> TcbInfo:
 def parse_qe_identity(raw: bytes) -> QeIdentity:
     """Parse a PCS QE identity response (``{"enclaveIdentity": {...}, "signature": "..."}``).
 
+    Parsed once per distinct bytes, as :func:`parse_tcb_info`.
+
     Raises:
         InputError: the bytes are not a PCS JSON response.
         CollateralError: a field is missing or has the wrong type.
     """
+    return _parse_qe_identity(bytes(raw))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_qe_identity(raw: bytes) -> QeIdentity:
     ident, signed, sig = _signed_document(raw, "enclaveIdentity", "QE identity")
     return QeIdentity(
         **_header(raw, signed, sig, ident),
@@ -401,6 +417,11 @@ class TdxCollateral:
     crls: tuple[x509.CertificateRevocationList, ...] = ()
 
 
+@functools.lru_cache(maxsize=16)
+def _issuer_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
+    return tuple(load_certificates(pem, what="collateral issuer chain"))
+
+
 def load_collateral(
     *,
     tcb_info: bytes,
@@ -415,7 +436,7 @@ def load_collateral(
         CollateralError: a PCS document lacks a field or has one of the wrong type.
     """
     if isinstance(issuer_chain, (bytes, bytearray)):
-        chain = tuple(load_certificates(bytes(issuer_chain), what="collateral issuer chain"))
+        chain = _issuer_chain(bytes(issuer_chain))
     else:
         chain = tuple(issuer_chain)
     loaded = tuple(

@@ -28,7 +28,7 @@ import functools
 import hashlib
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,7 @@ __all__ = [
     "match_qe_report",
     "parse_pck_extensions",
     "pck_chain",
+    "pck_chain_of",
     "verify_evidence",
     "verify_quote",
     "verify_tdx",
@@ -185,7 +186,12 @@ def pck_chain(quote: TdxQuote) -> list[x509.Certificate]:
     Raises:
         FormatError: the PEM does not hold exactly three decodable certificates.
     """
-    return list(_load_pck_chain(quote.pck_chain_pem.rstrip(b"\x00")))
+    return pck_chain_of(quote.pck_chain_pem)
+
+
+def pck_chain_of(pem: bytes) -> list[x509.Certificate]:
+    """:func:`pck_chain` from the quote's certification data PEM bytes."""
+    return list(_load_pck_chain(pem.rstrip(b"\x00")))
 
 
 @functools.lru_cache(maxsize=64)
@@ -291,11 +297,15 @@ def verify_quote(
             TCB level matches.
     """
     roots = roots if roots is not None else TrustStore.of(INTEL_SGX_ROOT)
+    if collateral is not None and crls:
+        # CRLs given apart from the collateral apply to its issuer chain too (a Root CA CRL can
+        # revoke the TCB Signing certificate).
+        collateral = replace(collateral, crls=(*crls, *collateral.crls))
     # (1) PCK chain, to a pinned root, and not revoked.
     chain = pck_chain(quote)
     anchor = verify_chain(chain, roots=roots, at=at, end_entity="the PCK certificate")
     _check_chain_names(chain)
-    all_crls = (*crls, *(collateral.crls if collateral else ()))
+    all_crls = collateral.crls if collateral is not None else tuple(crls)
     applied = apply_revocation(all_crls, chain, at=at, allow_stale_days=allow_stale_days)
     pck_key = chain[0].public_key()
     if not isinstance(pck_key, ec.EllipticCurvePublicKey) or pck_key.curve.name != "secp256r1":

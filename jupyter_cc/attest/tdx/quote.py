@@ -11,6 +11,7 @@ real quotes) is kept as ``extra_bytes``. Verification is :mod:`jupyter_cc.attest
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -172,11 +173,18 @@ def _parse_qe_report(raw: bytes) -> QeReport:
 def parse_quote(data: bytes) -> TdxQuote:
     """Parse a TDX DCAP quote, version 4 or 5 (body type 2 = TDX 1.0 or 3 = TDX 1.5).
 
+    The result is immutable and the last few are kept by their bytes: finding a quote's
+    collateral and verifying it read the same quote one after the other.
+
     Raises:
         FormatError: too short, wrong version, TEE type, key type, body type or certification
             data type, or a length field that points past its container.
     """
-    data = bytes(data)
+    return _parse_quote(bytes(data))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_quote(data: bytes) -> TdxQuote:
     r = _reader(data)
     version = r.u16("header")
     key_type = r.u16("header")

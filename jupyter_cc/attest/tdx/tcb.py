@@ -154,6 +154,81 @@ def verify_collateral(
         CollateralError: wrong id or version, no TCB levels, or stale (``nextUpdate`` passed).
     """
     roots = roots if roots is not None else TrustStore.of(INTEL_SGX_ROOT)
+    memo = _memo_key(collateral, roots, allow_stale_days)
+    known = _VERIFIED.get(memo)
+    if known is not None and known.holds(collateral, at):
+        return known.anchor
+    anchor = _verify_collateral(collateral, at=at, roots=roots, allow_stale_days=allow_stale_days)
+    window = _window(collateral)
+    if window is not None:
+        if len(_VERIFIED) >= 32:
+            _VERIFIED.clear()
+        _VERIFIED[memo] = _Verified(collateral, window[0], window[1], anchor)
+    return anchor
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """Collateral that passed every check, and the times between which all of them hold."""
+
+    collateral: TdxCollateral
+    not_before: datetime
+    not_after: datetime
+    anchor: TrustAnchor
+
+    def holds(self, collateral: TdxCollateral, at: datetime) -> bool:
+        # The documents and CRLs are parsed once per distinct bytes (the same objects come back),
+        # so identity is the check that this is the very collateral that was verified.
+        mine = self.collateral
+        return (
+            mine.tcb_info is collateral.tcb_info
+            and mine.qe_identity is collateral.qe_identity
+            and mine.issuer_chain == collateral.issuer_chain
+            and len(mine.crls) == len(collateral.crls)
+            and all(a is b for a, b in zip(mine.crls, collateral.crls, strict=True))
+            and self.not_before <= at <= self.not_after
+        )
+
+
+# Verified collateral by what it is made of, the roots and the staleness allowed: a verifier
+# judging one platform again and again (kernels re-attesting, a broker) checks its collateral's
+# signatures, chain and CRLs once, and then only whether the time is still inside the window
+# where every check holds. Failures are never remembered.
+_VERIFIED: dict[tuple[object, ...], _Verified] = {}
+
+
+def _memo_key(collateral: TdxCollateral, roots: TrustStore, allow_stale_days: int) -> tuple[object, ...]:
+    return (
+        id(collateral.tcb_info),
+        id(collateral.qe_identity),
+        tuple(id(c) for c in collateral.crls),
+        tuple(sorted(roots.anchors)),
+        allow_stale_days,
+    )
+
+
+def _window(collateral: TdxCollateral) -> tuple[datetime, datetime] | None:
+    """When every time check of :func:`_verify_collateral` passes for sure, without allowance.
+
+    From the latest notBefore of the issuer chain to the earliest of its notAfter and the
+    nextUpdate of each document and CRL; None when a CRL has no nextUpdate (always re-checked).
+    Outside the window the full checks run again.
+    """
+    chain = collateral.issuer_chain
+    ends = [c.not_valid_after_utc for c in chain]
+    ends += [collateral.tcb_info.next_update, collateral.qe_identity.next_update]
+    for crl in collateral.crls:
+        if crl.next_update_utc is None:
+            return None
+        ends.append(crl.next_update_utc)
+    if not chain:
+        return None
+    return max(c.not_valid_before_utc for c in chain), min(ends)
+
+
+def _verify_collateral(
+    collateral: TdxCollateral, *, at: datetime, roots: TrustStore, allow_stale_days: int
+) -> TrustAnchor:
     info, ident = collateral.tcb_info, collateral.qe_identity
     if info.id != TCB_INFO_ID or info.version != TCB_INFO_VERSION:
         raise CollateralError(
