@@ -25,7 +25,9 @@ def intel() -> SyntheticPki:
     return make_pki()
 
 
-def _verify(pki: SyntheticPki, *, at: datetime = NOW, crls: list[bytes] | None = None, **kw: object) -> object:
+def _verify(
+    pki: SyntheticPki, *, at: datetime = NOW, crls: list[bytes] | None = None, **kw: object
+) -> object:
     quote = build_quote(pki, QuoteSpec(report_data=expected_report_data(NONCE, HOST_KEY)))
     args: dict[str, object] = {
         "tcb_info": tcb_info(pki),
