@@ -8,19 +8,28 @@ confidential VM, the guest agent behind it uses the simulated TEE, and every lis
    ``wait_for_ready()``, for a kernelspec naming ``confidential-provisioner`` (SSH connect, agent
    start, simulated attestation, guest kernel start, five port forwards) against a plain
    ``python3`` kernelspec (``LocalProvisioner``). Median of ``START_ROUNDS`` starts each, after
-   one unmeasured warm-up start each. Target <= 1.5x. Measured twice: against the sshd as the
-   tests configure it (commands run through the account's shell, which on Debian sources
-   ~/.bashrc), and against a second sshd whose sessions get an empty HOME (no rc file), to show
-   what the guest account's shell start-up costs.
+   one unmeasured warm-up start each. Measured three ways:
+
+   - with the **resident agent and warm pool** (``jupyter-cc guest serve --pool 1`` behind the
+     sshd, reached by a ``direct-streamlocal`` channel: no session, no shell, no Python started
+     per kernel). Target <= 1.0x;
+   - with the **per-connection agent** (no service: Python started over an SSH session), against
+     the sshd as the tests configure it (commands run through the account's shell, which on
+     Debian sources ~/.bashrc). Target <= 1.2x;
+   - the same against a second sshd whose sessions get an empty HOME (no rc file), to show what
+     the guest account's shell start-up costs (reported, no target).
 2. **execute round trip**: ``client.execute("pass")`` until both the ``execute_reply`` on shell
    and the ``idle`` status on iopub have arrived (what ``execute_interactive`` waits for); the
    shell reply alone is printed too. Median of ``EXEC_ROUNDS`` round trips through the tunnel
-   against a direct local kernel, in alternating blocks. Target <= 1.3x.
+   against a direct local kernel, in alternating blocks. Target <= 1.1x (issue 14; was 1.3x).
+   The same with **CurveZMQ** (``transport_encryption = required``: the kernel's key pair made in
+   the guest and bound into the evidence) against the same direct kernel without CurveZMQ, so its
+   cost is the difference of the two ratios (reported, no target).
 3. **bulk throughput**: ``BULK_MB`` MB pulled from a plain TCP source on 127.0.0.1 through ONE
    forwarded port of ``SshConnection.forward()`` against OpenSSH ``ssh -N -L`` (same client key,
    same sshd, same source; OpenSSH's default cipher). Median of ``BULK_ROUNDS`` pulls each. The
    ciphers each side negotiated are printed; OpenSSH forced to paramiko's cipher is printed for
-   information. Target >= 0.6x.
+   information. Target >= 0.8x (issue 14; was 0.6x).
 4. **50 MB display output**: time from ``execute`` of
    ``display({'text/plain': s}, raw=True)`` (``s`` a 50,000,000 character string built before
    the clock starts) until the ``display_data`` message is decoded by the client, through the
@@ -31,7 +40,8 @@ forwards, client ready) replays ``ConfidentialProvisioner._launch_blocking`` ste
 the same public pieces, so that a missed start target shows where the time goes.
 
 Run from the repository root: ``.venv/bin/python benchmarks/bench_kernel.py`` (needs sshd and
-ssh from OpenSSH). Runtime: about 40 seconds on a 2-core VM (bounded by ``DEADLINE_S``).
+ssh from OpenSSH). Runtime: about a minute on a 2-core VM (bounded by ``DEADLINE_S``).
+``--runs 3`` repeats the whole run and ends with the worst ratio of each measurement.
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ from jupyter_cc.kernelspec import kernelspec, simulated_policy_path  # noqa: E40
 from jupyter_cc.policy import Policy  # noqa: E402
 from jupyter_cc.remote.agent_client import AgentClient, agent_argv  # noqa: E402
 from jupyter_cc.remote.guest import GuestLink  # noqa: E402
+from tests.support.resident import resident_agent  # noqa: E402
 from tests.support.sshd import Sshd  # noqa: E402
 
 START_ROUNDS = 8
@@ -78,6 +89,15 @@ DEADLINE_S = 420.0  # the whole run; each loop also stops early when this is pas
 
 CC_KERNEL = "cc-bench"
 CC_BARE_KERNEL = "cc-bench-bare-home"
+CC_RESIDENT_KERNEL = "cc-bench-resident"
+CC_CURVE_KERNEL = "cc-bench-curve"
+#: start->ready targets against LocalProvisioner (design section 11, issue 14).
+START_TARGETS = {CC_RESIDENT_KERNEL: 1.0, CC_KERNEL: 1.2}
+START_LABELS = {
+    CC_RESIDENT_KERNEL: "start->ready, resident+pool",
+    CC_KERNEL: "start->ready, per-connection",
+    CC_BARE_KERNEL: "start->ready, per-conn, no rc",
+}
 LOCAL_KERNEL = "py-bench"
 T = TypeVar("T")
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -280,9 +300,10 @@ async def bench_start(names: tuple[str, ...]) -> list[Result]:
     results = []
     for name in names:
         cc = times[name]
-        label = "start->ready" if name == CC_KERNEL else "start->ready, no shell rc"
-        result = Result(label, "s", med(cc), med(local), "<= 1.5x", None, (len(cc), len(local)))
-        result.met = result.ratio <= 1.5
+        target = START_TARGETS.get(name)
+        shown = f"<= {target:.1f}x" if target else "-"
+        result = Result(START_LABELS[name], "s", med(cc), med(local), shown, None, (len(cc), len(local)))
+        result.met = result.ratio <= target if target else None
         result.notes.append(
             f"confidential {min(cc):.3f}-{max(cc):.3f} s, local {min(local):.3f}-{max(local):.3f} s"
         )
@@ -308,9 +329,9 @@ async def bench_exec(clients: dict[str, AsyncKernelClient]) -> tuple[Result, Res
                 reply[key].append(t_reply)
                 full[key].append(t_full)
     n = (len(full["cc"]), len(full["local"]))
-    main = Result("execute round trip (reply+idle)", "ms", 0, 0, "<= 1.3x", None, n)
+    main = Result("execute round trip (reply+idle)", "ms", 0, 0, "<= 1.1x", None, n)
     main.median, main.baseline = med(full["cc"]) * 1000, med(full["local"]) * 1000
-    main.met = main.ratio <= 1.3
+    main.met = main.ratio <= 1.1
     p95 = {k: statistics.quantiles(v, n=20)[-1] * 1000 for k, v in full.items() if len(v) >= 20}
     if p95:
         main.notes.append(f"p95 tunnel {p95.get('cc', 0):.2f} ms, local {p95.get('local', 0):.2f} ms")
@@ -352,6 +373,22 @@ async def bench_exec_and_display(
     clients = {"cc": cc, "local": local}
     main, shell = await bench_exec(clients)
     return main, shell, await bench_display(clients)
+
+
+async def bench_exec_curve() -> Result:
+    """Execute round trips of a CurveZMQ kernel through the tunnel against the plain local kernel."""
+    _, c_km, c_kc = await start_ready(CC_CURVE_KERNEL)
+    try:
+        assert c_km.get_connection_info().get("curve_publickey"), "the kernel started without CurveZMQ"
+        _, l_km, l_kc = await start_ready(LOCAL_KERNEL)
+        try:
+            main, _ = await bench_exec({"cc": c_kc, "local": l_kc})
+        finally:
+            await stop(l_km, l_kc)
+    finally:
+        await stop(c_km, c_kc)
+    main.name, main.target, main.met = "execute round trip, CurveZMQ", "(info)", None
+    return main
 
 
 def bench_bulk(server: Sshd, tmp: Path) -> tuple[Result, list[str]]:
@@ -396,11 +433,11 @@ def bench_bulk(server: Sshd, tmp: Path) -> tuple[Result, list[str]]:
         "MB/s",
         med(mbps),
         med(obps),
-        ">= 0.6x",
+        ">= 0.8x",
         None,
         (len(mbps), len(obps)),
     )
-    result.met = result.ratio >= 0.6
+    result.met = result.ratio >= 0.8
     result.notes.append(
         f"OpenSSH forced to {para_cipher}: {med(sbps):.0f} MB/s (ratio {med(mbps) / med(sbps):.2f}x)"
     )
@@ -513,14 +550,29 @@ async def with_kernels(
         await stop(cc_km, cc_kc)
 
 
-async def run(tmp: Path) -> int:
+async def run(tmp: Path) -> list[Result]:
     server = start_sshd(tmp / "sshd")
+    with contextlib.ExitStack() as stack:
+        try:
+            return await _run(tmp, server, stack)
+        finally:
+            stack.close()  # the resident agent stops before its sshd
+            server.stop()
+
+
+async def _run(tmp: Path, server: Sshd, stack: contextlib.ExitStack) -> list[Result]:
     bare = None
     try:
         bare = start_sshd(tmp / "sshd-bare", bare_home=tmp / "bare-home")
         sim_dir = Path(os.environ["JUPYTER_DATA_DIR"]) / "jupyter_cc" / "sim"
         config = provisioner_config(server, sim_dir)
-        configs = {CC_KERNEL: config, CC_BARE_KERNEL: provisioner_config(bare, sim_dir)}
+        resident = stack.enter_context(resident_agent(server, tmp / "resident", pool=1))
+        configs = {
+            CC_KERNEL: config,
+            CC_BARE_KERNEL: provisioner_config(bare, sim_dir),
+            CC_RESIDENT_KERNEL: {**config, "agent_socket": str(resident.socket)},
+            CC_CURVE_KERNEL: {**config, "transport_encryption": "required"},
+        }
         install_specs(tmp / "jupyter" / "kernels", configs)
         print(f"machine: {machine()}", flush=True)
         print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S')}\n", flush=True)
@@ -533,8 +585,9 @@ async def run(tmp: Path) -> int:
                 for note in r.notes:
                     print(f"{'':<36}{note}", flush=True)
 
-        report(*await bench_start((CC_KERNEL, CC_BARE_KERNEL)))
+        report(*await bench_start((CC_RESIDENT_KERNEL, CC_KERNEL, CC_BARE_KERNEL)))
         report(*await with_kernels(bench_exec_and_display))
+        report(await bench_exec_curve())
         bulk, cipher_info = bench_bulk(server, tmp)
         report(bulk)
         for line in cipher_info:
@@ -550,11 +603,23 @@ async def run(tmp: Path) -> int:
         )
         missed = [r.name for r in results if r.met is False]
         print(f"\ntargets not met: {', '.join(missed)}" if missed else "\nall targets met")
-        return 0
+        return results
     finally:
-        server.stop()
         if bare is not None:
             bare.stop()
+
+
+def worst(runs: list[list[Result]]) -> list[Result]:
+    """Per measurement, the run with the worst ratio (highest for times, lowest for throughput)."""
+    by_name: dict[str, list[Result]] = {}
+    for results in runs:
+        for r in results:
+            by_name.setdefault(r.name, []).append(r)
+    out = []
+    for same in by_name.values():
+        higher_is_better = same[0].unit == "MB/s"
+        out.append(min(same, key=lambda r: r.ratio) if higher_is_better else max(same, key=lambda r: r.ratio))
+    return out
 
 
 def main() -> int:
@@ -563,6 +628,28 @@ def main() -> int:
         return 2
     # A SIGTERM unwinds like an exception, so the finally blocks stop sshd, ssh and kernels.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 1
+    all_results = []
+    for i in range(runs):
+        if runs > 1:
+            print(f"\n=== run {i + 1} of {runs} ===", flush=True)
+        all_results.append(_one_run())
+    if runs > 1:
+        print(f"\nworst of {runs} runs:")
+        for r in worst(all_results):
+            print(r.line())
+        missed = [r.name for r in worst(all_results) if r.met is False]
+        print(
+            f"targets not met in the worst run: {', '.join(missed)}"
+            if missed
+            else "all targets met in every run"
+        )
+    return 0
+
+
+def _one_run() -> list[Result]:
+    global BUDGET
+    BUDGET = Budget(DEADLINE_S)
     tmp = Path(tempfile.mkdtemp(prefix="bench-kernel-"))
     saved = {k: os.environ.get(k) for k in ("JUPYTER_DATA_DIR", "JUPYTER_PATH", "JUPYTER_RUNTIME_DIR")}
     os.environ["JUPYTER_DATA_DIR"] = str(tmp / "data")

@@ -122,7 +122,9 @@ def serve_child(db: str, cache_sim: bool) -> int:
 
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command", required=True), argparse.ArgumentParser)
-    ns = parser.parse_args(["kbs", "serve", "--port", "0", "--db", db])
+    ns = parser.parse_args(
+        ["kbs", "serve", "--port", "0", "--db", db, "--insecure-http", "--attest-rate", "1e6"]
+    )
     try:
         status: int = ns.func(ns)
     except KeyboardInterrupt:
@@ -143,7 +145,7 @@ def profile_broker(store: object, uri_for: object) -> None:
 
     logging.getLogger("tornado.access").setLevel(logging.ERROR)
     profiler = cProfile.Profile(time.thread_time)
-    broker = Broker(store)  # type: ignore[arg-type]
+    broker = Broker(store, attest_rate=1e6, attest_burst=10**6)  # type: ignore[arg-type]  # one client: no rate limit
     rounds = 300
 
     async def serve_until_done() -> None:
@@ -218,7 +220,7 @@ def main() -> int:
         + ("; simulated TEE cached (what-if)" if args.cache_sim else "")
     )
     if args.profile:
-        profile_broker(store, lambda port: f"kbs://127.0.0.1:{port}/bench/key/k")
+        profile_broker(store, lambda port: f"kbs+http://127.0.0.1:{port}/bench/key/k")
 
     proc: subprocess.Popen[str] | None = None
     running = None
@@ -236,9 +238,9 @@ def main() -> int:
         line = proc.stdout.readline()
         port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
     else:
-        running = start_in_thread(Broker(store))
+        running = start_in_thread(Broker(store, attest_rate=1e6, attest_burst=10**6))
         port = running.port
-    uri = f"kbs://127.0.0.1:{port}/bench/key/k"
+    uri = f"kbs+http://127.0.0.1:{port}/bench/key/k"
 
     ok = True
     try:

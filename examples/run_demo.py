@@ -2,8 +2,9 @@
 
 1. The data owner: a synthetic patient table, sealed under a fresh key that goes into the
    embedded key broker with a policy accepting the simulated TEE (the key file is then erased).
-2. The broker (``jupyter-cc kbs serve``) on a free loopback port, and a ``demo`` profile for the
-   simulated CVM (the guest agent on this machine, transport ``local``).
+2. The broker (``jupyter-cc kbs serve``, HTTPS with the certificate it made) on a free loopback
+   port, its certificate's fingerprint pinned in the notebook's key URI (``?cert-sha256=``), and
+   a ``demo`` profile for the simulated CVM (the guest agent on this machine, transport ``local``).
 3. ``examples/confidential-analysis.ipynb`` executed headless with nbclient in an ordinary
    kernel: attest, connect, release the key inside the TEE, analyse, declassify an aggregate,
    pull it back, and a refused pull.
@@ -106,9 +107,24 @@ def wait_for_port(port: int, timeout: float, *, while_alive: subprocess.Popen[by
             time.sleep(0.1)
 
 
+def broker_pin(workdir: Path) -> str:
+    """The SHA-256 fingerprint of the demo broker's certificate (made now if it is not yet).
+
+    ``jupyter-cc kbs serve --db workdir/kbs/kbs.sqlite`` serves this same certificate, and
+    ``jupyter-cc kbs info`` prints the same fingerprint.
+    """
+    from jupyter_cc.kbs.tls import ensure_identity
+
+    return ensure_identity(workdir / "kbs").fingerprint
+
+
 @contextmanager
 def broker(workdir: Path) -> Iterator[str]:
-    """``jupyter-cc kbs serve`` on a free loopback port for the duration."""
+    """``jupyter-cc kbs serve`` (HTTPS) on a free loopback port for the duration.
+
+    Yields the broker's ``kbs://127.0.0.1:PORT``; a key URI under it is pinned with
+    ``?cert-sha256=`` :func:`broker_pin`.
+    """
     port = free_port()
     log = open(workdir / "kbs.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -203,7 +219,14 @@ def main() -> int:
     print(f"data owner: sealed a synthetic patient table to {where} under broker key {RESOURCE}")
     with broker(workdir) as kbs:
         print(f"key broker: {kbs} (policy {policy.name}: the simulated TEE only)")
-        env.update(JUPYTER_CC_DEMO_KBS=kbs, JUPYTER_CC_DEMO_DATA=str(sealed), JUPYTER_CC_DEMO_PROFILE="demo")
+        pin = broker_pin(workdir)
+        print(f"key broker certificate SHA-256 (pinned by the TEE): {pin}")
+        env.update(
+            JUPYTER_CC_DEMO_KBS=kbs,
+            JUPYTER_CC_DEMO_KBS_PIN=pin,
+            JUPYTER_CC_DEMO_DATA=str(sealed),
+            JUPYTER_CC_DEMO_PROFILE="demo",
+        )
         out = workdir / "confidential-analysis.executed.ipynb"
         print(f"running {NOTEBOOK.relative_to(ROOT)} headless ...")
         nb = execute(NOTEBOOK, out, env, workdir)
@@ -231,7 +254,8 @@ def main() -> int:
     print(
         "\nTo open the same in JupyterLab: pip install jupyterlab into .venv, then\n"
         f"  JUPYTER_CC_CONFIG={env['JUPYTER_CC_CONFIG']} .venv/bin/jupyter lab {NOTEBOOK.relative_to(ROOT)}\n"
-        "(start a broker with '.venv/bin/jupyter-cc kbs serve --db .demo/kbs/kbs.sqlite' first;\n"
+        "(start a broker with '.venv/bin/jupyter-cc kbs serve --db .demo/kbs/kbs.sqlite' first, and set\n"
+        "JUPYTER_CC_DEMO_KBS_PIN to the fingerprint it prints, which the notebook pins;\n"
         "the launcher also offers a 'Confidential Python (simulated)' kernel installed by 'make demo')."
     )
     ok = attest.get("passed") and release and declass and refused and chain.ok and rows != "?"

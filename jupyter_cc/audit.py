@@ -17,9 +17,15 @@ rewrite every later line, and a torn write (a last line without its newline). So
 write the file can still rewrite the whole chain, or drop whole lines from its end; pin
 :attr:`VerifyResult.head` (the digest of the last line) somewhere else to detect that.
 
-Concurrent writers (several kernels, the broker) take an exclusive :func:`fcntl.flock` on the
-log around "read the last line, append one", so lines never interleave and the chain stays
-linear. Each append is one ``write`` followed by ``fsync``.
+Concurrent writers (several kernels, the broker's workers) take an exclusive :func:`fcntl.flock`
+on the log around "read the last line, append one", so lines never interleave and the chain stays
+linear. Each append is one ``write``. Durability: :func:`record` returns only once an ``fsync``
+(``fdatasync`` where the platform has it) of the log that *started after its write* has finished,
+so an entry that was returned (and a key release answered after it) survives a crash. The lock
+is not held across that flush: the flush covers every byte written before it began, so threads
+of one process that append while a flush runs share the next one (group commit, :class:`_Flusher`),
+and writers in other processes take the lock while this one waits for the disk. A failed flush
+fails every writer of that process still waiting (or writing) then, never just the one that ran it.
 
 Entries never hold key material or secrets. :func:`record` enforces this as a guard, not a
 proof: a field whose name reads like a secret (``key``, ``material``, ``secret``, ``token``,
@@ -45,6 +51,7 @@ import math
 import os
 import re
 import stat
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -291,6 +298,156 @@ def _last_line(fd: int, log: Path) -> bytes | None:
     return os.pread(fd, size, 0)
 
 
+_sync = getattr(os, "fdatasync", os.fsync)
+"""Flushes a log's appended bytes (and its size) to the disk; ``fdatasync`` skips the mtime."""
+
+
+class _Flusher:
+    """Group commit for one log file (one inode): one flush at a time; writers wait for a flush
+    that started after their write, and whichever writer finds none running starts it.
+
+    ``started`` and ``finished`` count flushes; a writer that appended when ``started`` was S
+    is durable once a flush numbered S + 1 or later has finished. If any flush fails while a
+    writer is between taking its ticket (before its write) and returning, that writer fails
+    too, even when a later flush succeeds: after a failed ``fsync`` the kernel may have dropped
+    the unwritten pages, so a later success proves nothing about bytes written before.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.started = 0
+        self.finished = 0
+        self.failures = 0
+        self.error = ""
+        self.running = False
+        self.users = 0
+
+    def ticket(self) -> int:
+        """Taken before the write: the failures so far (any later one fails this writer)."""
+        with self.cond:
+            return self.failures
+
+    def wait_durable(self, fd: int, log: Path, ticket: int) -> None:
+        """Return once ``fd``'s file has been flushed by a flush begun after this call."""
+        with self.cond:
+            needed = self.started + 1
+            while True:
+                if self.failures > ticket:
+                    raise AuditError(
+                        f"audit log {log} could not be flushed to disk ({self.error}), so the "
+                        "entry is not known to be durable",
+                        hint="check the disk; the entry may be in the log already",
+                    )
+                if self.finished >= needed:
+                    return
+                if self.running:
+                    self.cond.wait()
+                else:
+                    self._flush(fd)
+
+    def _flush(self, fd: int) -> None:
+        """One flush, run without the condition's lock held (the caller holds it on entry)."""
+        self.running = True
+        self.started += 1
+        mine = self.started
+        self.cond.release()
+        error = None
+        try:
+            _sync(fd)
+        except OSError as exc:
+            error = exc.strerror or exc.__class__.__name__  # reported by wait_durable to every writer
+        finally:
+            self.cond.acquire()
+            self.running = False
+            if error is None:
+                self.finished = max(self.finished, mine)
+            else:
+                self.failures += 1
+                self.error = error
+            self.cond.notify_all()
+
+
+_flushers: dict[tuple[int, int], _Flusher] = {}
+_flushers_lock = threading.Lock()
+
+
+def _flusher_of(fd: int) -> tuple[tuple[int, int], _Flusher]:
+    """The group commit of ``fd``'s file, kept while someone uses it (release with :func:`_done`).
+
+    The key is the open file's device and inode: while ``fd`` is open its inode cannot belong to
+    another file, so a flush by another thread on that key flushes this very file.
+    """
+    info = os.fstat(fd)
+    key = (info.st_dev, info.st_ino)
+    with _flushers_lock:
+        flusher = _flushers.setdefault(key, _Flusher())
+        flusher.users += 1
+    return key, flusher
+
+
+def _done(key: tuple[int, int], flusher: _Flusher) -> None:
+    with _flushers_lock:
+        flusher.users -= 1
+        if flusher.users == 0:
+            del _flushers[key]
+
+
+def _sync_parent(log: Path) -> None:
+    """Flush the folder holding a just-created log, so the file itself survives a crash."""
+    try:
+        dfd = os.open(log.parent, os.O_RDONLY)
+    except OSError:
+        return  # not openable as a folder here (another platform): the file's own flush stands
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _chain_point(fd: int, log: Path) -> tuple[int, str]:
+    """The ``seq`` and ``prev`` of the next entry after the log's last line."""
+    last = _last_line(fd, log)
+    if last is None:
+        return 1, GENESIS
+    if not last.endswith(b"\n"):
+        raise AuditError(
+            f"audit log {log} ends with an incomplete line, so no entry can be chained to it",
+            hint="run 'jupyter-cc audit verify' and move the damaged log aside",
+        )
+    line = last[:-1]
+    try:
+        previous = json.loads(line)
+        seq = int(previous["seq"]) + 1
+    except (ValueError, KeyError, TypeError):
+        raise AuditError(
+            f"the last line of audit log {log} is not an entry, so nothing can be chained to it",
+            hint="run 'jupyter-cc audit verify' and move the damaged log aside",
+        ) from None
+    return seq, _digest(line)
+
+
+def _append(fd: int, log: Path, event: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Chain and write one entry (the caller holds the log's lock)."""
+    seq, prev = _chain_point(fd, log)
+    entry: dict[str, Any] = {
+        "seq": seq,
+        "time": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        "event": event,
+        **body,
+        "prev": prev,
+    }
+    data = (json.dumps(entry, ensure_ascii=True, allow_nan=False, separators=(", ", ": ")) + "\n").encode()
+    if len(data) > _MAX_LINE:
+        raise InputError(f"audit entry for {event} is {len(data)} bytes; entries are at most 1 MiB")
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    return entry
+
+
 def record(event: str, /, *, path: str | os.PathLike[str] | None = None, **fields: Any) -> dict[str, Any]:
     """Append one entry to the audit log and return it.
 
@@ -305,52 +462,30 @@ def record(event: str, /, *, path: str | os.PathLike[str] | None = None, **field
         InputError: a field named like a secret, holding a private key or bytes, or a reserved
             name; or a log that cannot be opened.
         AuditError: the log's last line is incomplete or not an entry, so nothing can be
-            chained to it (run ``jupyter-cc audit verify``).
+            chained to it (run ``jupyter-cc audit verify``); or the flush to disk failed.
+
+    When it returns, the entry is on disk (see the module docstring: a flush begun after the
+    write has finished), so a caller may act on it, such as answering a key release.
     """
     body = _entry_fields(event, fields)
     log = audit_path(path)
     fd = _open_log(log)
+    key, flusher = _flusher_of(fd)
     try:
+        ticket = flusher.ticket()
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        last = _last_line(fd, log)
-        if last is None:
-            seq, prev = 1, GENESIS
-        else:
-            if not last.endswith(b"\n"):
-                raise AuditError(
-                    f"audit log {log} ends with an incomplete line, so no entry can be chained to it",
-                    hint="run 'jupyter-cc audit verify' and move the damaged log aside",
-                )
-            line = last[:-1]
-            try:
-                previous = json.loads(line)
-                seq = int(previous["seq"]) + 1
-            except (ValueError, KeyError, TypeError):
-                raise AuditError(
-                    f"the last line of audit log {log} is not an entry, so nothing can be chained to it",
-                    hint="run 'jupyter-cc audit verify' and move the damaged log aside",
-                ) from None
-            prev = _digest(line)
-        entry: dict[str, Any] = {
-            "seq": seq,
-            "time": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-            "event": event,
-            **body,
-            "prev": prev,
-        }
-        data = (
-            json.dumps(entry, ensure_ascii=True, allow_nan=False, separators=(", ", ": ")) + "\n"
-        ).encode()
-        if len(data) > _MAX_LINE:
-            raise InputError(f"audit entry for {event} is {len(data)} bytes; entries are at most 1 MiB")
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+        try:
+            entry = _append(fd, log, event, body)
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)  # other writers go on while this one waits for the disk
+        flusher.wait_durable(fd, log, ticket)
+        if entry["seq"] == 1:
+            _sync_parent(log)  # a new log: its folder entry must survive a crash too
     finally:
-        os.close(fd)  # closing releases the lock
+        _done(key, flusher)
+        os.close(fd)
     return entry
 
 

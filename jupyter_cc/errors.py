@@ -13,10 +13,12 @@ code that raises it (so its module needs no import from here beyond its parent):
     CCError
     ├── InputError                                   the user's input (exit status 2)
     │   ├── jupyter_cc.seal.codecs.CodecError
-    │   └── jupyter_cc.hub.kubernetes.ConfidentialPodError
+    │   ├── jupyter_cc.hub.kubernetes.ConfidentialPodError
+    │   └── jupyter_cc.azure.errors.UnsafeRequestError, jupyter_cc.azure.errors.AzureSdkMissingError
     ├── EvidenceError                                the evidence did not verify
     │   ├── FormatError, SignatureError, ChainError, BindingError, TcbError,
     │   │   CollateralError, FreshnessError
+    │   ├── jupyter_cc.attest.nvidia_rim.MeasurementError   a GPU differs from NVIDIA's RIMs
     │   ├── jupyter_cc.guest.results.SourceUnavailableError
     │   ├── jupyter_cc.guest.protocol.AgentError
     │   └── jupyter_cc.guest.vtpm.ToolError
@@ -27,6 +29,9 @@ code that raises it (so its module needs no import from here beyond its parent):
     ├── jupyter_cc.hub.spawner.SpawnRefusedError
     ├── jupyter_cc.guest.kernel.KernelError
     ├── jupyter_cc.guest.server.ServerError
+    ├── jupyter_cc.guest.resident.ServiceError
+    ├── jupyter_cc.guest.transport.TransportError        the agent transport (no sshd, in pods)
+    ├── jupyter_cc.remote.pod.PodError                    a confidential pod that did not run
     ├── jupyter_cc.keys.KeyReleaseError
     │   └── jupyter_cc.keys.akv.release.AkvReleaseError
     ├── jupyter_cc.kbs.protocol.KbsError
@@ -37,7 +42,10 @@ code that raises it (so its module needs no import from here beyond its parent):
     │           jupyter_cc.seal.envelope.TamperedError
     ├── jupyter_cc.audit.AuditError
     ├── jupyter_cc.notebook.session.SessionError
-    └── jupyter_cc.notebook.declassify.PullRefusedError
+    ├── jupyter_cc.notebook.declassify.PullRefusedError
+    └── jupyter_cc.azure.errors.CloudError                  Azure Resource Manager and the CVM
+        └── jupyter_cc.azure.errors.CredentialError, jupyter_cc.azure.errors.ArmError,
+            jupyter_cc.azure.errors.ArmTimeoutError, jupyter_cc.azure.errors.NotAttestedError
 
 Every leaf is named ``...Error``; ``tests/unit/test_error_tree.py`` keeps this map complete.
 

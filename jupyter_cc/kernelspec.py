@@ -21,9 +21,11 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_cc.errors import InputError
 from jupyter_cc.policy import Policy
 
-__all__ = ["PROVISIONER_NAME", "install", "kernelspec", "simulated_policy_path"]
+__all__ = ["POD_PROVISIONER_NAME", "PROVISIONER_NAME", "install", "kernelspec", "simulated_policy_path"]
 
 PROVISIONER_NAME = "confidential-provisioner"
+#: A kernel per confidential pod (:mod:`jupyter_cc.pod_provisioner`).
+POD_PROVISIONER_NAME = "confidential-pod"
 _NAME = re.compile(r"\A[a-zA-Z0-9._-]+\Z")
 
 
@@ -41,8 +43,10 @@ def provisioner_config(transport: str, tee: str, **traits: Any) -> dict[str, Any
     return config
 
 
-def kernelspec(display_name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """kernel.json content for a confidential kernel with provisioner ``config``."""
+def kernelspec(
+    display_name: str, config: dict[str, Any], provisioner: str = PROVISIONER_NAME
+) -> dict[str, Any]:
+    """kernel.json content for a confidential kernel with ``provisioner`` and its ``config``."""
     if config.get("policy"):
         policy_path = Path(str(config["policy"])).expanduser().resolve()
         Policy.load(policy_path)  # refuse a broken policy now, not at the first kernel start
@@ -55,7 +59,7 @@ def kernelspec(display_name: str, config: dict[str, Any]) -> dict[str, Any]:
         "env": {},
         "metadata": {
             "debugger": False,
-            "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": config},
+            "kernel_provisioner": {"provisioner_name": provisioner, "config": config},
         },
     }
 

@@ -11,7 +11,7 @@ Profiles live in ``~/.jupyter/jupyter_cc.toml`` (``JUPYTER_CC_CONFIG`` names ano
     identity_file = "/home/me/.ssh/id_ed25519"
     policy = "/home/me/policies/prod.toml"
     tee = "az-snp-vtpm"
-    kbs = "http://kbs.example.org:8085"
+    kbs = "kbs://kbs.example.org:8085?cert-sha256=3f1c...e0"
 
 ``%cc connect NAME``, ``%attest NAME`` and ``jupyter-cc profile ...`` read them;
 :meth:`Profile.to_guest_target` opens the guest and :meth:`Profile.provisioner_config` gives
@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import tomlkit
 from tomlkit.container import OutOfOrderTableProxy
@@ -57,6 +57,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 if TYPE_CHECKING:
+    from jupyter_cc.azure.settings import AzureSettings
     from jupyter_cc.remote.guest import GuestTarget
 
 __all__ = [
@@ -69,7 +70,8 @@ __all__ = [
 ]
 
 TRANSPORTS = ("ssh", "local")
-KBS_SCHEMES = ("http", "https", "kbs")
+KBS_SCHEMES = ("kbs", "https", "kbs+http", "http")
+"""``kbs://`` and ``https://`` are HTTPS (pin with ``?cert-sha256=``); the plain ones are loopback only."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _STRING_KEYS = (
@@ -83,6 +85,34 @@ _STRING_KEYS = (
     "kbs",
     "sim_dir",
 )
+
+
+def _check_kbs(where: str, kbs: str) -> None:
+    """Refuse a key broker that is not a URL, plain HTTP off loopback, or a malformed pin.
+
+    The same rules as the ``kbs://`` client's (design section 13,
+    :mod:`jupyter_cc.keys.broker_trust`), checked when the profile is read rather than when a
+    key is first released.
+    """
+    from jupyter_cc.kbs.tls import is_loopback_host
+    from jupyter_cc.keys.broker_trust import normalize_pin
+
+    url = urlsplit(kbs)
+    if url.scheme not in KBS_SCHEMES or not url.netloc or not url.hostname:
+        raise InputError(
+            f"{where}: kbs {kbs!r} is not a key broker URL",
+            hint="write it like kbs://host:8085?cert-sha256=HEX (`jupyter-cc kbs info` prints the pin)",
+        )
+    if url.scheme in ("http", "kbs+http") and not is_loopback_host(url.hostname):
+        raise InputError(
+            f"{where}: kbs {kbs!r} is plain HTTP to a broker that is not on loopback, so anyone on "
+            "the network could answer for it",
+            hint="write kbs://host:8085?cert-sha256=HEX (`jupyter-cc kbs info` on the broker prints it)",
+        )
+    for name, values in parse_qs(url.query, keep_blank_values=True).items():
+        if name != "cert-sha256":
+            raise InputError(f"{where}: kbs {kbs!r} has an unknown query parameter {name!r}")
+        normalize_pin(values[-1], f"{where}: kbs cert-sha256")
 
 
 @dataclass(frozen=True)
@@ -99,6 +129,9 @@ class Profile:
         tee: which evidence to collect (``auto`` probes).
         kbs: the key broker's URL for key release.
         sim_dir: the simulated TEE's folder in the guest (tests; not shown by the CLI).
+        azure: the ``[profiles.NAME.azure]`` table: a confidential VM jupyter-cc creates, starts
+            and deallocates in Azure (:mod:`jupyter_cc.azure.settings`); ``host`` may then be
+            left unset (the VM's address is looked up).
     """
 
     name: str
@@ -114,6 +147,7 @@ class Profile:
     tee: str = "auto"
     kbs: str | None = None
     sim_dir: str | None = None
+    azure: AzureSettings | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -128,7 +162,7 @@ class Profile:
             raise InputError(f"{where}: port {self.port!r} is not a TCP port (1 to 65535)")
         for key in _STRING_KEYS:
             _check_string(where, key, getattr(self, key))
-        if self.transport == "ssh" and not self.host:
+        if self.transport == "ssh" and not self.host and self.azure is None:
             raise InputError(f"{where}: transport ssh needs a host", hint="set host, or use transport local")
         self._check_policy_and_kbs(where)
 
@@ -140,12 +174,7 @@ class Profile:
                 hint="a relative path would depend on the directory the kernel starts in",
             )
         if self.kbs is not None:
-            url = urlsplit(self.kbs)
-            if url.scheme not in KBS_SCHEMES or not url.netloc:
-                raise InputError(
-                    f"{where}: kbs {self.kbs!r} is not a key broker URL",
-                    hint="write it like http://host:8085 or kbs://host:8085",
-                )
+            _check_kbs(where, self.kbs)
 
     def to_guest_target(self) -> GuestTarget:
         """The :class:`~jupyter_cc.remote.guest.GuestTarget` that opens this profile's guest agent.
@@ -187,11 +216,15 @@ class Profile:
             policy=self.policy,
             remote_python=self.python,
             sim_dir=self.sim_dir,
+            azure_profile=self.name if self.azure is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
         """The profile's set values (``name`` included), for ``profile list --json``."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.azure is not None:
+            out["azure"] = self.azure.to_table()
+        return out
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any], *, source: str = "") -> Profile:
@@ -207,7 +240,14 @@ class Profile:
                 f"{', '.join(unknown)}",
                 hint="known keys are " + ", ".join(known),
             )
+        values = dict(table)
+        if "azure" in values:
+            from jupyter_cc.azure.settings import AzureSettings
+
+            values["azure"] = AzureSettings.from_table(values["azure"], where=f"{where}profile {name}: azure")
         for key, value in table.items():
+            if key == "azure":
+                continue
             expected: type = int if key == "port" else str
             if not isinstance(value, expected) or isinstance(value, bool):
                 raise InputError(
@@ -215,7 +255,7 @@ class Profile:
                     f"expected {'an integer' if expected is int else 'a string'}"
                 )
         try:
-            return cls(name=name, **dict(table))
+            return cls(name=name, **values)
         except InputError as exc:
             raise InputError(f"{where}{exc.message}", hint=exc.hint) from None
 

@@ -53,7 +53,7 @@ from jupyter_cc.attest.kinds import AZURE_KINDS, KIND_NAMES
 from jupyter_cc.attest.kinds import kind as registered_kind
 from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.decoding import b64decode_any, decode_hex, strict_json
-from jupyter_cc.errors import BindingError, FormatError, InputError
+from jupyter_cc.errors import BindingError, CCError, FormatError, InputError
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -103,6 +103,7 @@ class Evidence:
     nonce: bytes | None = None
     gpus: tuple[Evidence, ...] = ()
     allow_stale_days: int = 0
+    gpu_collateral: Any = None  # nvidia: a jupyter_cc.attest.nvidia_rim.GpuCollateral (RIMs, OCSP)
 
     def binary(self) -> bytes:
         """``report`` as bytes; :class:`InputError` when it is text (only MAA tokens are)."""
@@ -169,9 +170,23 @@ def verify(
         ev = replace(ev, crls=(*ev.crls, *crls))
     claims = _verify_one(ev, at, roots)
     if ev.gpus:
-        gpu_claims = [_verify_one(g, at, roots) for g in ev.gpus]
-        claims = replace(claims, gpu=gpu_claims[0])
+        gpu_claims = tuple(_verify_gpu(i, g, at, roots) for i, g in enumerate(ev.gpus))
+        claims = replace(claims, gpu=gpu_claims[0], gpus=gpu_claims)
     return claims
+
+
+def _verify_gpu(index: int, ev: Evidence, at: datetime, roots: TrustStore | None) -> Claims:
+    """Verify GPU ``index``: only NVIDIA evidence is GPU evidence; a failure names the GPU."""
+    if ev.kind != "nvidia":
+        raise FormatError(
+            f"GPU {index}: the bundle's gpus list holds {ev.kind or 'unnamed'} evidence, not an NVIDIA "
+            "GPU attestation report",
+            hint="only kind nvidia entries are GPU evidence; collect GPU evidence through NVML",
+        )
+    try:
+        return _verify_one(ev, at, roots)
+    except CCError as exc:
+        raise type(exc)(f"GPU {index}: {exc.message}", hint=exc.hint, source=exc.source) from None
 
 
 # --- bundles ----------------------------------------------------------------------------------

@@ -12,8 +12,24 @@ followed by the signed MEASUREMENTS response, and a PEM chain for the GPU's atte
 4. the FWID in the response's opaque data equals the FWID in the leaf's TCG DICE extension,
    which ties the signed report to the firmware the certificate was issued to.
 
-Golden-measurement comparison against NVIDIA's RIMs and OCSP are not done here; the claims carry
-the measurement blocks so that a policy can compare them.
+5. the chip is of a supported architecture (:data:`SUPPORTED_CHIPS`: Hopper GH100), as named
+   by the verified chain;
+6. with ``collateral`` (:class:`~jupyter_cc.attest.nvidia_rim.GpuCollateral`, which
+   :mod:`jupyter_cc.collateral.nvidia` gathers): the driver and VBIOS RIMs verify to the pinned
+   NVIDIA CoRIM signing Root CA and every active measurement matches
+   (:mod:`jupyter_cc.attest.nvidia_rim`); OCSP answers for the device chain (below the leaf the
+   GPU mints itself) and both RIM chains verify and say ``good``
+   (:mod:`jupyter_cc.attest.nvidia_ocsp`). A RIM or OCSP answer that is present and wrong is
+   an error; one that is absent is claimed ``unchecked`` with the reason, for the policy.
+
+Claims that the policy judges: ``arch``, ``driver_version``, ``vbios_version``, ``cc_mode``
+(``on``: the GPU's attestation key signs measurement reports only in CC mode; ``ppcie`` when
+the signed protected-PCIe field says the system is in multi-GPU protected PCIe mode instead),
+``rim`` (``verified`` | ``unchecked``), ``revocation`` (``checked`` | ``unchecked``), and
+``debug``: False only when the measurements matched NVIDIA's RIMs, which are signed for the
+production (non-devtools) firmware state; without that comparison debug cannot be excluded and
+is claimed True (fail closed). ``ppcie`` is the signed protected-PCIe opaque field when the
+report has one.
 
 >>> report = parse_spdm_report(decode_blob(open("h100.report.hex", "rb").read()))  # doctest: +SKIP
 >>> claims = verify_nvidia(report.raw, chain_pem, at=utcnow(), nonce=my_nonce)      # doctest: +SKIP
@@ -21,6 +37,7 @@ the measurement blocks so that a policy can compare them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -41,15 +58,18 @@ from jupyter_cc.errors import BindingError, ChainError, FormatError, InputError,
 
 if TYPE_CHECKING:
     from jupyter_cc.attest.evidence import Evidence
+    from jupyter_cc.attest.nvidia_rim import GpuCollateral
 
 __all__ = [
     "REQUEST_SIZE",
     "SIGNATURE_SIZE",
+    "SUPPORTED_CHIPS",
     "MeasurementBlock",
     "OpaqueField",
     "SpdmReport",
     "dice_fwid",
     "parse_spdm_report",
+    "supported_chip",
     "verify_evidence",
     "verify_nvidia",
 ]
@@ -62,6 +82,12 @@ NONCE_SIZE = 32
 SIGNATURE_SIZE = 96
 FWID_SIZE = 48
 DMTF_SPEC = 0x01
+
+OPAQUE_PPCIE = 21
+PPCIE_ON = b"\xaa"  # the signed protected-PCIe status byte: 0xAA on, 0x55 off
+# The chip families whose reports, chains and RIMs this verifier understands, by chip name.
+SUPPORTED_CHIPS = {"GH100": "hopper"}
+_CHIP = re.compile(r"\b(G[A-Z]\d{3})\b")
 
 OPAQUE_DRIVER_VERSION = 3
 OPAQUE_VBIOS_VERSION = 6
@@ -80,7 +106,9 @@ OPAQUE_NAMES = {
     17: "project",
     18: "project_sku",
     19: "project_sku_mod",
+    13: "cpr_info",
     20: "fwid",
+    21: "protected_pcie_status",
     34: "opaque_data_version",
     35: "chip_info",
 }
@@ -386,6 +414,7 @@ def verify_nvidia(
     roots: TrustStore | None = None,
     nonce: bytes | None = None,
     root_pem: bytes | None = None,
+    collateral: GpuCollateral | None = None,
 ) -> Claims:
     """Verify an NVIDIA GPU attestation report with its certificate chain (kind ``nvidia``).
 
@@ -398,9 +427,11 @@ def verify_nvidia(
         nonce: the 32-byte nonce the caller asked the GPU to sign, if it is to be checked.
         root_pem: the root certificate, appended when the chain file lacks it. It adds no
             trust: the root must still be pinned in ``roots``.
+        collateral: RIMs and OCSP answers (module docstring, step 6); None: both unchecked.
 
     Raises:
         FormatError, ChainError, SignatureError, BindingError: the failed check, by name.
+        MeasurementError: a measurement or version differs from NVIDIA's signed RIMs.
     """
     if at.tzinfo is None:
         raise InputError("the verification time must carry a timezone (use UTC)")
@@ -435,13 +466,101 @@ def verify_nvidia(
                 f"certificate's {leaf_fwid.hex()[:16]}...",
                 hint="report and chain come from different firmware; pass both from the same GPU",
             )
+    chip = supported_chip(certs)
+    appraised = _appraise_collateral(parsed, certs, collateral, at)
+    details = report_details(parsed) | {"root": anchor.name, "fwid_checked": report_fwid is not None}
+    ppcie = parsed.field(OPAQUE_PPCIE) == PPCIE_ON
+    details |= {
+        "chip": chip,
+        "arch": SUPPORTED_CHIPS[chip],
+        "cc_mode": "ppcie" if ppcie else "on",
+    } | appraised
     return Claims(
         kind="nvidia",
         simulated=anchor.simulated,
-        debug=False,
+        debug=appraised["rim"] != "verified",
         report_data=parsed.nonce,
-        details=report_details(parsed) | {"root": anchor.name, "fwid_checked": report_fwid is not None},
+        details=details,
     )
+
+
+def supported_chip(chain: list[x509.Certificate]) -> str:
+    """The chip (``GH100``) the verified chain names; FormatError for an unsupported one."""
+    for cert in chain:
+        found = _CHIP.search(describe(cert))
+        if found is None:
+            continue
+        if found.group(1) not in SUPPORTED_CHIPS:
+            raise FormatError(
+                f"the GPU is a {found.group(1)}, an architecture this verifier does not support "
+                f"(supported: {', '.join(f'{c} ({a})' for c, a in SUPPORTED_CHIPS.items())})"
+            )
+        return found.group(1)
+    raise FormatError("the GPU certificate chain names no chip (like GH100), so its architecture is unknown")
+
+
+def _appraise_collateral(
+    report: SpdmReport, certs: list[x509.Certificate], collateral: GpuCollateral | None, at: datetime
+) -> dict[str, Any]:
+    """RIM and OCSP claims (module docstring, step 6); raises for anything present and wrong."""
+    from jupyter_cc.attest.nvidia_ocsp import ocsp_targets, unique_pairs
+    from jupyter_cc.attest.nvidia_rim import appraise_rims, verify_rim
+
+    notes = list(collateral.notes) if collateral is not None else ["no RIM or OCSP collateral was given"]
+    out: dict[str, Any] = {"rim": "unchecked", "revocation": "unchecked"}
+    pairs = ocsp_targets(certs, skip_leaf=True)
+    if collateral is not None and collateral.driver_rim is not None and collateral.vbios_rim is not None:
+        rim_roots = collateral.rim_roots
+        driver = verify_rim(collateral.driver_rim, at=at, roots=rim_roots, what="driver RIM")
+        vbios = verify_rim(collateral.vbios_rim, at=at, roots=rim_roots, what="VBIOS RIM")
+        out |= appraise_rims(report, driver=driver, vbios=vbios).details()
+        pairs += ocsp_targets(list(driver.chain), skip_leaf=False) + ocsp_targets(
+            list(vbios.chain), skip_leaf=False
+        )
+    if collateral is not None:
+        missing = _check_ocsp(unique_pairs(pairs), collateral.ocsp, at)
+        notes += [f"no OCSP answer about '{name}'" for name in missing if not any(name in n for n in notes)]
+        if not missing and out["rim"] == "verified":
+            out["revocation"] = "checked"
+    if notes and (out["rim"] != "verified" or out["revocation"] != "checked"):
+        out["collateral_notes"] = notes
+    return out
+
+
+def _check_ocsp(
+    pairs: list[tuple[x509.Certificate, x509.Certificate]], responses: tuple[bytes, ...], at: datetime
+) -> list[str]:
+    """Judge the answer about each (certificate, issuer); the names of those with none."""
+    from cryptography.x509 import ocsp
+
+    by_serial: dict[int, list[bytes]] = {}
+    for der_bytes in responses:
+        try:
+            parsed = ocsp.load_der_ocsp_response(der_bytes)
+            serials = [r.serial_number for r in parsed.responses]
+        except ValueError:
+            raise FormatError("an OCSP answer given for the GPU is not a DER OCSP response") from None
+        for serial in serials:
+            by_serial.setdefault(serial, []).append(der_bytes)
+    missing = []
+    for cert, issuer in pairs:
+        if not any(
+            _answered(der_bytes, cert, issuer, at) for der_bytes in by_serial.get(cert.serial_number, [])
+        ):
+            missing.append(describe(cert))
+    return missing
+
+
+def _answered(der_bytes: bytes, cert: x509.Certificate, issuer: x509.Certificate, at: datetime) -> bool:
+    """Whether this answer is about ``cert`` from ``issuer`` (then judged: revoked, stale or
+    forged raise); False for an answer about another issuer's certificate of the same serial."""
+    from jupyter_cc.attest.nvidia_ocsp import check_response
+
+    try:
+        check_response(der_bytes, cert, issuer, at=at)
+    except BindingError:
+        return False
+    return True
 
 
 def report_details(report: SpdmReport) -> dict[str, Any]:
@@ -459,10 +578,13 @@ def report_details(report: SpdmReport) -> dict[str, Any]:
         details["driver_version"] = report.driver_version
     if report.vbios_version is not None:
         details["vbios_version"] = report.vbios_version
+    ppcie = report.field(OPAQUE_PPCIE)
+    if ppcie is not None:
+        details["ppcie"] = ppcie.hex()
     return details
 
 
 def verify_evidence(ev: Evidence, *, at: datetime, roots: TrustStore | None = None) -> Claims:
     """The registry's verifier of kind ``nvidia``: the SPDM report with the GPU chain beside it."""
     chain = ev.require("chain_pem", "the GPU certificate chain", "pass --chain with the chain NVML returned")
-    return verify_nvidia(ev.binary(), chain, at=at, roots=roots, nonce=ev.nonce)
+    return verify_nvidia(ev.binary(), chain, at=at, roots=roots, nonce=ev.nonce, collateral=ev.gpu_collateral)

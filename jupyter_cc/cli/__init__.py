@@ -39,11 +39,11 @@ class _Parser(argparse.ArgumentParser):
 def _build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top, so ``python -m jupyter_cc.cli.kbs`` does not find its own
     # module already imported by this package.
-    from jupyter_cc.cli import audit, collateral, kbs, kernels, policy, profile, seal, sim, verify
+    from jupyter_cc.cli import audit, collateral, cvm, guest, kbs, kernels, policy, profile, seal, sim, verify
 
     parser = _Parser(prog="jupyter-cc", description="Confidential computing for Jupyter.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for group in (verify, kernels, kbs, seal, audit, profile, sim, policy, collateral):
+    for group in (verify, kernels, kbs, seal, audit, profile, cvm, sim, policy, collateral, guest):
         group.add_commands(sub, _Parser)
     return parser
 

@@ -7,7 +7,8 @@ its one sentence). Key material is never printed: commands show sizes and finger
 ::
 
     jupyter-cc kbs add-key default/key/demo --generate 32 --policy jupyter_cc/policies/simulated.toml
-    jupyter-cc kbs serve                      # http://127.0.0.1:8085, foreground
+    jupyter-cc kbs serve                      # https://127.0.0.1:8085, foreground; prints its pin
+    jupyter-cc kbs info                       # the certificate fingerprint TEEs pin, again
     jupyter-cc kbs list
     jupyter-cc kbs rotate default/key/demo
 """
@@ -24,11 +25,13 @@ from typing import Any
 from jupyter_cc.errors import InputError
 from jupyter_cc.files import read_input
 from jupyter_cc.kbs.store import MAX_MATERIAL, KeyStore, ResourceInfo, default_db_path
+from jupyter_cc.kbs.tls import TlsIdentity
 from jupyter_cc.keys import fingerprint
 
 __all__ = ["add_commands"]
 
 _DEFAULT_KEY_BYTES = 32
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - bind-all names, kept out of the certificate
 
 
 def _policy_text(path: str) -> str:
@@ -48,7 +51,11 @@ def _material(args: argparse.Namespace) -> bytes:
 
 
 def _store(args: argparse.Namespace) -> KeyStore:
-    return KeyStore(Path(args.db) if args.db else default_db_path())
+    return _store_at(Path(args.db) if args.db else default_db_path())
+
+
+def _store_at(db: Path) -> KeyStore:
+    return KeyStore(db)
 
 
 def _when(ts: float | None) -> str:
@@ -65,23 +72,76 @@ def _fingerprint(store: KeyStore, rid: str) -> str:
     return fingerprint(store.get(rid).material)
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from jupyter_cc.kbs.broker import Broker
-    from jupyter_cc.kbs.server import serve
+def _identity(args: argparse.Namespace, folder: Path) -> TlsIdentity:
+    """The operator's ``--cert``/``--key``, or the broker's own (made on first use in ``folder``)."""
+    from jupyter_cc.kbs.tls import ensure_identity, load_identity
 
-    store = _store(args)
-    broker = Broker(store)
+    if bool(args.cert) != bool(args.key):
+        raise InputError("--cert and --key go together")
+    if args.cert:
+        return load_identity(args.cert, args.key)
+    host = args.host if args.host not in _WILDCARDS else None
+    return ensure_identity(folder, (host,) if host else ())
+
+
+def _show_identity(identity: TlsIdentity) -> None:
+    made = " (generated now)" if identity.generated else ""
+    print(f"certificate: {identity.cert_path}{made}", flush=True)
+    print(f"certificate SHA-256 fingerprint: {identity.fingerprint}", flush=True)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from jupyter_cc.kbs.broker import AUDIT_NAME, Broker
+    from jupyter_cc.kbs.server import serve
+    from jupyter_cc.kbs.sessions import SESSIONS_NAME, SessionStore
+
+    if args.attest_rate <= 0:
+        raise InputError(f"--attest-rate must be positive, not {args.attest_rate:g}")
+    db = Path(args.db) if args.db else default_db_path()
+    _store_at(db).close()  # made (or checked) here, before any worker starts
+    if args.insecure_http and (args.cert or args.key):
+        raise InputError("--insecure-http serves no certificate; drop --cert/--key or --insecure-http")
+    identity = None if args.insecure_http else _identity(args, db.parent)
+    workers = args.workers
+    sessions_path = db.parent / SESSIONS_NAME if workers > 1 else None
+    if sessions_path is not None:
+        reset = SessionStore(sessions_path)
+        reset.reset()  # sessions never outlive the broker that opened them
+        reset.close()
+    signing_key = ec.generate_private_key(ec.SECP256R1())  # one for all workers: tokens work anywhere
+
+    def make_broker() -> Broker:
+        return Broker(
+            _store_at(db),
+            sessions_path=sessions_path,
+            signing_key=signing_key,
+            attest_rate=args.attest_rate,
+            attest_burst=max(1, int(2 * args.attest_rate)),
+        )
 
     def ready(url: str) -> None:
-        print(f"jupyter-cc key broker listening on {url}/kbs/v0 (database {store.path})", flush=True)
-        print(f"audit log: {broker.audit_path}; press Ctrl-C to stop", flush=True)
+        count = f"{workers} workers" if workers > 1 else "1 worker"
+        print(f"jupyter-cc key broker listening on {url}/kbs/v0 (database {db}, {count})", flush=True)
+        if identity is not None:
+            _show_identity(identity)
+            where = url.split("://", 1)[1]
+            print(
+                f"clients pin it: kbs://{where}/REPO/TYPE/TAG?cert-sha256={identity.fingerprint}", flush=True
+            )
+        else:
+            print("WARNING: plain HTTP on loopback (--insecure-http); clients use kbs+http://", flush=True)
+        print(f"audit log: {db.parent / AUDIT_NAME}; press Ctrl-C to stop", flush=True)
 
-    try:
-        serve(
-            broker, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key, ready=ready
-        )
-    finally:
-        store.close()
+    serve(make_broker, host=args.host, port=args.port, identity=identity, workers=workers, ready=ready)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    db = Path(args.db) if args.db else default_db_path()
+    _show_identity(_identity(args, db.parent))
+    print(f"database: {db}")
     return 0
 
 
@@ -159,12 +219,39 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
         if from_file:
             group.add_argument("--from-file", metavar="F", help="the key's raw bytes from file F")
 
-    p = command("serve", "serve the broker in the foreground")
+    def tls_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--cert",
+            metavar="FILE",
+            help="PEM certificate (chain) to serve; default: one made on first start beside the database",
+        )
+        p.add_argument("--key", metavar="FILE", help="the certificate's PEM private key")
+
+    p = command("serve", "serve the broker over HTTPS in the foreground")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8085, help="port (default 8085)")
-    p.add_argument("--tls-cert", metavar="F", help="serve HTTPS with this PEM certificate chain")
-    p.add_argument("--tls-key", metavar="F", help="the certificate's PEM private key")
+    tls_options(p)
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve plain HTTP (refused unless --host is a loopback address; clients use kbs+http://)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="processes serving together (default 1)"
+    )
+    p.add_argument(
+        "--attest-rate",
+        type=float,
+        default=10.0,
+        metavar="PER_S",
+        help="/attest calls allowed per client per second, bursts of twice that (default 10)",
+    )
     p.set_defaults(func=_cmd_serve)
+
+    p = command("info", "print the broker's certificate fingerprint (what TEEs pin)")
+    p.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
+    tls_options(p)
+    p.set_defaults(func=_cmd_info)
 
     p = command("add-key", "store a new key and the policy that guards it")
     p.add_argument("resource", metavar="REPO/TYPE/TAG")

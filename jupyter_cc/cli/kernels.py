@@ -28,6 +28,11 @@ def add_commands(sub: argparse._SubParsersAction[Any], parser_class: type[argpar
     attest_p.add_argument("host", metavar="HOST", help="the CVM's address, or 'local' for this machine")
     _add_target_options(attest_p)
     attest_p.add_argument("--sim-dir", metavar="PATH_ON_CVM", help=argparse.SUPPRESS)
+    attest_p.add_argument(
+        "--agent-socket",
+        metavar="PATH_ON_CVM",
+        help="the resident agent's socket ({user}: the SSH user; '' to start one per connection)",
+    )
     attest_p.add_argument("--json", action="store_true", help="print one JSON object")
     attest_p.set_defaults(func=_cmd_attest)
 
@@ -47,6 +52,9 @@ def add_commands(sub: argparse._SubParsersAction[Any], parser_class: type[argpar
     inst_sim.add_argument("name", metavar="NAME", nargs="?", default="python3-confidential-sim")
     _add_install_location(inst_sim)
     inst_sim.set_defaults(func=_cmd_kernelspec_install_sim)
+    from jupyter_cc.cli.pod_kernelspec import add_install_pod
+
+    add_install_pod(ks_sub, _add_install_location)
 
 
 def _add_target_options(p: argparse.ArgumentParser, *, transport: bool = True) -> None:
@@ -87,6 +95,28 @@ def _guest_target(args: argparse.Namespace) -> Any:
         python=args.python,
         tee=args.tee,
         sim_dir=getattr(args, "sim_dir", None),
+        agent_socket=getattr(args, "agent_socket", None),
+    )
+
+
+def agent_report(link: Any) -> dict[str, Any]:
+    """What the guest agent says of itself: resident or per connection, its warm pool."""
+    try:
+        hello = link.agent.request("hello")
+    except CCError:
+        return {"resident": bool(getattr(link, "resident", False)), "pool": None}
+    pool = hello.get("pool")
+    return {"resident": hello.get("resident") is True, "pool": pool if isinstance(pool, dict) else None}
+
+
+def _agent_line(agent: dict[str, Any]) -> str:
+    if not agent["resident"]:
+        return "guest agent: started for this connection (no resident agent)"
+    pool = agent["pool"] or {}
+    idle_mb = int(pool.get("idle_rss_bytes") or 0) / 1e6
+    return (
+        f"guest agent: resident, warm pool {pool.get('ready', 0)} of {pool.get('size', 0)} ready"
+        f" ({idle_mb:.1f} MB idle)"
     )
 
 
@@ -102,6 +132,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
     try:
         link = target.open()
         result = link.attest(policy)
+        agent = agent_report(link)
     except PolicyRejectedError as exc:
         out.update(verified=True, claims=exc.claims.to_json(), reasons=[str(r) for r in exc.verdict.reasons])
         out["errors"] = []
@@ -120,6 +151,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
             link.close()
     state = result.to_json()
     out.update(verified=True, passed=True, claims=state["claims"], reasons=[], errors=[], attestation=state)
+    out["agent"] = agent
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -131,6 +163,7 @@ def _cmd_attest(args: argparse.Namespace) -> int:
         for note in result.notes:
             print(f"  note: {note}")
         print(f"policy {result.verdict.policy}: PASSED")
+        print(_agent_line(agent))
     return 0
 
 

@@ -47,6 +47,12 @@ def summary(claims: Claims) -> list[str]:
             if isinstance(value, Mapping):
                 value = ", ".join(f"{k} {v}" for k, v in dict(value).items())
             lines.append(f"  {key}: {value}")
-    if claims.gpu is not None:
-        lines.append(f"  gpu: {claims.gpu.kind}, {claims.gpu.get('measurements')} measurements verified")
+    gpus = claims.gpus or ((claims.gpu,) if claims.gpu is not None else ())
+    for index, gpu in enumerate(gpus):
+        facts = [gpu.kind, str(gpu.get("arch") or gpu.get("chip") or "unknown architecture")]
+        facts += [
+            f"RIM {gpu.get('rim') or 'unchecked'}",
+            f"revocation {gpu.get('revocation') or 'unchecked'}",
+        ]
+        lines.append(f"  gpu {index}: {', '.join(facts)}")
     return lines

@@ -41,6 +41,7 @@ def add_commands(sub: argparse._SubParsersAction[Any], parser_class: type[argpar
     _add_common(p)
     p.add_argument("--nonce", metavar="HEX", help="the nonce the bundle must carry")
     p.add_argument("--host-key-sha256", metavar="HEX", help="the host key digest the bundle must bind")
+    _add_cce_policy(p)
     verify_p.set_defaults(func=_cmd_verify)
 
 
@@ -63,6 +64,18 @@ def _add_kind(kinds: argparse._SubParsersAction[Any], entry: Kind) -> None:
         if item.required:
             extra["required"] = True
         p.add_argument(item.flag, metavar=item.metavar, help=item.help, **extra)
+    if entry.family == "snp":
+        _add_cce_policy(p)
+
+
+def _add_cce_policy(p: argparse.ArgumentParser) -> None:
+    from jupyter_cc.attest.pod import CCE_POLICY_FORMS
+
+    p.add_argument(
+        "--cce-policy",
+        metavar="FILE",
+        help=f"Confidential ACI: HOST_DATA must be the SHA-256 of this CCE policy, FILE: {CCE_POLICY_FORMS}",
+    )
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -308,6 +321,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             from jupyter_cc.attest.binding import check_report_data
 
             check_report_data(claims.report_data, expected_rd)
+        if getattr(args, "cce_policy", None):
+            from jupyter_cc.attest.pod import check_cce_policy
+
+            check_cce_policy(claims, read_input(args.cce_policy, "CCE policy"))
     except CCError as exc:
         out.pop("notes", None)  # why revocation went unchecked matters only beside a verdict
         out["errors"].append(exc.diagnostics())

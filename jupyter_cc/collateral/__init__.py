@@ -1,4 +1,4 @@
-"""Collateral: TCB info, QE identity, CRLs and VCEKs, fetched, verified and cached.
+"""Collateral: TCB info, QE identity, CRLs, VCEKs and GPU RIMs, fetched, verified and cached.
 
 Design section 12 is the contract. One module per thing it holds:
 
@@ -9,6 +9,8 @@ Design section 12 is the contract. One module per thing it holds:
 - :mod:`~jupyter_cc.collateral.cache`: one JSON file per item, written atomically.
 - :mod:`~jupyter_cc.collateral.pcs`, :mod:`~jupyter_cc.collateral.kds`: Intel PCS v4 and AMD
   KDS paths, and the check of each item to the pinned roots.
+- :mod:`~jupyter_cc.collateral.nvidia`: NVIDIA's RIM service and OCSP responder (GPU RIMs,
+  revocation of the device and RIM chains).
 - :mod:`~jupyter_cc.collateral.service`: files, then the cache, then the vendor (unless offline).
 - :mod:`~jupyter_cc.collateral.transfer`: export and import for air-gapped sites; prune.
 - :mod:`~jupyter_cc.collateral.evidence`: what one piece of evidence needs, for the kernel

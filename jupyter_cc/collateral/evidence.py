@@ -9,8 +9,12 @@
 - SEV-SNP reports (``snp``, ``az-snp-vtpm``): AMD's CRL for the product (and signer, VCEK or
   VLEK) of the chain, KDS ``/vcek/v1/{product}/crl``; for an ``snp`` report without a VCEK, the
   VCEK and chain too.
-- Simulated evidence (the simulator's own CRL), MAA tokens (Azure checked the hardware) and GPU
-  reports: nothing.
+- NVIDIA GPU reports (``nvidia``, and every entry of ``gpus``): the driver and VBIOS RIMs
+  their opaque data names and OCSP answers for the device and RIM chains
+  (:func:`~jupyter_cc.collateral.nvidia.gpu_collateral`); what cannot be had is noted, and the
+  verifier claims it ``unchecked`` for the policy (``[gpu] allow_unverified_rim``).
+- Simulated evidence (the simulator's own CRL) and MAA tokens (Azure checked the hardware):
+  nothing.
 
 Collateral inside the evidence is only a hint: a TCB info or QE identity it carries counts only
 if it verifies to the pinned roots and is not older (earlier ``nextUpdate``) than what the cache
@@ -54,12 +58,30 @@ def with_collateral(
             what is missing and ``jupyter-cc collateral import``).
         FormatError, ChainError: the evidence is too malformed to tell what it needs.
     """
-    if ev.kind not in NEEDS_COLLATERAL:
+    if ev.kind not in NEEDS_COLLATERAL and ev.kind != "nvidia" and not ev.gpus:
         return ev, ()
     service = service if service is not None else CollateralService()
+    if ev.gpus:
+        ev = replace(ev, gpus=tuple(_gpu(g, at, service) for g in ev.gpus))
+    if ev.kind == "nvidia":
+        return _gpu(ev, at, service), ()
+    if ev.kind not in NEEDS_COLLATERAL:
+        return ev, ()
     if NEEDS_COLLATERAL[ev.kind] == "tdx":
         return _tdx(ev, at, service)
     return _snp(ev, at, service)
+
+
+def _gpu(ev: Evidence, at: datetime, service: CollateralService) -> Evidence:
+    """``ev`` with its RIMs and OCSP answers when it is NVIDIA evidence (else as it is)."""
+    from jupyter_cc.collateral.nvidia import gpu_collateral
+
+    if ev.kind != "nvidia" or ev.gpu_collateral is not None:
+        return ev
+    try:
+        return replace(ev, gpu_collateral=gpu_collateral(service, ev, at=at))
+    except CCError:
+        return ev  # unreadable evidence: the verifier names what is wrong with it
 
 
 def _tdx(ev: Evidence, at: datetime, service: CollateralService) -> tuple[Evidence, tuple[Item, ...]]:

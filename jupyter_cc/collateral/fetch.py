@@ -65,17 +65,27 @@ class Urllib3Fetcher:
         self._pool = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", retries=False)
 
     def get(self, url: str, *, timeout: float) -> Response:
+        return self._request("GET", url, timeout, None, {})
+
+    def post(self, url: str, body: bytes, *, timeout: float, content_type: str) -> Response:
+        """POST ``body`` (OCSP requests to NVIDIA's responder); same rules as :meth:`get`."""
+        return self._request("POST", url, timeout, body, {"Content-Type": content_type})
+
+    def _request(
+        self, method: str, url: str, timeout: float, body: bytes | None, headers: Mapping[str, str]
+    ) -> Response:
         import urllib3
 
         try:
             answer = self._pool.request(
-                "GET",
+                method,
                 url,
+                body=body,
                 timeout=urllib3.Timeout(connect=timeout, read=timeout),
                 retries=False,
                 redirect=False,
                 preload_content=False,
-                headers={"Accept": "*/*", "User-Agent": "jupyter-cc"},
+                headers={"Accept": "*/*", "User-Agent": "jupyter-cc", **headers},
             )
             try:
                 body = answer.read(MAX_BODY + 1)

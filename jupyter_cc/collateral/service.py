@@ -10,11 +10,14 @@ used in its place: fail closed.
 
 :meth:`CollateralService.tdx` gathers what a TD quote needs (TCB info for its FMSPC, the TD QE
 identity, the PCK CA CRL, the Root CA CRL); :meth:`CollateralService.snp` what an SNP report
-needs (its VCEK, the ASK/ARK chain, the CRL).
+needs (its VCEK, the ASK/ARK chain, the CRL). NVIDIA RIMs (``nvidia-rim``, by RIM id) go
+through :meth:`CollateralService.obtain` too; OCSP answers (``nvidia-ocsp``) are POSTed and
+cached by :func:`jupyter_cc.collateral.nvidia.obtain_ocsp`, in the same cache.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,7 +25,7 @@ from typing import Any
 
 from jupyter_cc.attest.certs import describe, load_certificate, load_certificates, utcnow
 from jupyter_cc.attest.roots import TrustStore
-from jupyter_cc.collateral import kds, pcs
+from jupyter_cc.collateral import kds, nvidia, pcs
 from jupyter_cc.collateral.cache import Cache, Entry
 from jupyter_cc.collateral.fetch import Client, Fetcher, offline_hint
 from jupyter_cc.collateral.settings import Settings, load_settings
@@ -47,6 +50,8 @@ CHECKS: Mapping[str, Check] = {
     "amd-cert-chain": kds.check_cert_chain,
     "amd-vcek": kds.check_vcek,
     "amd-crl": kds.check_crl,
+    "nvidia-rim": nvidia.check_rim,
+    "nvidia-ocsp": nvidia.check_ocsp,
 }
 _CHAIN_HEADER = {
     "tdx-tcb-info": "TCB-Info-Issuer-Chain",
@@ -57,6 +62,20 @@ _CHAIN_HEADER = {
 
 def key_for(kind: str, params: Mapping[str, str]) -> str:
     """The cache key of an item; the only names the cache uses (so params are checked here)."""
+    memo = (kind, tuple(sorted(params.items())))
+    known = _KEYS.get(memo)
+    if known is None:
+        known = _key_for(kind, params)
+        if len(_KEYS) >= 256:
+            _KEYS.clear()
+        _KEYS[memo] = known
+    return known
+
+
+_KEYS: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+
+
+def _key_for(kind: str, params: Mapping[str, str]) -> str:
     p = {k: _safe(v) for k, v in params.items()}
     keys: dict[str, Callable[[], str]] = {
         "tdx-tcb-info": lambda: f"intel/tcb-info/{p['fmspc'].lower()}",
@@ -65,6 +84,8 @@ def key_for(kind: str, params: Mapping[str, str]) -> str:
         "intel-root-ca-crl": lambda: "intel/root-ca-crl/root",
         "amd-cert-chain": lambda: f"amd/{p['product']}/{p['signer']}/cert_chain",
         "amd-crl": lambda: f"amd/{p['product']}/{p['signer']}/crl",
+        "nvidia-rim": lambda: f"nvidia/rim/{p['id']}",
+        "nvidia-ocsp": lambda: f"nvidia/ocsp/{p['issuer'].lower()}-{p['serial'].lower()}",
         "amd-vcek": lambda: (
             f"amd/{p['product']}/vcek/{p['hwid'].lower()}-"
             + "-".join(p[q] for q in ("blSPL", "teeSPL", "snpSPL", "ucodeSPL", "fmcSPL") if q in p)
@@ -77,7 +98,8 @@ def key_for(kind: str, params: Mapping[str, str]) -> str:
 
 
 def _safe(value: str) -> str:
-    if not value or not all(c.isalnum() or c in "_-" for c in value) or len(value) > 200:
+    plain = all(c.isalnum() or c in "_-." for c in value) and ".." not in value and not value.startswith(".")
+    if not value or not plain or len(value) > 200:
         raise CollateralError(f"collateral parameter {value!r} is not a plain name")
     return value
 
@@ -92,6 +114,8 @@ def describe_item(kind: str, params: Mapping[str, str]) -> str:
         "intel-root-ca-crl": "Intel SGX Root CA CRL",
         "amd-cert-chain": f"{product} {signer} cert_chain",
         "amd-crl": f"{product} {signer} CRL",
+        "nvidia-rim": f"NVIDIA RIM {params.get('id')}",
+        "nvidia-ocsp": f"NVIDIA OCSP status of certificate serial {params.get('serial', '')[:16]}",
         "amd-vcek": f"{product} VCEK for hwID {params.get('hwid', '')[:16]}... at TCB "
         + ",".join(f"{k}={v}" for k, v in params.items() if k.endswith("SPL")),
     }
@@ -99,6 +123,8 @@ def describe_item(kind: str, params: Mapping[str, str]) -> str:
 
 
 def _service_name(kind: str) -> str:
+    if kind.startswith("nvidia"):
+        return nvidia.SERVICES[kind]
     return kds.SERVICE if kind.startswith("amd") else pcs.SERVICE
 
 
@@ -155,7 +181,8 @@ class CollateralService:
     Args:
         settings: base URLs, offline, the cache folder (default :func:`load_settings`).
         fetcher: what GETs URLs (default urllib3); or ``client`` for full control of retries.
-        intel_roots, amd_roots: the roots items must chain to (default: the pinned ones).
+        intel_roots, amd_roots, nvidia_rim_roots: the roots items must chain to (default: the
+            pinned ones; NVIDIA RIMs: the CoRIM signing Root CA).
     """
 
     def __init__(
@@ -167,6 +194,7 @@ class CollateralService:
         cache: Cache | None = None,
         intel_roots: TrustStore | None = None,
         amd_roots: TrustStore | None = None,
+        nvidia_rim_roots: TrustStore | None = None,
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
         self._client = client
@@ -174,6 +202,7 @@ class CollateralService:
         self.cache = cache if cache is not None else Cache(self.settings.cache)
         self.intel_roots = intel_roots if intel_roots is not None else pcs.intel_roots()
         self.amd_roots = amd_roots if amd_roots is not None else kds.amd_roots()
+        self.nvidia_rim_roots = nvidia_rim_roots if nvidia_rim_roots is not None else nvidia.rim_roots()
 
     @property
     def client(self) -> Client:
@@ -188,6 +217,8 @@ class CollateralService:
         if kind not in CHECKS:
             raise CollateralError(f"unknown collateral item kind '{kind}'")
         roots = self.amd_roots if kind.startswith("amd") else self.intel_roots
+        if kind.startswith("nvidia"):
+            roots = self.nvidia_rim_roots
         return CHECKS[kind](body, chain, params, at=at, roots=roots)
 
     def obtain(self, kind: str, params: Mapping[str, str], *, at: datetime, chain: bytes = b"") -> Item:
@@ -225,6 +256,7 @@ class CollateralService:
             "amd-cert-chain": lambda: kds.cert_chain_url(s.amd_kds, params["product"], params["signer"]),
             "amd-crl": lambda: kds.crl_url(s.amd_kds, params["product"], params["signer"]),
             "amd-vcek": lambda: kds.vcek_url(s.amd_kds, params),
+            "nvidia-rim": lambda: nvidia.rim_url(s.nvidia_rim, params["id"]),
         }
         return urls[kind]()
 
@@ -234,7 +266,8 @@ class CollateralService:
         try:
             if kind in _CHAIN_HEADER:
                 chain = pcs.header_chain(answer, _CHAIN_HEADER[kind], what)
-            next_update = self.check(kind, answer.body, chain, params, at)
+            body = nvidia.rim_xml(answer.body, params["id"]) if kind == "nvidia-rim" else answer.body
+            next_update = self.check(kind, body, chain, params, at)
         except CCError as exc:
             raise CollateralError(
                 f"{service} sent a {what} that does not verify to the pinned roots, so it was not "
@@ -245,7 +278,7 @@ class CollateralService:
             key=key_for(kind, params),
             kind=kind,
             params=params,
-            body=answer.body,
+            body=body,
             chain=chain,
             next_update=next_update,
             fetched_at=utcnow(),
@@ -261,12 +294,9 @@ class CollateralService:
             FormatError, ChainError: the quote or its PCK chain is unreadable.
             CollateralError: see :meth:`obtain`.
         """
-        from jupyter_cc.attest.tdx import parse_quote, pck_chain
-        from jupyter_cc.attest.tdx.pck import parse_pck_extensions
+        from jupyter_cc.attest.tdx import parse_quote
 
-        chain = pck_chain(parse_quote(quote_bytes))
-        fmspc = parse_pck_extensions(chain[0]).fmspc_hex
-        ca = "processor" if len(chain) > 1 and "Processor" in describe(chain[1]) else "platform"
+        fmspc, ca = _tdx_platform(parse_quote(quote_bytes).pck_chain_pem)
         tcb = self.obtain("tdx-tcb-info", {"fmspc": fmspc}, at=at)
         qe = self.obtain("tdx-qe-identity", {}, at=at)
         pck_crl = self.obtain("intel-pck-crl", {"ca": ca}, at=at)
@@ -306,6 +336,17 @@ class CollateralService:
             crl=crl_item.entry.body if crl_item else None,
             items=tuple(items),
         )
+
+
+@functools.lru_cache(maxsize=32)
+def _tdx_platform(pck_chain_pem: bytes) -> tuple[str, str]:
+    """(FMSPC, "processor" or "platform" PCK CA) of a quote's PCK chain; one chain per platform."""
+    from jupyter_cc.attest.tdx import pck_chain_of
+    from jupyter_cc.attest.tdx.pck import parse_pck_extensions
+
+    chain = pck_chain_of(pck_chain_pem)
+    fmspc = parse_pck_extensions(chain[0]).fmspc_hex
+    return fmspc, "processor" if len(chain) > 1 and "Processor" in describe(chain[1]) else "platform"
 
 
 def certificates(pem_or_der: bytes, what: str) -> list[Any]:

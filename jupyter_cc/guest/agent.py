@@ -59,6 +59,27 @@ def read_host_key(key_type: str, host_key_file: Path | None = None, ssh_dir: Pat
     )
 
 
+#: The REPORT_DATA label of the kernel's CurveZMQ server key (attest.binding.OPTIONAL_LABELS).
+CURVE_LABEL = "curve-server-key"
+
+
+def _curve_keypair() -> tuple[bytes, bytes] | None:
+    """A fresh CurveZMQ key pair (Z85 public, Z85 secret) made here, in the TEE; None when this
+    guest's libzmq has no CURVE (the client then sees an unbound key and decides)."""
+    import zmq  # ipykernel needs pyzmq anyway; loaded only when a client asks for CurveZMQ
+
+    if not zmq.has("curve"):
+        return None
+    public, secret = zmq.curve_keypair()
+    return public, secret
+
+
+def _z85_decode(text: bytes) -> bytes:
+    from zmq.utils import z85
+
+    return z85.decode(text)
+
+
 class Agent:
     """Serve one client: at most one kernel, stopped when the client goes away."""
 
@@ -70,21 +91,26 @@ class Agent:
         sim_dir: Path | None = None,
         python: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        kernel: GuestKernel | None = None,
     ) -> None:
+        """``kernel``: one already prepared (``__main__`` starts it before importing this)."""
         self.tee = tee
         self.host_key_file = host_key_file
         self.sim_dir = sim_dir
         base_env = {"JUPYTER_CC_TEE": tee}
         if sim_dir is not None:
             base_env["JUPYTER_CC_SIM_DIR"] = str(sim_dir)
-        self.kernel = GuestKernel(python or sys.executable, base_env=base_env)
+        self.kernel = kernel or GuestKernel(python or sys.executable, base_env=base_env)
         self.clock = clock
+        # The CurveZMQ key pair the last attestation bound, for the next kernel (never reused).
+        self._curve: tuple[bytes, bytes] | None = None
 
     def _hello(self, msg: dict[str, Any]) -> dict[str, Any]:
         from jupyter_cc.guest.collectors import probe
 
         sources = [s if isinstance(s, str) else f"{s.source}: {s.reason}" for s in probe()]
-        return {"ok": True, "version": PROTOCOL_VERSION, "tee": self.tee, "sources": sources}
+        answer = {"ok": True, "version": PROTOCOL_VERSION, "tee": self.tee, "sources": sources}
+        return {**answer, "resident": False}
 
     def _attest(self, msg: dict[str, Any]) -> dict[str, Any]:
         # Imported here, not at start-up: X.509 and the collectors cost ~60 ms that every kernel
@@ -99,8 +125,12 @@ class Agent:
             digest = host_key_digest(read_host_key(key_type, self.host_key_file))
         else:
             raise InputError("host_key_type must be a string or null")
-        bundle = collect_bundle(nonce, digest, tee=self.tee, sim_dir=self.sim_dir, clock=self.clock)
-        return {"ok": True, "bundle": bundle.decode()}
+        self._curve = _curve_keypair() if msg.get("curve") else None
+        bind = {CURVE_LABEL: _z85_decode(self._curve[0])} if self._curve is not None else None
+        bundle = collect_bundle(
+            nonce, digest, tee=self.tee, sim_dir=self.sim_dir, clock=self.clock, bind=bind
+        )
+        return {"ok": True, "bundle": bundle.decode(), "curve": self._curve is not None}
 
     def _start(self, msg: dict[str, Any]) -> dict[str, Any]:
         env = msg.get("env") or {}
@@ -109,7 +139,8 @@ class Agent:
         cwd = msg.get("cwd")
         if cwd is not None and not isinstance(cwd, str):
             raise InputError("cwd must be a string or null")
-        return {"ok": True, **self.kernel.start(env, cwd)}
+        curve, self._curve = self._curve, None  # one key pair per kernel, from this attestation
+        return {"ok": True, **self.kernel.start(env, cwd, curve=curve)}
 
     def _poll(self, msg: dict[str, Any]) -> dict[str, Any]:
         code = self.kernel.poll()
@@ -139,8 +170,9 @@ class Agent:
         self.kernel, answer = guest_server.attach_request(self.kernel, msg)
         return answer
 
-    def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
-        handlers = {
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        """The requests this agent answers, by ``op`` (the resident agent's session adds some)."""
+        return {
             "hello": self._hello,
             "attest": self._attest,
             "start": self._start,
@@ -150,8 +182,11 @@ class Agent:
             "start_server": self._start_server,
             "attach": self._attach,
         }
+
+    def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Answer one request; a failure is an ``ok: false`` answer, never an exception."""
         op = msg.get("op")
-        handler = handlers.get(op) if isinstance(op, str) else None
+        handler = self._handlers().get(op) if isinstance(op, str) else None
         if handler is None:
             return {"ok": False, "check": "protocol", "error": f"unknown request {op!r}."}
         try:

@@ -18,6 +18,7 @@ does not exist (...); sev-guest: /dev/sev-guest does not exist (...); azure-vtpm
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,11 +44,29 @@ _SOURCES_FOR: dict[str, tuple[str, ...]] = {
 }
 
 
+SIM_HOST_DATA_ENV = "JUPYTER_CC_SIM_HOST_DATA"
+"""The HOST_DATA the simulated TEE was "launched" with (hex; the test Kubernetes sets it as a
+confidential hypervisor would: the digest of the pod's CCE policy or init-data)."""
+
+
+def _sim_host_data() -> bytes:
+    value = os.environ.get(SIM_HOST_DATA_ENV, "")
+    if not value:
+        return bytes(32)
+    try:
+        host_data = bytes.fromhex(value)
+    except ValueError:
+        host_data = b""
+    if len(host_data) != 32:
+        raise InputError(f"{SIM_HOST_DATA_ENV} must be 64 hex digits")
+    return host_data
+
+
 def collect_simulated(report_data: bytes, sim_dir: Path | None = None) -> Collected:
     """A ``sim-snp`` report from the simulated TEE in ``sim_dir`` (default: the data dir)."""
     from jupyter_cc.attest.sim import SimulatedTee
 
-    report = SimulatedTee.load_or_create(sim_dir).mint(report_data)
+    report = SimulatedTee.load_or_create(sim_dir).mint(report_data, host_data=_sim_host_data())
     return Collected(
         kind="sim-snp",
         source=SIM_SOURCE,

@@ -171,6 +171,19 @@ class GuestKernel:
             shutil.rmtree(self._warm_dir, ignore_errors=True)
             self._warm = self._warm_dir = None
 
+    def take_warm(self) -> tuple[subprocess.Popen[bytes], Path] | None:
+        """Hand over the prepared process and its folder (for the resident agent's pool)."""
+        if self._warm is None or self._warm_dir is None:
+            return None
+        warm, folder = self._warm, self._warm_dir
+        self._warm = self._warm_dir = None
+        return warm, folder
+
+    def adopt_warm(self, warm: subprocess.Popen[bytes], folder: Path) -> None:
+        """Use a prepared process from the pool for the next :meth:`start` (once: it is ours now)."""
+        self._discard_warm()
+        self._warm, self._warm_dir = warm, folder
+
     def _discard_warm(self) -> None:
         if self._warm is not None:
             if self._warm.stdin:
@@ -184,8 +197,15 @@ class GuestKernel:
             shutil.rmtree(self._warm_dir, ignore_errors=True)
         self._warm = self._warm_dir = None
 
-    def start(self, env: Mapping[str, Any], cwd: str | None = None) -> dict[str, Any]:
-        """Start ipykernel; return its connection info (the key included) for the client."""
+    def start(
+        self, env: Mapping[str, Any], cwd: str | None = None, *, curve: tuple[bytes, bytes] | None = None
+    ) -> dict[str, Any]:
+        """Start ipykernel; return its connection info (the key included) for the client.
+
+        ``curve``: the kernel's CurveZMQ (public, secret) key pair in Z85, made in the TEE and
+        bound into the evidence the client judged (:meth:`Agent._attest`); it goes into the 0600
+        connection file, so ipykernel's sockets act as CURVE servers with it.
+        """
         if self.process is not None and self.process.poll() is None:
             raise KernelError("a kernel is already running in this agent")
         self.cleanup()
@@ -208,6 +228,8 @@ class GuestKernel:
             signature_scheme="hmac-sha256",
             kernel_name="",
         )
+        if curve is not None:
+            info["curve_publickey"], info["curve_secretkey"] = curve[0].decode(), curve[1].decode()
         assert self.connection_file is not None
         write_private(self.connection_file, json.dumps(info).encode())
         if warm is not None:

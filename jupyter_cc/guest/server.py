@@ -130,7 +130,9 @@ class GuestServer(GuestKernel):
     def prewarm(self) -> None:
         return None
 
-    def start(self, env: Mapping[str, Any], cwd: str | None = None) -> dict[str, Any]:
+    def start(
+        self, env: Mapping[str, Any], cwd: str | None = None, *, curve: tuple[bytes, bytes] | None = None
+    ) -> dict[str, Any]:
         raise ServerError("this agent connection manages a single-user server, not a kernel")
 
     # --- start and attach -------------------------------------------------------------------

@@ -38,6 +38,7 @@ __all__ = [
     "ACI_CCE_POLICY",
     "ACI_IDENTITY",
     "COCO_INITDATA",
+    "COCO_INITDATA_KEYS",
     "COCO_RUNTIME_CLASSES",
     "PER_SPAWN_ANNOTATION",
     "PER_SPAWN_ENV",
@@ -48,6 +49,7 @@ __all__ = [
     "cce_env_rules",
     "coco_initdata",
     "coco_profile",
+    "kbs_cert_sha256",
     "modify_pod_hook",
 ]
 
@@ -56,6 +58,8 @@ ACI_IDENTITY = "microsoft.containerinstance.virtualnode.identity"
 ACI_NODE_SELECTOR = {"virtualization": "virtualnode2"}
 ACI_TOLERATION = {"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}
 COCO_INITDATA = "io.katacontainers.config.hypervisor.cc_init_data"
+COCO_INITDATA_KEYS = (COCO_INITDATA, "io.katacontainers.config.runtime.cc_init_data")
+"""The init-data annotation: ``hypervisor`` for kata-qemu runtime classes, ``runtime`` for peer pods."""
 COCO_RUNTIME_CLASSES: Mapping[str, str] = {
     "kata-qemu-snp": "snp",
     "kata-qemu-tdx": "tdx",
@@ -188,24 +192,66 @@ def aci_profile(
 
 
 def _kbs_url(kbs: str) -> str:
+    """The URL the pod's attestation agent and CDH use for ``kbs`` (design section 13).
+
+    ``kbs://`` is the project's broker, over HTTPS; ``https://`` a Trustee KBS; ``kbs+http://`` and
+    ``http://`` are plain HTTP and refused here, since a pod never reaches a loopback broker.
+    """
     url = urlsplit(kbs)
-    if url.scheme not in ("kbs", "http", "https") or not url.netloc:
+    if url.scheme in ("http", "kbs+http"):
         raise InputError(
-            f"key broker {kbs!r} is not a kbs://, http:// or https:// URL",
+            f"key broker {kbs!r} is plain HTTP: anyone on the path could answer the pod",
+            hint="serve it over HTTPS (as jupyter-cc kbs serve does); pass its certificate as kbs_cert",
+        )
+    if url.scheme not in ("kbs", "https") or not url.netloc:
+        raise InputError(
+            f"key broker {kbs!r} is not a kbs:// or https:// URL",
             hint="write it like kbs://kbs.example:8085 or https://trustee.example:8080",
         )
-    scheme = "http" if url.scheme == "kbs" else url.scheme
-    return f"{scheme}://{url.netloc}{url.path.rstrip('/')}"
+    return f"https://{url.netloc}{url.path.rstrip('/')}"
+
+
+def _kbs_cert(kbs: str, kbs_cert: str | None) -> str:
+    """The broker certificate (PEM) the pod pins; required for ``kbs://`` (self-signed by default).
+
+    Raises:
+        InputError: missing for ``kbs://``, not a PEM certificate, or not safe inside the TOML.
+    """
+    if not kbs_cert:
+        if urlsplit(kbs).scheme == "kbs":
+            raise InputError(
+                f"the pod cannot authenticate the key broker {kbs}: no certificate to pin",
+                hint="pass kbs_cert, the PEM certificate the broker serves (its data dir's certificate)",
+            )
+        return ""
+    from jupyter_cc.attest.certs import load_certificates
+
+    if "-----BEGIN CERTIFICATE-----" not in kbs_cert or '"""' in kbs_cert or "'''" in kbs_cert:
+        raise InputError("kbs_cert must be the broker's PEM certificate")
+    load_certificates(kbs_cert.encode("ascii", "replace"), what="kbs_cert")
+    return kbs_cert.strip() + "\n"
+
+
+def kbs_cert_sha256(kbs_cert: str) -> str:
+    """The pin (hex SHA-256 of the DER) of ``kbs_cert``, for the pod's own ``kbs://`` client."""
+    from jupyter_cc.kbs.tls import cert_fingerprint
+
+    return cert_fingerprint(kbs_cert.encode("ascii", "replace"))
 
 
 def coco_initdata(kbs: str, *, kbs_cert: str | None = None) -> str:
-    """The init-data annotation value (gzip + base64 TOML) pointing AA and CDH at ``kbs``."""
+    """The init-data annotation value (gzip + base64 TOML) pointing AA and CDH at ``kbs``.
+
+    The broker is reached over HTTPS and, with ``kbs_cert``, only if it presents that certificate
+    (``cert`` for the attestation agent's token config, ``kbs_cert`` for CDH's KBC). Since the
+    digest of this TOML is HOST_DATA or MRCONFIGID, the pinned certificate is attested too.
+    """
     url = _kbs_url(kbs)
-    cert = f"kbs_cert = '''{kbs_cert}'''\n" if kbs_cert else ""
+    pem = _kbs_cert(kbs, kbs_cert)
     aa = f'[token_configs]\n[token_configs.coco_as]\nurl = "{url}"\n\n'
-    aa += f'[token_configs.kbs]\nurl = "{url}"\n{cert}'
+    aa += f'[token_configs.kbs]\nurl = "{url}"\n' + (f'cert = """\n{pem}"""\n' if pem else "")
     cdh = 'socket = "unix:///run/confidential-containers/cdh.sock"\n\n'
-    cdh += f'[kbc]\nname = "cc_kbc"\nurl = "{url}"\n{cert}'
+    cdh += f'[kbc]\nname = "cc_kbc"\nurl = "{url}"\n' + (f'kbs_cert = """\n{pem}"""\n' if pem else "")
     toml = (
         'version = "0.1.0"\nalgorithm = "sha256"\n\n[data]\n'
         f"\"aa.toml\" = '''\n{aa}'''\n\n\"cdh.toml\" = '''\n{cdh}'''\n"
@@ -245,7 +291,11 @@ def coco_profile(
             COCO_INITDATA: coco_initdata(kbs, kbs_cert=kbs_cert),
             PROFILE_ANNOTATION: "coco",
         },
-        "environment": {"JUPYTER_CC_TEE": COCO_RUNTIME_CLASSES[runtime_class], "JUPYTER_CC_KBS": kbs},
+        "environment": {
+            "JUPYTER_CC_TEE": COCO_RUNTIME_CLASSES[runtime_class],
+            "JUPYTER_CC_KBS": kbs,
+            **({"JUPYTER_CC_KBS_CERT_SHA256": kbs_cert_sha256(kbs_cert)} if kbs_cert else {}),
+        },
         **_resources(cpu, memory),
     }
     if gpus:
@@ -279,15 +329,8 @@ def _get(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def modify_pod_hook(spawner: Any, pod: Any) -> Any:
-    """``c.KubeSpawner.modify_pod_hook``: refuse a confidential pod that lost its protection,
-    and record which environment variables are per-spawn (see :data:`PER_SPAWN_ENV`)."""
-    metadata = _get(pod, "metadata")
-    spec = _get(pod, "spec")
-    annotations = dict(_get(metadata, "annotations") or {})
-    kind = annotations.get(PROFILE_ANNOTATION)
-    if kind is None:
-        return pod  # not one of our profiles: left as it is
+def _check_protection(kind: str, annotations: Mapping[str, str], spec: Any) -> None:
+    """Refuse a pod of our ``kind`` that lost its runtime class, node selector or annotation."""
     if kind == "aci":
         if not annotations.get(ACI_CCE_POLICY):
             raise ConfidentialPodError("the confidential ACI pod has no CCE policy annotation")
@@ -300,10 +343,22 @@ def modify_pod_hook(spawner: Any, pod: Any) -> Any:
                 f"the Confidential Containers pod has runtime class {runtime!r}, not a confidential one",
                 hint="set it with c.KubeSpawner.extra_pod_config, which some Helm chart versions drop",
             )
-        if not annotations.get(COCO_INITDATA):
+        if not any(annotations.get(key) for key in COCO_INITDATA_KEYS):
             raise ConfidentialPodError("the Confidential Containers pod has no init-data annotation")
     else:
         raise ConfidentialPodError(f"unknown confidential pod kind {kind!r} in {PROFILE_ANNOTATION}")
+
+
+def modify_pod_hook(spawner: Any, pod: Any) -> Any:
+    """``c.KubeSpawner.modify_pod_hook``: refuse a confidential pod that lost its protection,
+    and record which environment variables are per-spawn (see :data:`PER_SPAWN_ENV`)."""
+    metadata = _get(pod, "metadata")
+    spec = _get(pod, "spec")
+    annotations = dict(_get(metadata, "annotations") or {})
+    kind = annotations.get(PROFILE_ANNOTATION)
+    if kind is None:
+        return pod  # not one of our profiles: left as it is
+    _check_protection(kind, annotations, spec)
     names: set[str] = set()
     for container in _get(spec, "containers") or []:
         for var in _get(container, "env") or []:

@@ -4,15 +4,22 @@
 :mod:`jupyter_cc.kbs.server` only turns HTTP requests into its calls and its answers (or its
 :class:`RequestRefusedError`) into HTTP responses.
 
-* ``auth`` opens a session with a fresh 32-byte nonce, usable once, for ``nonce_ttl`` seconds
-  (60); the session lives ``session_ttl`` seconds (300).
-* ``attest`` checks that the runtime data carries the session's nonce, that the evidence
-  verifies with the project's verifier (:func:`jupyter_cc.attest.evidence.verify`), and that
-  its REPORT_DATA binds the hash of the nonce and the TEE key (:func:`verify_tee_evidence`).
-  The answer is a JWT signed by the broker (ES256, a key made at start) carrying the verified
-  claims. Any failure consumes the nonce: the TEE starts again.
+* ``auth`` takes a protocol 0.4.x ``Request`` naming a ``kbs_types::Tee`` and opens a session
+  with a fresh 32-byte nonce, usable once, for ``nonce_ttl`` seconds (60); the session lives
+  ``session_ttl`` seconds (300).
+* ``attest`` checks that the runtime data carries the session's nonce, reads the composite
+  evidence in the format of the tee ``auth`` named (:mod:`jupyter_cc.kbs.upstream`), verifies it
+  and every device beside it with the project's verifiers
+  (:func:`jupyter_cc.attest.evidence.verify`), and checks that it binds the hash of the nonce,
+  the TEE key and the additional evidence, and any init-data (:func:`verify_tee_evidence`).
+  Simulated evidence (upstream ``sample``, the simulated TEE) passes only while some resource's
+  policy has ``allow_simulated = true``. The answer is a JWT signed by the broker (ES256)
+  carrying the verified claims. Any failure consumes the nonce: the TEE starts again.
 * ``release`` appraises the session's claims with the resource's own policy
   (:func:`jupyter_cc.policy.appraise`) and answers the key as a JWE to the attested TEE key.
+
+Refusals carry trustee's error types and statuses (:mod:`jupyter_cc.kbs.protocol`): every
+``auth`` or ``attest`` refusal is 401 ``AttestationError`` with one sentence.
 
 Every release and every refusal of one is appended to the broker's hash-chained audit log
 (:func:`append_audit`, no key material).
@@ -21,15 +28,13 @@ Every release and every refusal of one is appended to the broker's hash-chained 
 from __future__ import annotations
 
 import base64
-import collections
 import hmac
-import json
 import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,24 +46,42 @@ from joserfc.jwk import ECKey
 
 from jupyter_cc.attest.binding import check_report_data
 from jupyter_cc.attest.claims import Claims
-from jupyter_cc.attest.evidence import BUNDLE_FORMAT, bound_report_data, parse_bundle, verify
-from jupyter_cc.attest.kinds import AZURE_KINDS, KINDS
+from jupyter_cc.attest.evidence import Evidence, bound_report_data, verify
+from jupyter_cc.attest.kinds import AZURE_KINDS, KINDS, SIMULATED_BANNER
+from jupyter_cc.attest.kinds import kind as registered_kind
 from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.collateral.evidence import with_collateral
 from jupyter_cc.collateral.service import CollateralService
-from jupyter_cc.errors import CCError, InputError
+from jupyter_cc.decoding import strict_json
+from jupyter_cc.errors import BindingError, CCError, FormatError, InputError
 from jupyter_cc.kbs.protocol import (
+    ERR_ATTESTATION,
+    ERR_PATH,
+    ERR_POLICY,
+    ERR_RESOURCE,
+    ERR_UNATTESTED,
     HASH_ALGORITHMS,
     KbsError,
     ResourcePath,
     encrypt_response,
     import_tee_pubkey,
+    parse_version,
     report_data_for,
     runtime_data_digest,
 )
+from jupyter_cc.kbs.sessions import Session, SessionStore
 from jupyter_cc.kbs.store import KeyStore
+from jupyter_cc.kbs.upstream import (
+    UPSTREAM_TEES,
+    Primary,
+    additional_evidence,
+    check_init_data,
+    init_data_claims,
+    parse_init_data,
+    primary_evidence,
+)
 from jupyter_cc.keys import fingerprint
-from jupyter_cc.policy import appraise
+from jupyter_cc.policy import Policy, appraise
 
 __all__ = [
     "AUDIT_NAME",
@@ -72,16 +95,10 @@ __all__ = [
 
 AUDIT_NAME = "audit.jsonl"
 ISSUER = "jupyter-cc-kbs"
-_TRUSTEE_ONLY_TEES = frozenset({"sgx", "sev", "cca", "csv", "se", "sample-device"})
-"""Trustee names (``kbs_types::Tee``) jupyter-cc does not verify; ``auth`` accepts them, and
-``attest`` then refuses evidence that is not jupyter-cc's."""
-TEE_NAMES = frozenset(
-    {k.trustee_tee for k in KINDS if k.trustee_tee is not None}
-    | {k.name for k in KINDS if k.simulated}
-    | _TRUSTEE_ONLY_TEES
-)
-"""The ``tee`` values ``auth`` accepts: Trustee's names for the registry's kinds, jupyter-cc's
-simulated kinds by name, and the Trustee names above."""
+_NATIVE_TEE = {k.name: k.trustee_tee for k in KINDS if k.trustee_tee}
+TEE_NAMES = UPSTREAM_TEES
+"""The ``tee`` values ``auth`` accepts: every ``kbs_types::Tee`` name. ``attest`` then needs
+evidence of that tee in a format :mod:`jupyter_cc.kbs.upstream` reads (others are refused)."""
 
 
 def append_audit(path: Path, event: Mapping[str, Any]) -> None:
@@ -113,22 +130,54 @@ class RequestRefusedError(KbsError):
         self.extra = extra
 
 
-@dataclass
-class Session:
-    """One client's protocol state, from ``auth`` until it expires."""
+def _refused(detail: str) -> RequestRefusedError:
+    """An RCAR refusal as trustee answers it: 401, ``AttestationError``, one sentence."""
+    return RequestRefusedError(401, ERR_ATTESTATION, detail)
 
-    id: str
-    nonce: str
-    tee: str
-    hash_algorithm: str
-    expires: float
-    nonce_expires: float
-    peer: str
-    nonce_used: bool = False
-    claims: Claims | None = None
-    tee_pubkey: dict[str, Any] | None = None
-    token_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+def _hash_algorithm(extra: Any, tee: str) -> str:
+    """The hash algorithm for the binding: the broker's first preference the client offers.
+
+    Azure vTPM evidence binds the digest as TPM qualifying data, so sha256 goes first there
+    (the size the guest's quote nonce and trustee's Azure verifiers use).
+    """
+    if not isinstance(extra, dict) or "supported-hash-algorithms" not in extra:
+        return "sha384"
+    offered = extra["supported-hash-algorithms"]
+    if not isinstance(offered, list) or len(offered) > 16:
+        raise _refused("extra-params.supported-hash-algorithms must be a short list of names")
+    names = [str(a).lower()[:16] for a in offered]
+    preference = list(HASH_ALGORITHMS)
+    if tee.startswith("az-"):
+        preference = ["sha256", *(a for a in preference if a != "sha256")]
+    common = [a for a in preference if a in names]
+    if not common:
+        raise _refused(
+            f"none of the offered hash algorithms {names} is supported "
+            f"(supported: {', '.join(HASH_ALGORITHMS)})"
+        )
+    return common[0]
+
+
+def parse_auth_request(body: Any) -> tuple[str, str]:
+    """A ``kbs_types::Request`` checked: its ``tee`` and the hash algorithm chosen for it.
+
+    Raises:
+        RequestRefusedError: 401 ``AttestationError`` naming what is wrong (trustee's answer to
+            any bad ``auth``): not an object, a version other than 0.4.x, an unknown tee.
+    """
+    if not isinstance(body, dict):
+        raise _refused("the auth request must be a JSON object (kbs_types::Request)")
+    try:
+        parse_version(body.get("version"))
+    except KbsError as exc:
+        raise _refused(exc.message) from None
+    tee = body.get("tee")
+    if not isinstance(tee, str) or tee not in TEE_NAMES:
+        raise _refused(
+            f"unknown tee {str(tee)[:40]!r} (use a kbs_types::Tee name such as snp, tdx or sample)"
+        )
+    return tee, _hash_algorithm(body.get("extra-params"), tee)
 
 
 class Broker:
@@ -138,8 +187,15 @@ class Broker:
         store: the resources.
         audit: called with each release or denial event; default appends JSON lines to
             ``audit_path`` (default ``audit.jsonl`` beside the database).
-        session_ttl, nonce_ttl: lifetimes in seconds.
-        max_sessions: live sessions kept at most (new ``auth`` requests get 503 beyond it).
+        session_ttl, nonce_ttl: lifetimes in seconds; an unattested session ends with its nonce.
+        max_sessions, max_per_client: unattested sessions kept at most, in all and per client
+            address; beyond either the oldest unattested one (the client's own first) is
+            evicted (:class:`~jupyter_cc.kbs.sessions.SessionStore`).
+        attest_rate, attest_burst: ``/attest`` calls allowed per client per second, and in a burst.
+        sessions_path: the session store shared by worker processes (``sessions.sqlite`` in the
+            data dir under ``jupyter-cc kbs serve``); None keeps sessions in memory (one process).
+        signing_key: the key attestation tokens are signed with; default a fresh P-256 key.
+            Workers get the one their parent made, so a token from one is good at all.
         clock: seconds since the epoch; tests move it to expire sessions and nonces.
         roots: the roots evidence must chain to (default: the pinned vendor roots); tests
             pass a store holding their own test roots.
@@ -160,6 +216,11 @@ class Broker:
         session_ttl: float = 300.0,
         nonce_ttl: float = 60.0,
         max_sessions: int = 10_000,
+        max_per_client: int = 64,
+        attest_rate: float = 10.0,
+        attest_burst: int = 20,
+        sessions_path: Path | None = None,
+        signing_key: ec.EllipticCurvePrivateKey | None = None,
         clock: Callable[[], float] = time.time,
         roots: TrustStore | None = None,
         collateral: CollateralService | None = None,
@@ -175,82 +236,50 @@ class Broker:
         self.nonce_ttl = nonce_ttl
         self.max_sessions = max_sessions
         self.clock = clock
-        self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
-        self._tokens: dict[str, Session] = {}
+        self.sessions = SessionStore(
+            sessions_path,
+            clock=clock,
+            max_sessions=max_sessions,
+            max_per_client=max_per_client,
+            attest_rate=attest_rate,
+            attest_burst=attest_burst,
+        )
         self._lock = threading.Lock()
-        self._signing_key = ECKey.import_key(ec.generate_private_key(ec.SECP256R1()))
+        self._signing_key = ECKey.import_key(signing_key or ec.generate_private_key(ec.SECP256R1()))
 
     # --- sessions -----------------------------------------------------------------------------
 
     def _prune(self, now: float) -> None:
-        while self._sessions:
-            sid, first = next(iter(self._sessions.items()))
-            if first.expires > now:
-                break
-            del self._sessions[sid]
-            if first.token_id:
-                self._tokens.pop(first.token_id, None)
+        """Reclaim expired sessions now (unattested ones at their nonce's expiry)."""
+        self.sessions.prune(now, force=True)
+
+    def attest_wait(self, peer: str) -> float:
+        """Seconds ``peer`` must wait before its next ``/attest`` (0: go ahead; takes one call)."""
+        return self.sessions.attest_wait(peer)
 
     def auth(self, body: Any, peer: str = "") -> Session:
         """Open a session for a Trustee ``Request``; the caller sends its nonce back."""
-        if not isinstance(body, dict):
-            raise RequestRefusedError(400, "InvalidRequest", "the auth request must be a JSON object")
-        version = body.get("version")
-        if not isinstance(version, str) or not version.startswith("0.1."):
-            raise RequestRefusedError(
-                400, "ProtocolVersion", f"protocol version {version!r} is not supported (expected 0.1.x)"
-            )
-        tee = body.get("tee")
-        if tee not in TEE_NAMES:
-            raise RequestRefusedError(400, "InvalidRequest", f"unknown tee {tee!r}")
-        algorithm = "sha384"
-        extra = body.get("extra-params")
-        if isinstance(extra, dict) and "supported-hash-algorithms" in extra:
-            offered = extra["supported-hash-algorithms"]
-            names = [str(a).lower() for a in offered] if isinstance(offered, list) else []
-            common = [a for a in HASH_ALGORITHMS if a in names]
-            if not common:
-                raise RequestRefusedError(
-                    400,
-                    "InvalidRequest",
-                    f"none of the offered hash algorithms {names} is supported "
-                    f"(supported: {', '.join(HASH_ALGORITHMS)})",
-                )
-            algorithm = common[0]
+        tee, algorithm = parse_auth_request(body)
+        # Never refused for want of room: the store evicts the oldest unattested session of
+        # this client (or, past the global cap, of anyone), never an attested one.
         now = self.clock()
-        with self._lock:
-            self._prune(now)
-            if len(self._sessions) >= self.max_sessions:
-                raise RequestRefusedError(
-                    503, "Busy", "the broker holds too many open sessions; try again shortly"
-                )
-            session = Session(
-                id=secrets.token_urlsafe(32),
-                nonce=base64.b64encode(os.urandom(32)).decode("ascii"),
-                tee=str(tee),
-                hash_algorithm=algorithm,
-                expires=now + self.session_ttl,
-                nonce_expires=now + self.nonce_ttl,
-                peer=peer,
-            )
-            self._sessions[session.id] = session
+        session = Session(
+            id=secrets.token_urlsafe(32),
+            nonce=base64.b64encode(os.urandom(32)).decode("ascii"),
+            tee=str(tee),
+            hash_algorithm=algorithm,
+            expires=now + self.session_ttl,
+            nonce_expires=now + self.nonce_ttl,
+            peer=peer,
+        )
+        self.sessions.open(session)
         return session
 
     def session(self, session_id: str | None) -> Session | None:
         """The live session with this id, or None (unknown or expired)."""
-        if not session_id:
+        if not session_id or len(session_id) > 128:
             return None
-        now = self.clock()
-        with self._lock:
-            session = self._sessions.get(session_id)
-            if session is None:
-                return None
-            if session.expires <= now:
-                del self._sessions[session_id]
-                if session.token_id:
-                    self._tokens.pop(session.token_id, None)
-                return None
-            return session
+        return self.sessions.get(session_id)
 
     def session_for_token(self, token: str) -> Session | None:
         """The session behind a bearer token this broker issued, if both are still valid."""
@@ -262,61 +291,36 @@ class Broker:
         exp = decoded.claims.get("exp")
         if not isinstance(jti, str) or not isinstance(exp, (int, float)) or exp <= self.clock():
             return None
-        with self._lock:
-            session = self._tokens.get(jti)
-        return self.session(session.id) if session is not None else None
+        return self.sessions.by_token(jti)
 
     # --- attest -------------------------------------------------------------------------------
 
     def attest(self, session: Session | None, body: Any) -> str:
         """Verify the evidence for ``session``; returns the attestation token (a JWT)."""
         if session is None:
-            raise RequestRefusedError(401, "UnAuthenticated", "no live session; call /kbs/v0/auth first")
+            raise _refused("no live session: send POST /kbs/v0/auth first and keep its kbs-session-id cookie")
         now = self.clock()
-        with self._lock:
-            used, session.nonce_used = session.nonce_used, True
-        if used:
-            raise RequestRefusedError(
-                401, "ExpiredNonce", "this session's nonce was already used; start again with /kbs/v0/auth"
-            )
+        if not self.sessions.consume_nonce(session):
+            raise _refused("this session's nonce was already used; start again with /kbs/v0/auth")
         if session.nonce_expires <= now:
-            raise RequestRefusedError(
-                401,
-                "ExpiredNonce",
-                f"this session's nonce expired ({self.nonce_ttl:g} s); start again with /kbs/v0/auth",
+            raise _refused(
+                f"this session's nonce expired ({self.nonce_ttl:g} s); start again with /kbs/v0/auth"
             )
-        if not isinstance(body, dict):
-            raise RequestRefusedError(400, "InvalidRequest", "the attest request must be a JSON object")
-        runtime = body.get("runtime-data")
-        if not isinstance(runtime, dict):
-            raise RequestRefusedError(400, "InvalidRequest", "the attest request has no runtime-data object")
-        nonce = runtime.get("nonce")
-        if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode(), session.nonce.encode()):
-            raise RequestRefusedError(
-                401, "InvalidNonce", "runtime-data.nonce is not the nonce this session was given"
-            )
-        jwk = runtime.get("tee-pubkey")
+        nonce, jwk = _runtime_data(body, session)
+        policies = self.store.policies()
         try:
-            import_tee_pubkey(jwk)
-        except KbsError as exc:
-            raise RequestRefusedError(400, "InvalidTeePubKey", exc.message) from None
-        assert isinstance(jwk, dict)
-        evidence = body.get("tee-evidence")
-        extra = evidence.get("additional_evidence") if isinstance(evidence, dict) else None
-        digest = runtime_data_digest(
-            nonce, jwk, session.hash_algorithm, additional_evidence=extra if isinstance(extra, str) else None
-        )
-        try:
-            stale = self.allow_stale_days
-            if stale is None:
-                stale = max((p.max_stale_days for p in self.store.policies()), default=0)
             claims = verify_tee_evidence(
-                evidence,
-                report_data_for(digest),
+                session.tee,
+                body.get("tee-evidence"),
+                nonce=nonce,
+                tee_pubkey=jwk,
+                hash_algorithm=session.hash_algorithm,
+                init_data=body.get("init-data"),
                 roots=self.roots,
                 collateral=self.collateral,
-                allow_stale_days=stale,
+                allow_stale_days=self._stale_days(policies),
             )
+            self._check_simulated(claims, policies)
         except CCError as exc:
             self.audit(
                 {
@@ -326,9 +330,7 @@ class Broker:
                     "reason": exc.diagnostics(),
                 }
             )
-            raise RequestRefusedError(
-                401, "AttestationFailed", f"attestation failed: {exc.diagnostics()}"
-            ) from None
+            raise _refused(f"attestation failed: {exc.diagnostics()}") from None
         jti = secrets.token_urlsafe(16)
         token = jwt.encode(
             {"alg": "ES256", "typ": "JWT"},
@@ -343,12 +345,32 @@ class Broker:
             self._signing_key,
             algorithms=["ES256"],
         )
-        with self._lock:
-            session.claims = claims
-            session.tee_pubkey = dict(jwk)
-            session.token_id = jti
-            self._tokens[jti] = session
+        session.claims = claims
+        session.tee_pubkey = dict(jwk)
+        session.token_id = jti
+        try:
+            self.sessions.save_attested(session)
+        except KbsError as exc:
+            raise _refused(exc.message) from None
         return token
+
+    def _stale_days(self, policies: tuple[Policy, ...]) -> int:
+        """How stale collateral may be at ``attest``: the setting, else the laxest resource policy."""
+        if self.allow_stale_days is not None:
+            return self.allow_stale_days
+        return max((p.max_stale_days for p in policies), default=0)
+
+    def _check_simulated(self, claims: Claims, policies: tuple[Policy, ...]) -> None:
+        """Simulated evidence (``sample``, the simulated TEE) only where some policy allows it.
+
+        Each resource's policy judges it again at ``release``; this refuses it at ``attest``
+        when no resource could ever be released to it, as upstream's default policy does.
+        """
+        if claims.simulated and not any(p.allow_simulated for p in policies):
+            raise BindingError(
+                f"simulated evidence ({SIMULATED_BANNER}) is accepted only under a policy "
+                "with allow_simulated = true, and no resource of this broker has one"
+            )
 
     # --- resource -----------------------------------------------------------------------------
 
@@ -356,14 +378,14 @@ class Broker:
         """The JWE of ``resource`` for an attested session, and the allowing policy's name."""
         if session is None or session.claims is None or session.tee_pubkey is None:
             raise RequestRefusedError(
-                401, "UnAuthenticated", "no attested session; call /kbs/v0/auth and /kbs/v0/attest first"
+                401, ERR_UNATTESTED, "no attested session: call /kbs/v0/auth and /kbs/v0/attest first"
             )
         try:
             rid = str(ResourcePath.parse(resource))
         except InputError as exc:
-            raise RequestRefusedError(404, "ResourceNotFound", exc.message) from None
+            raise RequestRefusedError(404, ERR_PATH, exc.message) from None
         if not self.store.exists(rid):
-            raise RequestRefusedError(404, "ResourceNotFound", f"there is no resource {rid}")
+            raise RequestRefusedError(404, ERR_RESOURCE, f"there is no resource {rid}")
         res = self.store.get(rid)
         claims = session.claims
         event = {
@@ -377,7 +399,7 @@ class Broker:
             self.audit({**event, "event": "deny", "policy": res.policy.name, "reasons": ["revoked"]})
             raise RequestRefusedError(
                 403,
-                "PolicyDeny",
+                ERR_POLICY,
                 f"resource {rid} is revoked",
                 failed_rules=["revoked"],
                 policy=res.policy.name,
@@ -389,7 +411,7 @@ class Broker:
             self.audit({**event, "event": "deny", "policy": verdict.policy, "reasons": reasons})
             raise RequestRefusedError(
                 403,
-                "PolicyDeny",
+                ERR_POLICY,
                 f"policy '{verdict.policy}' denied {rid}; failed rules: " + "; ".join(reasons),
                 failed_rules=rules,
                 reasons=reasons,
@@ -402,50 +424,158 @@ class Broker:
         return response, verdict.policy
 
 
+def _runtime_data(body: Any, session: Session) -> tuple[str, dict[str, Any]]:
+    """The checked ``runtime-data`` of an ``Attestation``: this session's nonce and a usable key."""
+    if not isinstance(body, dict):
+        raise _refused("the attest request must be a JSON object (kbs_types::Attestation)")
+    runtime = body.get("runtime-data")
+    if not isinstance(runtime, dict):
+        raise _refused("the attest request has no runtime-data object")
+    nonce = runtime.get("nonce")
+    if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode(), session.nonce.encode()):
+        raise _refused("runtime-data.nonce is not the nonce this session was given")
+    jwk = runtime.get("tee-pubkey")
+    try:
+        import_tee_pubkey(jwk)
+    except KbsError as exc:
+        raise _refused(exc.message) from None
+    assert isinstance(jwk, dict)
+    return nonce, jwk
+
+
+def _composite(tee_evidence: Any) -> tuple[Any, str]:
+    """``primary_evidence`` and the ``additional_evidence`` text of a ``CompositeEvidence``."""
+    if not isinstance(tee_evidence, dict) or "primary_evidence" not in tee_evidence:
+        raise FormatError(
+            'tee-evidence must be {"primary_evidence": ..., "additional_evidence": "..."} '
+            "(kbs_types::CompositeEvidence, protocol 0.4)"
+        )
+    additional = tee_evidence.get("additional_evidence", "")
+    if not isinstance(additional, str):
+        raise FormatError("tee-evidence.additional_evidence must be a JSON text (a string)")
+    primary = tee_evidence["primary_evidence"]
+    if isinstance(primary, str):  # attesters that return their evidence as JSON text
+        try:
+            primary = strict_json(primary)
+        except (ValueError, RecursionError):
+            raise FormatError("tee-evidence.primary_evidence is text but not JSON") from None
+    return primary, additional
+
+
+def _unsigned_sample(
+    claimed: bytes, report_data: bytes, gpus: tuple[Evidence, ...], when: datetime, roots: TrustStore | None
+) -> Claims:
+    """Claims of unsigned ``sample`` evidence: simulated, bound only by what it says (checked first)."""
+    if len(claimed) > 64:
+        raise FormatError(f"sample report_data is {len(claimed)} bytes, more than 64")
+    check_report_data(claimed.ljust(64, b"\x00"), report_data, what="the sample evidence's report_data")
+    gpu_claims = [verify(g, at=when, roots=roots) for g in gpus]
+    details = {"evidence_format": "sample", "signed": False, "banner": SIMULATED_BANNER}
+    return Claims("sim-snp", True, False, report_data, details, gpu=gpu_claims[0] if gpu_claims else None)
+
+
 def verify_tee_evidence(
+    tee: str,
     tee_evidence: Any,
-    report_data: bytes,
     *,
+    nonce: str,
+    tee_pubkey: Mapping[str, Any],
+    hash_algorithm: str,
+    init_data: Any = None,
     at: datetime | None = None,
     roots: TrustStore | None = None,
     collateral: CollateralService | None = None,
     allow_stale_days: int = 0,
 ) -> Claims:
-    """Verify jupyter-cc evidence sent as ``tee-evidence`` and check that it binds ``report_data``.
+    """Verify a 0.4.x ``tee-evidence`` sent under ``Request.tee`` = ``tee``, bound to this session.
 
+    The primary evidence (:func:`jupyter_cc.kbs.upstream.primary_evidence`) must bind
+    HASH({"additional-evidence", "nonce", "tee-pubkey"}) and each device of
+    ``additional_evidence`` HASH({"nonce", "tee-pubkey"}) (module docstring of
+    :mod:`jupyter_cc.kbs.protocol`); every device is verified or the whole request is refused.
     Hardware evidence is verified with the collateral service's TCB info, QE identity and CRLs
-    (:func:`~jupyter_cc.collateral.evidence.with_collateral`; what the evidence carries is only
-    a hint), at most ``allow_stale_days`` past their nextUpdate.
+    (:func:`~jupyter_cc.collateral.evidence.with_collateral`), at most ``allow_stale_days`` past
+    their nextUpdate. ``init-data`` must match HOST_DATA / MRCONFIGID; its digest and parsed body
+    are added to the claims as ``init_data``.
 
     Raises:
-        CCError: malformed evidence (``FormatError``), failed verification (its leaf error), or
-            evidence made for another nonce or key (``BindingError``).
+        CCError: malformed evidence (``FormatError``), failed verification (its leaf error),
+            evidence of another tee, or made for another nonce, key or init-data (``BindingError``).
     """
-    if isinstance(tee_evidence, dict) and "primary_evidence" in tee_evidence:
-        tee_evidence = tee_evidence["primary_evidence"]
-    if (
-        not isinstance(tee_evidence, dict)
-        or not isinstance(tee_evidence.get("kind"), str)
-        or not isinstance(tee_evidence.get("evidence"), dict)
-    ):
-        raise KbsError(
-            'tee-evidence must be jupyter-cc evidence {"kind": ..., "evidence": {...}}',
-            hint="upstream Trustee attesters' evidence formats are not parsed by this broker",
-        )
-    doc = {
-        "format": BUNDLE_FORMAT,
-        "version": 1,
-        "kind": tee_evidence["kind"],
-        "nonce": "00" * 32,  # the bundle's own binding is not used here; ours is checked below
-        "host_key_sha256": "00" * 32,
-        "evidence": tee_evidence["evidence"],
-    }
-    bundle = parse_bundle(json.dumps(doc).encode())
-    evidence = bundle.evidence
-    if evidence.kind in AZURE_KINDS and evidence.tpm_quote is not None:
-        evidence = replace(evidence, nonce=report_data[:32])
+    primary, additional = _composite(tee_evidence)
+    digest = runtime_data_digest(nonce, tee_pubkey, hash_algorithm, additional_evidence=additional)
+    report_data = report_data_for(digest)
+    device_digest = runtime_data_digest(nonce, tee_pubkey, hash_algorithm)
+    init = parse_init_data(init_data)
+    read = primary_evidence(tee, primary, digest)
     when = at or datetime.now(timezone.utc)
-    evidence, _ = with_collateral(evidence, at=when, service=collateral)
+    gpus = additional_evidence(additional, device_digest)
+    if read.evidence is None:
+        assert read.report_data is not None
+        claims = _unsigned_sample(read.report_data, report_data, gpus, when, roots)
+    else:
+        claims = _verify_primary(read, report_data, gpus, when, roots, collateral, allow_stale_days)
+    if _NATIVE_TEE.get(claims.kind) != tee:
+        raise BindingError(f"the evidence is {claims.kind} evidence, but the auth request named tee {tee}")
+    details = {**claims.details, "evidence_format": read.format}
+    if init is not None:
+        check_init_data(init, claims.kind if read.evidence is not None else "sample", claims.details)
+        details["init_data"] = init_data_claims(init)
+    return replace(claims, details=details)
+
+
+def _precheck_binding(evidence: Evidence, tpm_bound: bool, report_data: bytes) -> None:
+    """Refuse evidence made for another nonce or key before any signature check or collateral fetch.
+
+    Reads the bytes the guest bound (SNP REPORT_DATA, TDX REPORTDATA, the upstream Azure TPM
+    quote's qualifying data) without trusting them: a replay costs no verification and no
+    vendor request. The check after verification (:func:`_verify_primary`) is what counts.
+    """
+    from jupyter_cc.attest.tdx.quote import parse_quote
+    from jupyter_cc.attest.tpm import parse_tpms_attest
+
+    digest = report_data.rstrip(b"\x00")
+    if tpm_bound and evidence.tpm_quote is not None:
+        nonce = parse_tpms_attest(evidence.tpm_quote).extra_data
+        check_report_data(nonce, evidence.nonce or digest, what="the TPM quote's qualifying data (nonce)")
+    elif (
+        evidence.kind not in AZURE_KINDS and getattr(registered_kind(evidence.kind), "family", None) == "snp"
+    ):
+        check_report_data(evidence.binary()[0x50:0x90], report_data, what="the SNP report's REPORT_DATA")
+    elif evidence.kind == "tdx":
+        bound = parse_quote(evidence.binary()).body.report_data
+        check_report_data(bound, report_data, what="the TD quote's REPORTDATA")
+
+
+def _family(kind: str) -> str | None:
+    entry = registered_kind(kind)
+    return entry.family if entry is not None else None
+
+
+def _verify_primary(
+    read: Primary,
+    report_data: bytes,
+    gpus: tuple[Evidence, ...],
+    when: datetime,
+    roots: TrustStore | None,
+    collateral: CollateralService | None,
+    allow_stale_days: int,
+) -> Claims:
+    """Verify signed primary evidence (and the GPUs beside it) and check its binding."""
+    assert read.evidence is not None
+    evidence = read.evidence
+    _precheck_binding(evidence, read.tpm_bound, report_data)
+    if evidence.kind in AZURE_KINDS and not read.tpm_bound and evidence.tpm_quote is not None:
+        evidence = replace(evidence, nonce=report_data[:32])  # jupyter-cc's own Azure form
+    evidence, _ = with_collateral(replace(evidence, gpus=gpus), at=when, service=collateral)
     claims = verify(evidence, at=when, roots=roots, allow_stale_days=allow_stale_days)
-    check_report_data(bound_report_data(claims), report_data, what="the evidence's REPORT_DATA")
+    if read.tpm_bound:
+        if evidence.tpm_quote is None:
+            raise BindingError("the Azure evidence has no TPM quote to carry the runtime-data digest")
+    else:
+        check_report_data(bound_report_data(claims), report_data, what="the evidence's REPORT_DATA")
+    if read.report_data is not None:  # signed simulated evidence sent as sample: both must agree
+        check_report_data(
+            read.report_data.ljust(64, b"\x00")[:64], report_data, what="the sample report_data"
+        )
     return claims

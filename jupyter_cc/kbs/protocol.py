@@ -4,43 +4,53 @@ Shared by :mod:`jupyter_cc.kbs.server` and :mod:`jupyter_cc.keys.kbs_client`, so
 cannot drift apart: request and response shapes, the canonical JSON whose hash the evidence
 binds, resource paths, the TEE public key as a JWK, and the JWE a resource travels in.
 
-Protocol (docs/attestation-formats.md section 5, Trustee ``kbs_attestation_protocol.md``)::
+Protocol: Trustee KBS attestation protocol 0.4.x, as guest-components (since June 2025) and
+trustee's KBS speak it (docs/attestation-formats.md section 5, Trustee
+``kbs_attestation_protocol.md``, ``kbs_types``)::
 
-    POST /kbs/v0/auth    {"version": "0.1.1", "tee": "snp", "extra-params":
+    POST /kbs/v0/auth    {"version": "0.4.0", "tee": "snp", "extra-params":
                           {"supported-hash-algorithms": ["sha384", ...]}}
                      ->  Set-Cookie: kbs-session-id=...; {"nonce": "<base64>",
                           "extra-params": {"selected-hash-algorithm": "sha384"}}
-    POST /kbs/v0/attest  {"runtime-data": {"nonce": ..., "tee-pubkey": JWK},
-                          "tee-evidence": {...}}
+    POST /kbs/v0/attest  {"init-data": {"format": "toml", "body": "..."} (optional),
+                          "runtime-data": {"nonce": ..., "tee-pubkey": JWK},
+                          "tee-evidence": {"primary_evidence": {...},
+                                           "additional_evidence": "<JSON text or empty>"}}
                      ->  {"token": "<JWT signed by the broker>"}
     GET  /kbs/v0/resource/<repo>/<type>/<tag>
                      ->  {"protected", "encrypted_key", "iv", "ciphertext", "tag"}  (JWE)
 
-REPORT_DATA binding (what Trustee's guest-components client does)::
+Errors are ``ErrorInformation`` (``{"type": ".../kbs/errors/<Name>", "detail": ...}``) with
+trustee's status codes: 401 for every RCAR failure (:data:`ERR_ATTESTATION`) and for a resource
+asked without an attested session (:data:`ERR_UNATTESTED`), 403 for a policy denial, 404 for a path
+no route serves.
 
-    digest      = HASH(canonical_json({"nonce": nonce, "tee-pubkey": jwk}))
+REPORT_DATA binding (what guest-components does)::
+
+    primary     = HASH(canonical_json({"additional-evidence": additional_evidence,
+                                       "nonce": nonce, "tee-pubkey": jwk}))
+    device      = HASH(canonical_json({"nonce": nonce, "tee-pubkey": jwk}))   (additional evidence)
     REPORT_DATA = digest || zero bytes up to 64
 
 with HASH the selected algorithm (``sha384`` unless the client asked otherwise; ``sha256`` and
-``sha512`` are also offered). :func:`canonical_json` sorts object keys (recursively, by code
-point), writes no whitespace (``,`` and ``:`` separators), keeps non-ASCII characters as UTF-8
-and refuses floats: for the ASCII strings this protocol carries this is byte-identical to
-RFC 8785 (JCS), which guest-components uses (``serde_json_canonicalizer``). When the evidence
-is Trustee's composite form (it has ``additional_evidence``), newer clients bind
-``{"additional-evidence": ..., "nonce": ..., "tee-pubkey": ...}`` instead; the broker accepts
-exactly the form that matches the evidence it got.
+``sha512`` are also offered). ``additional_evidence`` is the exact string the client sent (empty
+when it has no devices). :func:`canonical_json` sorts object keys (recursively, by code point),
+writes no whitespace (``,`` and ``:`` separators), keeps non-ASCII characters as UTF-8 and
+refuses floats: for the ASCII strings this protocol carries this is byte-identical to RFC 8785
+(JCS), which guest-components uses (``serde_json_canonicalizer``).
 
-The JWE is made and opened by joserfc: compact serialization split into its five parts and
-returned as flattened JSON, so the ECDH-ES ephemeral key sits in the *protected* header as in
-Trustee's broker; there is no ``aad`` member (Trustee leaves it out), so the AES-GCM additional
-data is ``ASCII(protected)`` (RFC 7516 section 5.1 step 14).
-
-Upstream clients: guest-components recomputes that additional data by re-serializing the
-protected header it parsed (``kbs_types::ProtectedHeader::generate_aad``) instead of using the
-received string. For ``RSA-OAEP-256`` (its default key) the header ``{"alg","enc"}``
-re-serializes byte for byte; for ``ECDH-ES+A256KW`` joserfc writes the ``epk`` members as
-``crv, x, y, kty`` while serde sorts them, so upstream EC clients would fail the GCM tag: use
-RSA keys with them. jupyter-cc's own client opens the JWE with joserfc and is unaffected.
+The JWE is made here with ``cryptography`` (RFC 7516/7518): ``RSA-OAEP-256`` or
+``ECDH-ES+A256KW`` (Concat KDF, empty PartyU/PartyV info) to the TEE key, ``A256GCM`` content,
+no ``aad`` member (trustee leaves it out), AES-GCM additional data ``ASCII(protected)``.
+Upstream clients recompute that additional data by re-serializing the header they parsed
+(``kbs_types::ProtectedHeader::generate_aad``: ``alg``, ``enc``, then the other members in
+serde_json's map order, sorted unless ``preserve_order``). So the broker writes the protected
+header with every object's keys sorted, compact: ``{"alg","enc","epk":{"crv","kty","x","y"}}``
+re-serializes to the same bytes sorted, in struct order and in insertion order alike.
+:func:`decrypt_response` uses the received ``protected`` string first (RFC 7516) and then those
+re-serializations, so it opens JWEs from trustee and from brokers that order the header
+otherwise. Upstream guest-components has made EC P-256 (``ECDH-ES+A256KW``) its default TEE
+key since December 2024; RSA-OAEP-256 still works both ways.
 
 >>> canonical_json({"tee-pubkey": {"y": "1", "kty": "EC"}, "nonce": "n"})
 b'{"nonce":"n","tee-pubkey":{"kty":"EC","y":"1"}}'
@@ -48,15 +58,21 @@ b'{"nonce":"n","tee-pubkey":{"kty":"EC","y":"1"}}'
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from joserfc import jwe
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
@@ -67,6 +83,12 @@ __all__ = [
     "API_PREFIX",
     "CONTENT_ENC",
     "EC_ALG",
+    "ERR_ATTESTATION",
+    "ERR_PATH",
+    "ERR_PLUGIN",
+    "ERR_POLICY",
+    "ERR_RESOURCE",
+    "ERR_UNATTESTED",
     "HASH_ALGORITHMS",
     "JWE_MEMBERS",
     "MAX_BODY",
@@ -81,12 +103,15 @@ __all__ = [
     "encrypt_response",
     "error_body",
     "import_tee_pubkey",
+    "parse_version",
+    "protected_header",
     "report_data_for",
     "runtime_data_digest",
     "tee_pubkey_jwk",
 ]
 
-PROTOCOL_VERSION = "0.1.1"
+PROTOCOL_VERSION = "0.4.0"
+"""The protocol version our client sends; the broker accepts any 0.4.x (trustee: exactly 0.4.0)."""
 API_PREFIX = "/kbs/v0"
 SESSION_COOKIE = "kbs-session-id"
 POLICY_HEADER = "X-Jupyter-CC-Policy"
@@ -107,6 +132,19 @@ JWE_MEMBERS = ("protected", "encrypted_key", "iv", "ciphertext", "tag")
 """The members of the broker's flattened JWE, exactly as Trustee's ``kbs_types::Response``."""
 
 _ERROR_TYPE = "https://github.com/confidential-containers/kbs/errors/"
+ERR_ATTESTATION = "AttestationError"
+"""trustee's type for every failed ``auth`` or ``attest`` (401)."""
+ERR_UNATTESTED = "TokenNotFound"
+"""trustee's type for a resource asked without an attested session or valid token (401)."""
+ERR_POLICY = "PolicyDeny"
+"""trustee's type for a resource policy denial (403)."""
+ERR_PATH = "InvalidRequestPath"
+"""trustee's type for a path no route serves (404)."""
+ERR_PLUGIN = "PluginNotFound"
+"""trustee's type for ``/kbs/v0/<name>`` with no such plugin (404)."""
+ERR_RESOURCE = "ResourceNotFound"
+"""An unknown resource (404; trustee's resource plugin answers 401 PluginInternalError)."""
+_VERSION = re.compile(r"\A0\.4\.(0|[1-9][0-9]{0,5})\Z")
 _SEGMENT = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 
 
@@ -252,17 +290,140 @@ def import_tee_pubkey(jwk: Any) -> tuple[ECKey | RSAKey, str]:
 # --- the JWE ----------------------------------------------------------------------------------
 
 
+def _b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64u(text: Any, what: str) -> bytes:
+    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise KbsError(f"the broker's JWE member {what} is not base64url text")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def protected_header(header: Mapping[str, Any]) -> str:
+    """The ``protected`` member for ``header``: compact JSON, keys sorted at every level, base64url.
+
+    Sorted keys make the bytes the same however a client re-serializes the parsed header (see
+    the module docstring), so upstream clients recompute exactly this AES-GCM additional data.
+    """
+    return _b64u(json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+def _concat_kdf(z: bytes, alg: str, apu: bytes = b"", apv: bytes = b"") -> bytes:
+    """RFC 7518 section 4.6.2: the 256-bit key-wrapping key for ``ECDH-ES+A256KW``."""
+
+    def part(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+
+    other = part(alg.encode("ascii")) + part(apu) + part(apv) + (256).to_bytes(4, "big")
+    return ConcatKDFHash(algorithm=hashes.SHA256(), length=32, otherinfo=other).derive(z)
+
+
+def _ec_public(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
+    curve = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}[str(jwk["crv"])]
+    x = int.from_bytes(b64decode_any(str(jwk["x"]), what="x"), "big")
+    y = int.from_bytes(b64decode_any(str(jwk["y"]), what="y"), "big")
+    return ec.EllipticCurvePublicNumbers(x, y, curve).public_key()
+
+
+def _ec_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    crv = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[key.curve.name]
+    size = _EC_CURVES[crv]
+    numbers = key.public_numbers()
+    return {
+        "crv": crv,
+        "kty": "EC",
+        "x": _b64u(numbers.x.to_bytes(size, "big")),
+        "y": _b64u(numbers.y.to_bytes(size, "big")),
+    }
+
+
+_OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
 def encrypt_response(jwk: Mapping[str, Any], plaintext: bytes) -> dict[str, str]:
-    """Encrypt ``plaintext`` to the TEE's public key: Trustee's flattened JWE (see module doc)."""
-    key, alg = import_tee_pubkey(dict(jwk))
-    compact = jwe.encrypt_compact(
-        {"alg": alg, "enc": CONTENT_ENC}, plaintext, key, algorithms=[alg, CONTENT_ENC]
-    )
-    return dict(zip(JWE_MEMBERS, compact.split("."), strict=True))
+    """Encrypt ``plaintext`` to the TEE's public key: trustee's flattened JWE (see module doc)."""
+    _key, alg = import_tee_pubkey(dict(jwk))
+    cek = os.urandom(32)
+    header: dict[str, Any] = {"alg": alg, "enc": CONTENT_ENC}
+    if alg == EC_ALG:
+        try:
+            peer = _ec_public(jwk)
+        except (ValueError, KeyError, InputError):
+            raise KbsError("runtime-data.tee-pubkey is not a point on its curve") from None
+        ephemeral = ec.generate_private_key(peer.curve)
+        kek = _concat_kdf(ephemeral.exchange(ec.ECDH(), peer), EC_ALG)
+        encrypted_key = aes_key_wrap(kek, cek)
+        header["epk"] = _ec_jwk(ephemeral.public_key())
+    else:
+        n = int.from_bytes(b64decode_any(str(jwk["n"]), what="n"), "big")
+        e = int.from_bytes(b64decode_any(str(jwk["e"]), what="e"), "big")
+        encrypted_key = rsa.RSAPublicNumbers(e, n).public_key().encrypt(cek, _OAEP)
+    protected = protected_header(header)
+    iv = os.urandom(12)
+    sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
+    return {
+        "protected": protected,
+        "encrypted_key": _b64u(encrypted_key),
+        "iv": _b64u(iv),
+        "ciphertext": _b64u(sealed[:-16]),
+        "tag": _b64u(sealed[-16:]),
+    }
+
+
+def _header_of(protected: str) -> dict[str, Any]:
+    try:
+        header = json.loads(_unb64u(protected, "protected"))
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise KbsError("the broker's JWE protected header is not a JSON object")
+    return header
+
+
+def _aad_candidates(protected: str, header: dict[str, Any], aad: Any) -> list[bytes]:
+    """The received header first (RFC 7516), then the re-serializations upstream clients make."""
+    rest = {k: header[k] for k in sorted(header) if k not in ("alg", "enc")}
+    struct_order = {"alg": header.get("alg"), "enc": header.get("enc"), **rest}
+    compact = (",", ":")
+    forms = [
+        protected,
+        _b64u(json.dumps(header, sort_keys=True, separators=compact).encode("utf-8")),
+        _b64u(json.dumps(struct_order, separators=compact).encode("utf-8")),
+        _b64u(json.dumps(header, separators=compact).encode("utf-8")),
+    ]
+    suffix = f".{aad}" if isinstance(aad, str) and aad else ""
+    return [(form + suffix).encode("ascii") for form in dict.fromkeys(forms)]
+
+
+def _unwrap_cek(
+    header: dict[str, Any], encrypted_key: bytes, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+) -> bytes:
+    alg = header.get("alg")
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if alg != EC_ALG:
+            raise KbsError(f"the broker's JWE uses alg {alg!r}, not {EC_ALG} for this EC key")
+        epk = header.get("epk")
+        if not isinstance(epk, dict) or epk.get("kty") != "EC" or epk.get("crv") not in _EC_CURVES:
+            raise KbsError("the broker's JWE has no usable epk (ephemeral EC key) in its protected header")
+        peer = _ec_public(epk)
+        if peer.curve.name != key.curve.name:
+            raise KbsError("the broker's JWE epk is on another curve than this session's key")
+        apu = _unb64u(header.get("apu", ""), "apu")
+        apv = _unb64u(header.get("apv", ""), "apv")
+        kek = _concat_kdf(key.exchange(ec.ECDH(), peer), EC_ALG, apu, apv)
+        return aes_key_unwrap(kek, encrypted_key)
+    if alg != RSA_ALG:
+        raise KbsError(f"the broker's JWE uses alg {alg!r}, not {RSA_ALG} for this RSA key")
+    return key.decrypt(encrypted_key, _OAEP)
 
 
 def decrypt_response(response: Any, private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     """Open the broker's JWE with the ephemeral private key; only the two key algs are allowed.
+
+    The AES-GCM tag decides: the additional data is the received ``protected`` string, or one of
+    the re-serializations of its header (module docstring), so a JWE opens whatever order the
+    broker wrote its header in, and a tampered one never does.
 
     Raises:
         KbsError: the response is not a flattened JWE or does not decrypt with this key.
@@ -271,19 +432,40 @@ def decrypt_response(response: Any, private_key: ec.EllipticCurvePrivateKey | rs
         raise KbsError(
             "the broker's response is not a flattened JWE (expected " + ", ".join(JWE_MEMBERS) + ")"
         )
-    if isinstance(private_key, ec.EllipticCurvePrivateKey):
-        key: ECKey | RSAKey = ECKey.import_key(private_key)
-        alg = EC_ALG
-    else:
-        key = RSAKey.import_key(private_key)
-        alg = RSA_ALG
+    header = _header_of(response["protected"])
+    if header.get("enc") != CONTENT_ENC:
+        raise KbsError(f"the broker's JWE uses enc {header.get('enc')!r}, not {CONTENT_ENC}")
+    iv = _unb64u(response["iv"], "iv")
+    sealed = _unb64u(response["ciphertext"], "ciphertext") + _unb64u(response["tag"], "tag")
     try:
-        return jwe.decrypt_json(response, key, algorithms=[alg, CONTENT_ENC]).plaintext or b""  # type: ignore[arg-type]
-    except (JoseError, ValueError) as exc:
+        cek = _unwrap_cek(header, _unb64u(response["encrypted_key"], "encrypted_key"), private_key)
+        if len(cek) != 32 or len(iv) != 12:
+            raise ValueError("wrong key or IV size")
+        cipher = AESGCM(cek)
+    except (InvalidUnwrap, ValueError, KeyError, InputError) as exc:
         raise KbsError(
             f"the broker's JWE does not decrypt with this session's key ({exc.__class__.__name__})",
             hint="the response was not made for this TEE key or was altered in transit",
         ) from None
+    for aad in _aad_candidates(response["protected"], header, response.get("aad")):
+        try:
+            return cipher.decrypt(iv, sealed, aad)
+        except InvalidTag:
+            continue
+    raise KbsError(
+        "the broker's JWE does not decrypt with this session's key (InvalidTag)",
+        hint="the response was not made for this TEE key or was altered in transit",
+    )
+
+
+def parse_version(version: Any) -> str:
+    """Check a ``Request.version``: any 0.4.x; :class:`KbsError` with one sentence otherwise."""
+    if isinstance(version, str) and _VERSION.match(version):
+        return version
+    raise KbsError(
+        f"KBS protocol version {str(version)[:40]!r} is not supported: this broker speaks 0.4.x "
+        f"(as trustee's KBS 0.4.0 and guest-components since June 2025)"
+    )
 
 
 def error_body(kind: str, detail: str, **extra: Any) -> dict[str, Any]:

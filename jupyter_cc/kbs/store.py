@@ -136,6 +136,7 @@ class KeyStore:
         self.master_key_path = self.path.parent / MASTER_KEY_NAME
         self._aead = AESGCM(_load_master_key(self.master_key_path))
         self._lock = threading.Lock()
+        self._policies: tuple[int, tuple[Policy, ...]] | None = None
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self._db.execute(_SCHEMA)
@@ -224,10 +225,21 @@ class KeyStore:
         return [self._info(r) for r in rows]
 
     def policies(self) -> tuple[Policy, ...]:
-        """The policy of every resource (the default one where none was set)."""
+        """The policy of every resource (the default one where none was set).
+
+        Every ``attest`` asks (for ``allow_simulated`` and the collateral staleness), so the
+        answer is kept until the database changes: SQLite's ``data_version`` moves when another
+        connection (``jupyter-cc kbs set-policy``, another worker) commits, and this object's own
+        changes drop the copy (:meth:`_update`, :meth:`add`).
+        """
         with self._lock:
+            (version,) = self._db.execute("PRAGMA data_version").fetchone()
+            if self._policies is not None and self._policies[0] == version:
+                return self._policies[1]
             rows = self._db.execute("SELECT id, policy FROM resources ORDER BY id").fetchall()
-        return tuple(_policy(text, rid) for rid, text in rows)
+            policies = tuple(_policy(text, rid) for rid, text in rows)  # parsed texts are cached
+            self._policies = (version, policies)
+        return policies
 
     # --- changes ------------------------------------------------------------------------------
 
@@ -239,6 +251,7 @@ class KeyStore:
             _policy(policy_text, "the policy")
         nonce, sealed = self._seal(rid, 1, material)
         with self._lock:
+            self._policies = None
             try:
                 self._db.execute(
                     "INSERT INTO resources (id, version, nonce, sealed, policy, created) "
@@ -280,6 +293,7 @@ class KeyStore:
 
     def _update(self, rid: str, sql: str, params: tuple[object, ...]) -> None:
         with self._lock:
+            self._policies = None
             changed = self._db.execute(sql, params).rowcount
         if not changed:
             raise KbsError(f"there is no resource {rid}", hint="add it with 'jupyter-cc kbs add-key'")

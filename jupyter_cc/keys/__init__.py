@@ -7,11 +7,13 @@ key lives only in this process: :class:`ReleasedKey` never shows its material in
 
 URIs:
 
-* ``kbs://host[:port]/repo/type/tag`` (``kbss://`` or ``?tls=1`` for HTTPS): the Trustee KBS
-  protocol, against ``jupyter-cc kbs serve`` or upstream Trustee (:mod:`.kbs_client`).
+* ``kbs://host[:port]/repo/type/tag[?cert-sha256=HEX]`` (HTTPS, the broker authenticated by a
+  pinned certificate, a CA file or the system trust store; ``kbs+http://`` only to loopback):
+  the Trustee KBS protocol, against ``jupyter-cc kbs serve`` or upstream Trustee
+  (:mod:`.kbs_client`, :mod:`.broker_trust`).
 * ``akv://vault-name/keys/name[/version]``: Azure Key Vault Secure Key Release (:mod:`.akv`).
 
->>> key = release("kbs://127.0.0.1:8085/default/key/demo", tee="sim")   # doctest: +SKIP
+>>> key = release("kbs://127.0.0.1:8085/default/key/demo?cert-sha256=3f1c...", tee="sim")  # doctest: +SKIP
 >>> key
 ReleasedKey(key_id='default/key/demo', fingerprint='5f2c...')
 """
@@ -123,7 +125,7 @@ def release(uri: str, **options: Any) -> ReleasedKey:
         EvidenceError: this machine could not produce evidence.
     """
     scheme = urlsplit(uri).scheme.lower()
-    if scheme in ("kbs", "kbss"):
+    if scheme in ("kbs", "kbs+http"):
         from jupyter_cc.keys.kbs_client import release_kbs
 
         return release_kbs(uri, **options)

@@ -4,20 +4,26 @@
 ``jupyter-cc kbs serve`` or an upstream Trustee broker (see :mod:`jupyter_cc.kbs.protocol`):
 
 1. ``auth``: an ephemeral key pair is made in this process (EC P-256 by default, RSA-3072 on
-   request) and the broker answers with a session cookie and a fresh nonce.
-2. ``attest``: REPORT_DATA = HASH(canonical JSON of the nonce and the public key JWK), zero
-   padded to 64 bytes; the evidence is collected in this process by the guest collector
-   (``tee``, default ``$JUPYTER_CC_TEE`` or ``auto``; ``sim_dir``, default
-   ``$JUPYTER_CC_SIM_DIR``) and sent as ``{"kind": ..., "evidence": {...}}`` (the evidence
-   bundle's fields).
+   request); the request is protocol 0.4.0 with the ``kbs_types::Tee`` name of the evidence to
+   come, and the broker answers with a session cookie and a fresh nonce.
+2. ``attest``: REPORT_DATA = HASH(canonical JSON of ``additional-evidence`` (empty), the nonce
+   and the public key JWK), zero padded to 64 bytes; the evidence is collected in this process
+   by the guest collector (``tee``, default ``$JUPYTER_CC_TEE`` or ``auto``; ``sim_dir``, default
+   ``$JUPYTER_CC_SIM_DIR``) and sent as composite ``tee-evidence`` in the shape
+   guest-components' attester for that TEE sends (``snp``, ``tdx``, ``az-snp-vtpm``,
+   ``az-tdx-vtpm``; the simulated TEE as ``sample`` with its signed report beside it), so the same
+   request works against ``jupyter-cc kbs serve`` and a Trustee KBS.
 3. ``resource``: the key comes back as a JWE to the ephemeral key and is opened here; the
    private key is dropped right after (Python cannot wipe memory; it is never written or shown).
 
-Transport: ``kbs://`` is plain HTTP (default port 8085, the broker's); ``kbss://`` or a
-``?tls=1`` query uses HTTPS with normal certificate checks (default port 443 for ``kbss://``,
-system CAs, or the PEM bundle named by ``ca_file`` or ``$JUPYTER_CC_KBS_CA``). The key itself is
-confidential either way (it travels encrypted to a key that never leaves this process); TLS
-also hides which resource is asked for and keeps the session cookie private.
+Transport: ``kbs://host[:port]/...`` is HTTPS, default port 8085 (the port
+``jupyter-cc kbs serve`` listens on; a Trustee KBS usually listens on 8080, so name it). The
+broker must be authenticated before anything is sent: by a pinned certificate fingerprint
+(``?cert-sha256=HEX``, ``$JUPYTER_CC_KBS_CERT_SHA256`` or ``[brokers."host:port"]`` in
+``jupyter_cc.toml``), a CA file (``ca_file`` or ``$JUPYTER_CC_KBS_CA``) or the system trust store
+(:mod:`jupyter_cc.keys.broker_trust`). The JWE alone proves nothing, since anyone can encrypt to
+the TEE's public key: a resource from an unauthenticated broker is never accepted.
+``kbs+http://`` is plain HTTP, accepted only to ``localhost`` or a loopback address.
 
 Every failure is one :class:`~jupyter_cc.keys.KeyReleaseError` naming the step, the HTTP
 status and the broker's reason (for 403, the policy's failed rules).
@@ -29,6 +35,8 @@ import http.client
 import json
 import os
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -55,70 +63,125 @@ from jupyter_cc.kbs.protocol import (
     tee_pubkey_jwk,
 )
 from jupyter_cc.keys import KeyReleaseError, ReleasedKey
+from jupyter_cc.keys.broker_trust import normalize_pin, resolve_trust
 
 __all__ = ["KbsTarget", "parse_kbs_uri", "release_kbs"]
 
+step_timer: Callable[[str, float], None] | None = None
+"""Benchmarks set this to be told how long each step of a release took, in seconds: ``connect``
+(TCP, TLS handshake and the pin check), ``auth``, ``evidence`` (collecting it here), ``attest``,
+``resource`` (each request and its answer) and ``open`` (the JWE). Called in the releasing
+thread; None (the default) times nothing."""
+
+
+def _timed(step: str, started: float) -> None:
+    if step_timer is not None:
+        step_timer(step, time.perf_counter() - started)
+
+
 DEFAULT_PORT = 8085
-DEFAULT_TLS_PORT = 443
+"""The broker's port when a URI names none, for ``kbs://`` (HTTPS) and ``kbs+http://`` alike."""
+SCHEMES = ("kbs", "kbs+http")
 _MAX_RESPONSE = 2 * 1024 * 1024
-# Trustee's `tee` names for the collector choices; the broker reads the kind from the evidence.
+# Trustee's `tee` names for the collector choices (the broker checks each against the evidence),
+# and the collector choice that gives each evidence kind.
 _TRUSTEE_TEE = {k.tee_choice: k.trustee_tee for k in KINDS if k.tee_choice and k.trustee_tee}
+_CHOICE_OF = {k.name: k.tee_choice for k in KINDS if k.tee_choice}
 
 
 @dataclass(frozen=True)
 class KbsTarget:
-    """A parsed ``kbs://`` URI."""
+    """A parsed ``kbs://`` (HTTPS) or ``kbs+http://`` (plain, loopback only) URI."""
 
     host: str
     port: int
     tls: bool
     resource: ResourcePath
+    pin: str | None = None
+    """The ``?cert-sha256=`` fingerprint, normalized to lower-case hex, if the URI pins one."""
 
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
+    @property
+    def broker_uri(self) -> str:
+        """``kbs://host:port`` (or ``kbs+http://``): the broker, for messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'kbs' if self.tls else 'kbs+http'}://{host}:{self.port}"
+
 
 def parse_kbs_uri(uri: str) -> KbsTarget:
-    """Parse ``kbs[s]://host[:port]/repo/type/tag[?tls=1]``; :class:`InputError` when malformed."""
+    """Parse ``kbs[+http]://host[:port]/repo/type/tag[?cert-sha256=HEX]``.
+
+    Raises:
+        InputError: malformed URI, unknown query parameter, a pin on plain HTTP, a bad pin.
+    """
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
-    if scheme not in ("kbs", "kbss"):
-        raise InputError(f"{uri!r} is not a kbs:// URI")
+    if scheme not in SCHEMES:
+        hint = "HTTPS is kbs://host[:port]/... now; pin the broker with ?cert-sha256=HEX"
+        raise InputError(f"{uri!r} is not a kbs:// or kbs+http:// URI", hint=hint)
     query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - {"tls"}
+    unknown = set(query) - {"cert-sha256"}
     if unknown:
         raise InputError(f"{uri!r} has unknown query parameters: {', '.join(sorted(unknown))}")
-    tls_flag = query.get("tls", ["0"])[-1].lower()
-    if tls_flag not in ("0", "1", "true", "false", "yes", "no"):
-        raise InputError(f"{uri!r}: tls must be 1 or 0, not {tls_flag!r}")
-    tls = scheme == "kbss" or tls_flag in ("1", "true", "yes")
+    tls = scheme == "kbs"
+    pins = query.get("cert-sha256")
+    if pins and not tls:
+        raise InputError(f"{uri!r}: cert-sha256 pins an HTTPS broker; kbs+http:// has no certificate")
     if not parts.hostname:
         raise InputError(f"{uri!r} names no broker host", hint="write kbs://host[:port]/repo/type/tag")
     try:
-        port = parts.port or (DEFAULT_TLS_PORT if scheme == "kbss" else DEFAULT_PORT)
+        port = parts.port or DEFAULT_PORT
     except ValueError:
         raise InputError(f"{uri!r} has an invalid port") from None
-    return KbsTarget(parts.hostname, port, tls, ResourcePath.parse(parts.path))
+    pin = normalize_pin(pins[-1], f"{uri!r} cert-sha256") if pins else None
+    return KbsTarget(parts.hostname, port, tls, ResourcePath.parse(parts.path), pin)
 
 
 class _Session:
-    """One keep-alive connection to the broker and its session cookie."""
+    """One keep-alive connection to an authenticated broker and its session cookie.
+
+    How the broker is authenticated is :func:`~jupyter_cc.keys.broker_trust.resolve_trust`'s
+    decision, made here before any connection: plain HTTP off loopback is refused outright.
+    """
 
     def __init__(self, target: KbsTarget, timeout: float, ca_file: str | None) -> None:
         self.target = target
-        if target.tls:
-            context = ssl.create_default_context(cafile=ca_file)
-            self.conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                target.host, target.port, timeout=timeout, context=context
-            )
-        else:
-            self.conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+        self.trust = resolve_trust(
+            target.host, target.port, tls=target.tls, uri_pin=target.pin, ca_file=ca_file
+        )
+        self.conn: http.client.HTTPConnection = self.trust.connection(timeout)
         self.cookie: str | None = None
 
     def close(self) -> None:
         self.conn.close()
+
+    def _exchange(
+        self, step: str, method: str, path: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """One request and its (bounded) body; the broker is authenticated as the connection opens."""
+        try:
+            if self.conn.sock is None:  # the connection opens (and the broker is authenticated) first
+                started = time.perf_counter()
+                self.conn.connect()
+                _timed("connect", started)
+            started = time.perf_counter()
+            self.conn.request(method, path, body=data, headers=headers)
+            resp = self.conn.getresponse()
+            answer = resp, resp.read(_MAX_RESPONSE + 1)
+            _timed(step, started)
+            return answer
+        except KeyReleaseError:
+            raise  # the pin did not match: already one sentence naming the broker
+        except ssl.SSLError as exc:
+            raise self.trust.handshake_refusal(exc) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._fail(
+                step, f"cannot reach the broker at {self.target.base_url} ({exc.__class__.__name__}: {exc})"
+            ) from None
 
     def call(
         self, step: str, method: str, path: str, body: Any = None
@@ -130,16 +193,7 @@ class _Session:
             headers["Content-Type"] = "application/json"
         if self.cookie:
             headers["Cookie"] = f"{SESSION_COOKIE}={self.cookie}"
-        try:
-            self.conn.request(method, path, body=data, headers=headers)
-            resp = self.conn.getresponse()
-            raw = resp.read(_MAX_RESPONSE + 1)
-        except ssl.SSLError as exc:
-            raise self._fail(step, f"the TLS handshake failed ({exc.reason or exc})") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._fail(
-                step, f"cannot reach the broker at {self.target.base_url} ({exc.__class__.__name__}: {exc})"
-            ) from None
+        resp, raw = self._exchange(step, method, path, data, headers)
         if len(raw) > _MAX_RESPONSE:
             raise self._fail(step, f"the broker's response is larger than {_MAX_RESPONSE} bytes")
         for header in resp.headers.get_all("Set-Cookie") or ():
@@ -160,8 +214,9 @@ class _Session:
         return doc, resp
 
     def _fail(self, step: str, why: str) -> KeyReleaseError:
-        uri = f"{'kbss' if self.target.tls else 'kbs'}://{self.target.host}:{self.target.port}"
-        return KeyReleaseError(f"key release of {self.target.resource} from {uri} failed at {step}: {why}")
+        return KeyReleaseError(
+            f"key release of {self.target.resource} from {self.target.broker_uri} failed at {step}: {why}"
+        )
 
 
 def _detail(doc: Any) -> str:
@@ -171,15 +226,147 @@ def _detail(doc: Any) -> str:
     return f": {detail[:500]}" if detail else ""
 
 
-def _selected_hash(challenge: dict[str, Any]) -> str:
+def _selected_hash(challenge: dict[str, Any], offered: list[str] | None = None) -> str:
+    """The broker's ``selected-hash-algorithm`` (sha384 when it names none, as upstream).
+
+    ``extra-params`` may be an object or, from trustee's generic challenge, an empty string.
+    """
     extra = challenge.get("extra-params")
     name = extra.get("selected-hash-algorithm") if isinstance(extra, dict) else None
     if name is None:
         return DEFAULT_HASH
     name = str(name).lower()
-    if name not in HASH_ALGORITHMS:
-        raise KbsError(f"the broker selected hash algorithm {name!r}, which this client does not offer")
+    if name not in HASH_ALGORITHMS or (offered is not None and name not in offered):
+        raise KbsError(f"the broker selected hash algorithm {name[:20]!r}, which this client did not offer")
     return name
+
+
+def _offered_hashes(choice: str) -> list[str]:
+    """Azure vTPM quotes carry the first 32 bytes of REPORT_DATA: ask for sha256 there."""
+    return ["sha256"] if choice.startswith("az-") else list(HASH_ALGORITHMS)
+
+
+def _cert_entries(vcek_pem: str | None, chain_pem: str | None) -> list[dict[str, Any]]:
+    """sev's ``CertTableEntry`` list (``cert_type``, DER ``data`` as bytes) for upstream snp evidence."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from jupyter_cc.attest.certs import load_certificates
+
+    entries: list[dict[str, Any]] = []
+    for pem, leaf in ((vcek_pem, True), (chain_pem, False)):
+        if not pem:
+            continue
+        for cert in load_certificates(pem.encode("ascii"), what="the SNP certificates"):
+            cn = cert.subject.rfc4514_string()
+            if leaf:
+                cert_type = "VLEK" if "VLEK" in cn else "VCEK"
+            elif cert.subject == cert.issuer:
+                cert_type = "ARK"
+            else:
+                cert_type = "ASVK" if "VLEK" in cn else "ASK"
+            entries.append({"cert_type": cert_type, "data": list(cert.public_bytes(Encoding.DER))})
+            leaf = False
+    return entries
+
+
+def _upstream_evidence(kind: str, fields: dict[str, str], digest: bytes) -> tuple[str, dict[str, Any]]:
+    """The ``tee`` and ``primary_evidence`` guest-components' attester for ``kind`` would send."""
+    import base64
+
+    from jupyter_cc.kbs.upstream import serialize_snp_report
+
+    def raw(name: str) -> bytes:
+        return base64.b64decode(fields[name])
+
+    if kind == "sim-snp":  # upstream's sample shape, with the simulated TEE's signed report beside it
+        sample = {"svn": "1", "report_data": base64.b64encode(digest).decode("ascii")}
+        return "sample", {**sample, "jupyter-cc": {"kind": kind, "evidence": fields}}
+    if kind == "snp":
+        entries = _cert_entries(fields.get("vcek"), fields.get("chain"))
+        return "snp", {
+            "attestation_report": serialize_snp_report(raw("report")),
+            "cert_chain": entries or None,
+        }
+    if kind == "tdx":
+        return "tdx", {"cc_eventlog": None, "quote": fields["report"], "aa_eventlog": None}
+    quote = {"signature": raw("tpm_sig").hex(), "message": raw("tpm_quote").hex(), "pcrs": []}
+    if kind == "az-snp-vtpm":
+        vcek = _cert_entries(fields.get("vcek"), None)
+        der = bytes(vcek[0]["data"]) if vcek else b""
+        b64u = base64.urlsafe_b64encode
+        return kind, {
+            "version": 1,
+            "tpm_quote": quote,
+            "hcl_report": b64u(raw("report")).decode("ascii"),
+            "vcek": b64u(der).decode("ascii"),
+        }
+    if kind == "az-tdx-vtpm":
+        return kind, {
+            "tpm_quote": quote,
+            "hcl_report": list(raw("report")),
+            "td_quote": list(raw("td_quote")),
+        }
+    raise KbsError(f"{kind} evidence has no Trustee KBS form")
+
+
+def _auth(session: _Session, tee: str, offered: list[str]) -> tuple[str, str]:
+    """``auth`` as guest-components sends it; the challenge's nonce and the hash algorithm to use."""
+    request = {
+        "version": PROTOCOL_VERSION,
+        "tee": tee,
+        "extra-params": {"supported-hash-algorithms": offered},
+    }
+    challenge, _ = session.call("auth", "POST", f"{API_PREFIX}/auth", request)
+    nonce = challenge.get("nonce")
+    if not isinstance(nonce, str) or not nonce:
+        raise session._fail("auth", "the broker's challenge has no nonce")
+    if session.cookie is None:
+        raise session._fail("auth", f"the broker set no {SESSION_COOKIE} cookie")
+    try:
+        return nonce, _selected_hash(challenge, offered)
+    except KbsError as exc:
+        raise session._fail("auth", exc.message) from None
+
+
+def _rcar(
+    session: _Session,
+    private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    choice: str,
+    sim: str | Path | None,
+) -> None:
+    """``auth`` then ``attest`` exactly as guest-components 0.4.x does; the cookie is then attested.
+
+    ``auth`` names the TEE before any evidence exists; with ``tee="auto"`` the guess is ``snp``,
+    and when the evidence found is another TEE's the handshake starts again once under its name.
+    """
+    jwk = tee_pubkey_jwk(private)
+    additional = ""  # no device evidence from this client
+    announced = _TRUSTEE_TEE.get(choice, "snp")
+    for attempt in (1, 2):
+        nonce, algorithm = _auth(session, announced, _offered_hashes(choice))
+        digest = runtime_data_digest(nonce, jwk, algorithm, additional_evidence=additional)
+        started = time.perf_counter()
+        collected, _unavailable = collect_cpu_evidence(
+            report_data_for(digest), tee=choice, sim_dir=Path(sim) if sim else None
+        )
+        _timed("evidence", started)
+        try:
+            tee, primary = _upstream_evidence(collected.kind, dict(collected.evidence), digest)
+        except (KbsError, KeyError, ValueError) as exc:
+            raise session._fail("attest", f"the {collected.kind} evidence cannot be sent ({exc})") from None
+        if tee == announced:
+            break
+        if choice != "auto" or attempt == 2:
+            raise session._fail("attest", f"the evidence collected is {tee}, not the {announced} announced")
+        announced, choice = tee, _CHOICE_OF.get(collected.kind, collected.kind)
+    attestation = {
+        "init-data": None,
+        "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+        "tee-evidence": {"primary_evidence": primary, "additional_evidence": additional},
+    }
+    answer, _ = session.call("attest", "POST", f"{API_PREFIX}/attest", attestation)
+    if not isinstance(answer.get("token"), str):
+        raise session._fail("attest", "the broker's answer has no attestation token")
 
 
 def release_kbs(
@@ -198,8 +385,8 @@ def release_kbs(
             ``$JUPYTER_CC_TEE`` or ``auto``.
         sim_dir: the simulated TEE's folder for ``tee="sim"``; default ``$JUPYTER_CC_SIM_DIR``.
         timeout: seconds per network operation.
-        key_type: the ephemeral key, ``ec`` (P-256, ECDH-ES+A256KW) or ``rsa`` (3072 bits,
-            RSA-OAEP-256; upstream Trustee clients default to RSA).
+        key_type: the ephemeral key, ``ec`` (P-256, ECDH-ES+A256KW; upstream guest-components'
+            default since December 2024) or ``rsa`` (3072 bits, RSA-OAEP-256).
         ca_file: PEM bundle to trust for HTTPS instead of the system CAs.
 
     Raises:
@@ -221,45 +408,15 @@ def release_kbs(
     assert private is not None
     session = _Session(target, timeout, ca_file or os.environ.get("JUPYTER_CC_KBS_CA") or None)
     try:
-        challenge, _ = session.call(
-            "auth",
-            "POST",
-            f"{API_PREFIX}/auth",
-            {
-                "version": PROTOCOL_VERSION,
-                "tee": _TRUSTEE_TEE.get(choice, "snp"),
-                "extra-params": {"supported-hash-algorithms": list(HASH_ALGORITHMS)},
-            },
-        )
-        nonce = challenge.get("nonce")
-        if not isinstance(nonce, str) or not nonce:
-            raise session._fail("auth", "the broker's challenge has no nonce")
-        if session.cookie is None:
-            raise session._fail("auth", f"the broker set no {SESSION_COOKIE} cookie")
-        try:
-            algorithm = _selected_hash(challenge)
-        except KbsError as exc:
-            raise session._fail("auth", exc.message) from None
-        jwk = tee_pubkey_jwk(private)
-        report_data = report_data_for(runtime_data_digest(nonce, jwk, algorithm))
-        collected, _unavailable = collect_cpu_evidence(
-            report_data, tee=choice, sim_dir=Path(sim) if sim else None
-        )
-        session.call(
-            "attest",
-            "POST",
-            f"{API_PREFIX}/attest",
-            {
-                "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
-                "tee-evidence": {"kind": collected.kind, "evidence": collected.evidence},
-            },
-        )
+        _rcar(session, private, choice, sim)
         r = target.resource
         doc, resp = session.call("resource", "GET", f"{API_PREFIX}/resource/{r.repository}/{r.type}/{r.tag}")
+        started = time.perf_counter()
         try:
             material = decrypt_response(doc, private)
         except KbsError as exc:
             raise session._fail("resource", exc.diagnostics().rstrip(".")) from None
+        _timed("open", started)
         policy = resp.headers.get(POLICY_HEADER)
     finally:
         private = None  # the ephemeral private key goes with this frame

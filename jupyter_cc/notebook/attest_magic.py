@@ -27,20 +27,22 @@ import os
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from jupyter_cc.attest.binding import NONCE_SIZE, host_key_digest
-from jupyter_cc.attest.certs import utcnow
 from jupyter_cc.errors import CCError
 from jupyter_cc.files import write_atomic
 from jupyter_cc.notebook.args import MagicArgs, parse_line
-from jupyter_cc.notebook.card import AttestationCard
-from jupyter_cc.policy import Policy, Verdict
-from jupyter_cc.remote.attestation import Attestation, PolicyRejectedError, judge_bundle
-from jupyter_cc.remote.guest import GuestTarget
+
+# Loaded when %attest runs, not when the magics load: the card (ipywidgets, ~0.25 s) and the
+# verification stack (X.509, the policy) would otherwise slow every confidential kernel's start.
+if TYPE_CHECKING:
+    from jupyter_cc.notebook.card import AttestationCard
+    from jupyter_cc.policy import Policy, Verdict
+    from jupyter_cc.remote.attestation import Attestation
+    from jupyter_cc.remote.guest import GuestTarget
 
 __all__ = ["AttestMagics", "Outcome", "attest_here", "attest_target", "register", "save_bundle"]
 
@@ -71,6 +73,8 @@ class Outcome:
 
 
 def _failure(error: str, *, target: str, policy: str, bundle: bytes | None = None) -> Outcome:
+    from jupyter_cc.attest.certs import utcnow
+
     state: dict[str, Any] = {
         "confidential": False,
         "passed": False,
@@ -98,6 +102,8 @@ def _judge(
     at: datetime | None = None,
 ) -> Outcome:
     """One bundle judged by :func:`~jupyter_cc.remote.attestation.judge_bundle`, as an outcome."""
+    from jupyter_cc.remote.attestation import judge_bundle
+
     try:
         attestation = judge_bundle(raw, nonce=nonce, host_key_sha256=host_key_sha256, policy=policy, at=at)
     except CCError as exc:
@@ -106,6 +112,8 @@ def _judge(
 
 
 def _outcome(attestation: Attestation, raw: bytes, target: str) -> Outcome:
+    from jupyter_cc.remote.attestation import PolicyRejectedError
+
     state = attestation.to_json()
     verdict = attestation.verdict
     reasons = [str(r) for r in verdict.reasons]
@@ -137,6 +145,7 @@ def attest_here(
     host-key part 32 zero bytes; :func:`~jupyter_cc.guest.bundle.collect_bundle`), judged here
     as any received bundle is.
     """
+    from jupyter_cc.attest.binding import NONCE_SIZE, host_key_digest
     from jupyter_cc.guest.bundle import collect_bundle
 
     target = "this kernel"
@@ -238,6 +247,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_policy(path: str | None) -> Policy:
+    from jupyter_cc.policy import Policy
+
     try:
         return Policy.load(Path(path).expanduser()) if path else Policy()
     except CCError as exc:
@@ -253,6 +264,8 @@ def _host_target(text: str) -> GuestTarget:
         host, port = name, int(digits)
     if not host:
         raise UsageError(f"%attest: '{text}' is not a profile name or [USER@]HOST[:PORT]")
+    from jupyter_cc.remote.guest import GuestTarget
+
     return GuestTarget(transport="ssh", host=host, port=port, user=user or None)
 
 
@@ -315,6 +328,8 @@ class AttestMagics(Magics):
             outcome = self._save(outcome, Path(args.save))
         if args.json:
             return outcome.state
+        from jupyter_cc.notebook.card import AttestationCard
+
         return AttestationCard(outcome.state)
 
     @staticmethod

@@ -38,6 +38,7 @@ from typing import Any
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
 from jupyter_cc.attest.kinds import SIMULATED_BANNER
+from jupyter_cc.policy.gpu import gpu_verdicts
 
 __all__ = ["COPY_CLASS", "AttestationCard", "card_html", "card_text"]
 
@@ -150,6 +151,31 @@ class _View:
             text += ", debug enabled"
         return text
 
+    def gpus(self) -> list[tuple[str, str, bool]]:
+        """One row per GPU with its own verdict (``GPU 1``: ``hopper, driver ..., RIM verified: passed``)."""
+        reasons = [str(r) for r in self.reasons]
+        rows = []
+        for gpu in gpu_verdicts(self.claims, reasons):
+            facts = [str(gpu[k]) for k in ("arch",) if gpu.get(k)]
+            facts += [
+                f"{label} {gpu[k]}"
+                for k, label in (("driver_version", "driver"), ("vbios_version", "VBIOS"))
+                if gpu.get(k)
+            ]
+            facts += [
+                f"RIM {gpu.get('rim') or 'unchecked'}",
+                f"revocation {gpu.get('revocation') or 'unchecked'}",
+            ]
+            failed = ", ".join(r.split(":", 1)[0].split(".", 1)[1] for r in gpu["reasons"])
+            verdict = "passed" if gpu["passed"] else f"failed ({failed})"
+            rows.append((f"GPU {gpu['index']}", f"{', '.join(facts)}: {verdict}", False))
+        return rows
+
+    def _gpu_rows(self) -> list[tuple[str, str | None, bool]]:
+        """A row per judged GPU, else the single GPU row of claims without a GPU list."""
+        rows: list[tuple[str, str | None, bool]] = list(self.gpus())
+        return rows or [("GPU", self.gpu(), False)]
+
     def evidence(self) -> str | None:
         source = self.state.get("source")
         digest = self.state.get("evidence_sha256")
@@ -164,7 +190,7 @@ class _View:
             ("TCB", self.tcb(), False),
             ("Debug", self.debug(), False),
             ("Policy", self.policy(), False),
-            ("GPU", self.gpu(), False),
+            *(self._gpu_rows()),
             ("Time", self.state.get("attested_at"), False),
             ("Evidence", self.evidence(), False),
             ("Saved to", self.state.get("saved_to"), False),

@@ -5,7 +5,7 @@ live only in this kernel's memory, in a :class:`KeyRing` whose repr shows key id
 fingerprints, never material; nothing here prints or logs a key. Each magic prints one line on
 success and one sentence on failure (no traceback).
 
->>> %release_key kbs://127.0.0.1:8085/demo/key/patients --as patients     # doctest: +SKIP
+>>> %release_key kbs://127.0.0.1:8085/demo/key/patients?cert-sha256=3f1c... --as patients  # doctest: +SKIP
 >>> %seal summary --key patients --to summary.sealed                      # doctest: +SKIP
 >>> %unseal summary.sealed --key patients --as restored                   # doctest: +SKIP
 """
@@ -58,7 +58,8 @@ class KeyRing:
 
 
 def _default_name(uri: str) -> str:
-    return uri.rstrip("/").rsplit("/", 1)[-1] or "key"
+    """The URI's last path segment (its ``?cert-sha256=`` pin is not part of the name)."""
+    return uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "key"
 
 
 @magics_class
@@ -77,7 +78,14 @@ class KeyMagics(Magics):
 
     @line_magic
     def release_key(self, line: str) -> None:
-        """%release_key URI [--as NAME]: release a key to this attested kernel."""
+        """%release_key URI [--as NAME]: release a key to this attested kernel.
+
+        URI is ``kbs://host[:port]/repo/type/tag?cert-sha256=HEX`` (HTTPS; the broker is
+        authenticated by that certificate pin, a ``[brokers."host:port"]`` pin in
+        jupyter_cc.toml, ``$JUPYTER_CC_KBS_CERT_SHA256``, a CA file or the system trust store;
+        ``jupyter-cc kbs info`` on the broker prints the pin), ``kbs+http://`` to a loopback
+        broker only, or ``akv://vault/keys/name``.
+        """
         parser = MagicArgs("release_key")
         parser.add_argument("uri")
         parser.add_argument("--as", dest="name")

@@ -17,12 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
-
 from jupyter_cc.errors import CCError, InputError
-from jupyter_cc.kernelspec import kernelspec
-from jupyter_cc.provisioner import ConfidentialProvisioner
 
 __all__ = ["ConfidentialSession", "RemoteError", "SessionError"]
 
@@ -55,6 +50,13 @@ class ConfidentialSession:
     """One attested remote kernel and a client to it."""
 
     def __init__(self, name: str, provisioner_config: dict[str, Any], *, timeout: float = 120.0) -> None:
+        # Imported here, not when the magics load: the provisioner pulls in paramiko and tornado
+        # (~0.2 s), which every confidential kernel's start would otherwise pay (issue 14).
+        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.manager import KernelManager
+
+        from jupyter_cc.kernelspec import kernelspec
+
         self.name = name
         self.timeout = timeout
         self._dir = Path(tempfile.mkdtemp(prefix="jupyter-cc-session-"))
@@ -76,6 +78,8 @@ class ConfidentialSession:
 
     @property
     def attestation_state(self) -> dict[str, Any]:
+        from jupyter_cc.provisioner import ConfidentialProvisioner
+
         prov = self.km.provisioner
         if not isinstance(prov, ConfidentialProvisioner):
             return {"confidential": False}

@@ -16,15 +16,17 @@ Inside the confidential kernel::
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from jupyter_cc.attest.kinds import SIMULATED_BANNER
 from jupyter_cc.errors import CCError
 from jupyter_cc.notebook.args import MagicArgs, parse_line, words
-from jupyter_cc.notebook.session import ConfidentialSession, RemoteError, check_name, replay_output
+from jupyter_cc.notebook.session import RemoteError, check_name, replay_output
+
+if TYPE_CHECKING:
+    from jupyter_cc.notebook.session import ConfidentialSession
 
 __all__ = ["SessionMagics"]
 
@@ -83,11 +85,17 @@ class SessionMagics(Magics):
 
         try:
             profile = get_profile(profile_name)
+            if profile.azure is not None:  # an Azure CVM: start it if deallocated (docs/azure.md)
+                from jupyter_cc.azure.connect import running_profile
+
+                profile = running_profile(profile, progress=print)
         except CCError as exc:
             raise UsageError(f"%cc connect: {exc.diagnostics()}") from None
         if self.session is not None:
             self.session.close()
             self.session = None
+        from jupyter_cc.notebook.session import ConfidentialSession
+
         session = ConfidentialSession(profile_name, profile.provisioner_config())
         try:
             session.start()
@@ -96,6 +104,8 @@ class SessionMagics(Magics):
             raise UsageError(f"%cc connect {profile_name}: {exc.diagnostics()}") from None
         self.session = session
         state = session.attestation_state
+        from jupyter_cc.attest.kinds import SIMULATED_BANNER  # jupyter_cc.attest loads X.509
+
         label = f" ({SIMULATED_BANNER})" if state.get("simulated") else ""
         verdict = state.get("verdict", {})
         print(

@@ -17,6 +17,7 @@ from typing import Any
 import paramiko
 
 from jupyter_cc.errors import CCError
+from jupyter_cc.guest.channel import ChannelStream
 from jupyter_cc.guest.protocol import AgentError, Reader, Writer, read_message, write_message
 from jupyter_cc.remote.ssh import SshConnection
 
@@ -61,44 +62,6 @@ def _drain_stderr(channel: paramiko.Channel) -> None:
             log.debug("guest agent: %s", line)
 
 
-class _ChannelStream:
-    """Line reads and writes straight on a paramiko channel.
-
-    paramiko's own file objects flush again when garbage-collected, which fails noisily once
-    the channel is closed; the protocol needs only ``readline`` and ``write``.
-    """
-
-    def __init__(self, channel: paramiko.Channel) -> None:
-        self._channel = channel
-        self._buffer = bytearray()
-
-    def readline(self, size: int = -1, /) -> bytes:
-        limit = size if size >= 0 else None
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0 and (limit is None or end < limit):
-                line = bytes(self._buffer[: end + 1])
-                del self._buffer[: end + 1]
-                return line
-            if limit is not None and len(self._buffer) >= limit:
-                line = bytes(self._buffer[:limit])
-                del self._buffer[:limit]
-                return line
-            chunk = self._channel.recv(65536)
-            if not chunk:
-                line = bytes(self._buffer)
-                self._buffer.clear()
-                return line
-            self._buffer += chunk
-
-    def write(self, data: bytes, /) -> int:
-        self._channel.sendall(data)
-        return len(data)
-
-    def flush(self) -> None:
-        return None
-
-
 class AgentClient:
     """Requests to one running guest agent."""
 
@@ -126,10 +89,27 @@ class AgentClient:
 
     @classmethod
     def over_ssh(cls, connection: SshConnection, argv: Sequence[str], *, timeout: float) -> AgentClient:
+        """Start the per-connection agent (``argv``, every word quoted) in an SSH session."""
         channel: paramiko.Channel = connection.exec(argv)
-        channel.settimeout(timeout)
         threading.Thread(target=_drain_stderr, args=(channel,), name="cc-agent-stderr", daemon=True).start()
-        stream = _ChannelStream(channel)
+        return cls._on_channel(connection, channel, timeout=timeout, what="guest agent")
+
+    @classmethod
+    def over_streamlocal(cls, connection: SshConnection, path: str, *, timeout: float) -> AgentClient:
+        """Reach the resident agent on its Unix socket ``path`` (no session, shell or Python started).
+
+        Raises:
+            SshError: no agent listens there (the caller falls back to :meth:`over_ssh`).
+        """
+        channel = connection.open_streamlocal(path, timeout=timeout)
+        return cls._on_channel(connection, channel, timeout=timeout, what="resident guest agent")
+
+    @classmethod
+    def _on_channel(
+        cls, connection: SshConnection, channel: paramiko.Channel, *, timeout: float, what: str
+    ) -> AgentClient:
+        channel.settimeout(timeout)
+        stream = ChannelStream(channel)
         reader = writer = stream
 
         def close() -> None:
@@ -139,7 +119,7 @@ class AgentClient:
             reader,
             writer,
             closer=close,
-            what=f"guest agent on {connection.target.host}",
+            what=f"{what} on {connection.target.host}",
             set_timeout=channel.settimeout,
             timeout=timeout,
         )
@@ -203,6 +183,14 @@ class AgentClient:
             exc_.check = str(answer.get("check") or "guest agent")
             raise exc_
         return answer
+
+    def abandon(self) -> None:
+        """Close the stream without ``bye``: a resident agent keeps the kernel as an orphan."""
+        self.closed = True
+        try:
+            self._closer()
+        except (OSError, paramiko.SSHException):
+            pass
 
     def close(self) -> None:
         """Say goodbye (the agent stops its kernel), then close the stream."""

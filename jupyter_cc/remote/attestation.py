@@ -11,23 +11,32 @@ the TEE my policy accepts, on this very connection?".
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_cc.attest.binding import NONCE_SIZE, check_report_data, host_key_digest
 from jupyter_cc.attest.certs import utcnow
 from jupyter_cc.attest.claims import Claims
 from jupyter_cc.attest.evidence import parse_bundle, verify_bundle
 from jupyter_cc.attest.roots import TrustStore
-from jupyter_cc.collateral.evidence import with_collateral
-from jupyter_cc.collateral.service import CollateralService
-from jupyter_cc.errors import CCError
+from jupyter_cc.errors import BindingError, CCError
 from jupyter_cc.policy import Policy, Verdict, appraise
-from jupyter_cc.remote.agent_client import AgentClient
 
-__all__ = ["Attestation", "PolicyRejectedError", "attest", "judge_bundle", "request_evidence"]
+if TYPE_CHECKING:  # at run time only when used: a kernel's %attest needs neither paramiko nor these
+    from jupyter_cc.collateral.service import CollateralService
+    from jupyter_cc.remote.agent_client import AgentClient
+
+__all__ = [
+    "Attestation",
+    "PolicyRejectedError",
+    "attest",
+    "check_transport_key",
+    "judge_bundle",
+    "request_evidence",
+]
 
 
 class PolicyRejectedError(CCError):
@@ -58,6 +67,8 @@ class Attestation:
     host_key_sha256: bytes
     source: str
     notes: tuple[str, ...] = ()
+    #: The kernel's CurveZMQ server public key (32 bytes) the evidence binds, if it binds one.
+    curve_server_key: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,16 +84,47 @@ class Attestation:
         }
 
 
-def request_evidence(agent: AgentClient, *, host_key_type: str | None) -> tuple[bytes, bytes]:
+def check_transport_key(bound: bytes | None, seen: bytes | None) -> None:
+    """The ``transport-key`` a bundle binds must be the key this connection saw, and be there
+    exactly when the connection is an agent transport (``seen`` given).
+
+    Raises:
+        BindingError: bound but unchecked, missing, or another key (a relay with its own key).
+    """
+    if bound is None and seen is None:
+        return
+    if seen is None:
+        raise BindingError(
+            "the evidence binds a transport key, which this connection has no way to check",
+            hint="reach this guest with the agent transport (transport = agent)",
+        )
+    if bound is None:
+        raise BindingError(
+            "the evidence binds no transport key: it does not prove the TEE holds this connection's key",
+            hint="the port is not a jupyter-cc agent transport in a TEE, or something relays it",
+        )
+    if not hmac.compare_digest(bound, seen):
+        raise BindingError(
+            f"the transport key bound in the evidence (SHA256:{bound.hex()[:16]}...) is not the key "
+            f"this connection saw (SHA256:{seen.hex()[:16]}...)",
+            hint="someone relays the connection with another key; do not continue",
+        )
+
+
+def request_evidence(
+    agent: AgentClient, *, host_key_type: str | None, curve: bool = False
+) -> tuple[bytes, bytes]:
     """Ask the agent for evidence bound to a fresh nonce; return (nonce, raw bundle bytes).
 
     Nothing is verified here: :func:`attest` (or a caller keeping the raw bundle, like
     ``%attest --save``) judges it with :func:`judge_bundle` against this nonce and the
-    connection's host key.
+    connection's host key. With ``curve`` the agent also makes the next kernel's CurveZMQ key
+    pair in the TEE and binds its public key as ``curve-server-key``.
     """
     nonce = os.urandom(NONCE_SIZE)
+    extra = {"curve": True} if curve else {}
     # Hardware sources (a vTPM quote, an IMDS round trip) can take seconds: allow a minute.
-    answer = agent.request("attest", nonce=nonce.hex(), host_key_type=host_key_type, timeout=60.0)
+    answer = agent.request("attest", nonce=nonce.hex(), host_key_type=host_key_type, timeout=60.0, **extra)
     return nonce, str(answer.get("bundle", "")).encode()
 
 
@@ -95,6 +137,7 @@ def judge_bundle(
     at: datetime | None = None,
     collateral: CollateralService | None = None,
     roots: TrustStore | None = None,
+    transport_key_sha256: bytes | None = None,
 ) -> Attestation:
     """Parse, verify (nonce and host-key binding included) and appraise one raw bundle.
 
@@ -110,14 +153,20 @@ def judge_bundle(
         at: the verification time (default: now).
         collateral: the collateral service (default: one from the settings, made when needed).
         roots: the roots evidence must chain to (default: the pinned vendor roots).
+        transport_key_sha256: the digest of the agent transport's key seen in this connection's
+            handshake (:mod:`jupyter_cc.remote.agent_transport`); a bundle binding a
+            ``transport-key`` is refused without it, since nothing else could check that value.
 
     Raises:
         EvidenceError: the evidence is malformed, invalid, stale, or bound to another nonce or
             host key; ``CollateralError`` when its collateral cannot be had (fail closed).
     """
+    from jupyter_cc.collateral.evidence import with_collateral  # ~0.25 s of imports, when needed
+
     bundle = parse_bundle(raw)
     when = at or utcnow()
     check_report_data(bundle.nonce, nonce, what="the bundle's nonce")  # before any fetch
+    check_transport_key(bundle.bound.get("transport-key"), transport_key_sha256)
     evidence, _ = with_collateral(bundle.evidence, at=when, service=collateral)
     claims = verify_bundle(
         replace(bundle, evidence=evidence),
@@ -136,6 +185,7 @@ def judge_bundle(
         host_key_sha256=host_key_sha256,
         source=bundle.source,
         notes=tuple(str(n) for n in notes) if isinstance(notes, list) else (),
+        curve_server_key=bundle.bound.get("curve-server-key"),
     )
 
 
@@ -147,6 +197,7 @@ def attest(
     policy: Policy,
     at: datetime | None = None,
     collateral: CollateralService | None = None,
+    curve: bool = False,
 ) -> Attestation:
     """Ask ``agent`` for evidence bound to a fresh nonce and the SSH host key, and judge it.
 
@@ -155,12 +206,13 @@ def attest(
             ``local`` transport, where 32 zero bytes are bound instead).
         host_key_type: its type, so the agent binds the same key of its sshd.
         collateral: as for :func:`judge_bundle`.
+        curve: ask for the next kernel's CurveZMQ key to be bound (:func:`request_evidence`).
 
     Raises:
         EvidenceError: the evidence is invalid, stale, or bound to another nonce or host key.
         PolicyRejectedError: genuine evidence that ``policy`` does not accept.
     """
-    nonce, raw = request_evidence(agent, host_key_type=host_key_type)
+    nonce, raw = request_evidence(agent, host_key_type=host_key_type, curve=curve)
     attestation = judge_bundle(
         raw,
         nonce=nonce,

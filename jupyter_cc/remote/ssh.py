@@ -9,7 +9,12 @@ host-key decision are ours:
   False, and the caller must prove with attestation that the TEE holds this very key (its digest
   is bound into REPORT_DATA) before anything of the user's is sent;
 - kernel ports are forwarded over this one connection (``direct-tcpip`` channels), with local
-  listeners on 127.0.0.1 only and TCP_NODELAY on both sides of the relay.
+  listeners on 127.0.0.1 only and TCP_NODELAY on both sides of the relay;
+- a resident guest agent (``jupyter-cc guest serve``) is reached on its Unix socket through a
+  ``direct-streamlocal@openssh.com`` channel (:meth:`SshConnection.open_streamlocal`): no
+  session, no shell, no Python started per connection;
+- the forwards' local listeners can move to a new connection (:meth:`SshConnection.adopt_forwards`)
+  so a kernel client keeps its ports across a reconnect.
 """
 
 from __future__ import annotations
@@ -20,15 +25,17 @@ import os
 import shlex
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
 from jupyter_cc.errors import CCError, InputError
 
-__all__ = ["SshConnection", "SshError", "SshTarget", "relay", "remote_command"]
+__all__ = ["STREAMLOCAL", "SshConnection", "SshError", "SshTarget", "relay", "remote_command"]
 
 log = logging.getLogger("jupyter_cc.remote")
 
@@ -38,6 +45,10 @@ PREFERRED_CIPHERS = (
     "aes128-ctr",
     "aes256-ctr",
 )
+
+
+#: The OpenSSH channel type that connects to a Unix socket on the server (PROTOCOL, 2.4).
+STREAMLOCAL = "direct-streamlocal@openssh.com"
 
 
 class SshError(CCError):
@@ -56,6 +67,11 @@ class SshTarget:
     identity_file: str | None = None
     known_hosts: str | None = None
     timeout: float = 10.0
+
+    @property
+    def login(self) -> str:
+        """The user name SSH logs in as (``user``, else the local user name)."""
+        return self.user or os.environ.get("USER") or "root"
 
     @property
     def known_hosts_name(self) -> str:
@@ -139,6 +155,68 @@ def relay(
         finish()
         up.join(timeout=5)
         sock.close()
+
+
+class _ProbeFilter(logging.Filter):
+    """Drops paramiko's ERROR line for a refused agent-socket channel: finding no resident agent
+    is the ordinary case of a guest without the service, not an error worth a log line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probing: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(text.startswith(f"Secsh channel {chanid} open FAILED") for chanid in self.probing)
+
+
+_PROBES = _ProbeFilter()
+logging.getLogger("paramiko.transport").addFilter(_PROBES)
+
+
+def _open_streamlocal(transport: paramiko.Transport, path: str, timeout: float) -> paramiko.Channel:
+    """Open a ``direct-streamlocal@openssh.com`` channel, as Transport.open_channel opens others.
+
+    Uses paramiko's channel bookkeeping (the same private members open_channel uses; stable
+    since paramiko 2); only the request's fields differ.
+    """
+    t: Any = transport  # the private members are not in paramiko's type stubs
+    if not t.is_active():
+        raise paramiko.SSHException("SSH session not active")
+    with t.lock:
+        window = t._sanitize_window_size(None)
+        packet = t._sanitize_packet_size(None)
+        chanid = t._next_channel()
+        m = paramiko.Message()
+        m.add_byte(paramiko.common.cMSG_CHANNEL_OPEN)
+        m.add_string(STREAMLOCAL)
+        m.add_int(chanid)
+        m.add_int(window)
+        m.add_int(packet)
+        m.add_string(path)
+        m.add_string("")  # reserved
+        m.add_int(0)  # reserved
+        chan: Any = paramiko.Channel(chanid)
+        t._channels.put(chanid, chan)
+        t.channel_events[chanid] = event = threading.Event()
+        t.channels_seen[chanid] = True
+        chan._set_transport(t)
+        chan._set_window(window, packet)
+    _PROBES.probing.add(chanid)
+    try:
+        t._send_user_message(m)
+        deadline = time.monotonic() + timeout
+        while not event.wait(0.1):
+            if not t.is_active():
+                raise t.get_exception() or paramiko.SSHException("the SSH connection ended")
+            if time.monotonic() > deadline:
+                raise paramiko.SSHException("timeout opening the channel")
+    finally:
+        _PROBES.probing.discard(chanid)
+    opened: paramiko.Channel | None = t._channels.get(chanid)
+    if opened is None:
+        raise t.get_exception() or paramiko.SSHException("the server refused the channel")
+    return opened
 
 
 class _Forward:
@@ -263,7 +341,7 @@ class SshConnection:
     def _authenticate(self) -> None:
         t = self.target
         assert self.transport is not None
-        user = t.user or os.environ.get("USER") or "root"
+        user = t.login
         if t.identity_file:
             key = _load_private_key(str(Path(t.identity_file).expanduser()))
             try:
@@ -298,6 +376,37 @@ class SshConnection:
         except (paramiko.SSHException, EOFError) as exc:
             raise SshError(f"cannot start the guest agent on {self.target.host} ({exc})") from None
         return channel
+
+    def open_streamlocal(self, path: str, *, timeout: float | None = None) -> paramiko.Channel:
+        """A channel to the Unix socket ``path`` on the guest (what ``ssh -W /path`` opens).
+
+        paramiko's ``open_channel`` writes the destination only for TCP kinds, so the request is
+        built here with the same steps: channel type, id, window, packet size, then the socket
+        path and two reserved fields (OpenSSH PROTOCOL 2.4). sshd connects to the socket as the
+        SSH user; ``AllowStreamLocalForwarding no`` on the guest makes this fail.
+
+        Raises:
+            SshError: the server refused the channel (no such socket, nothing listening,
+                forwarding not allowed) or the connection ended.
+        """
+        transport = self.transport
+        assert transport is not None
+        try:
+            return _open_streamlocal(transport, path, self.target.timeout if timeout is None else timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise SshError(f"cannot open the agent socket {path} on {self.target.host} ({exc})") from None
+
+    def adopt_forwards(self, other: SshConnection) -> None:
+        """Take over ``other``'s forwards: same local ports, relayed over this connection now.
+
+        A kernel client connected to the old local ports reconnects (ZeroMQ does by itself) and
+        reaches the same guest ports through this connection; ``other`` keeps no listener.
+        """
+        assert self.transport is not None
+        for fwd in other._forwards:
+            fwd.transport = self.transport
+        self._forwards.extend(other._forwards)
+        other._forwards.clear()
 
     def forward(self, remote_port: int) -> int:
         """Listen on a free 127.0.0.1 port and relay it to ``remote_port`` in the guest."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 from traitlets import Enum, Float, HasTraits, Unicode
 
 from jupyter_cc.attest.kinds import TEE_CHOICES
+from jupyter_cc.guest.protocol import DEFAULT_SOCKET
 from jupyter_cc.remote.guest import DEFAULT_KNOWN_HOSTS, GuestTarget
 
 __all__ = ["CvmTargetTraits"]
@@ -49,6 +50,11 @@ class CvmTargetTraits(HasTraits):
     )
     sim_dir = Unicode("", config=True, help="simulated TEE folder in the guest (tee sim; tests only)")
     connect_timeout = Float(15.0, config=True, help="seconds for SSH connect and each agent request")
+    agent_socket = Unicode(
+        DEFAULT_SOCKET,
+        config=True,
+        help="the resident guest agent's Unix socket on the CVM ({user}: the SSH user; '' never tries one)",
+    )
 
     def _expand(self, value: str) -> str:
         """A user-given value as it applies to this target; the spawner expands ``{username}``."""
@@ -80,4 +86,5 @@ class CvmTargetTraits(HasTraits):
             tee=self.tee,
             sim_dir=self.sim_dir or None,
             timeout=self.connect_timeout,
+            agent_socket=self.agent_socket,
         )

@@ -12,13 +12,22 @@ status bar item and attestation panel read it. Routes, under the server's ``base
 
 The entry points jupyter_server calls live in :mod:`jupyter_cc` and delegate here, so that
 ``import jupyter_cc`` stays light.
+
+Confidential kernels survive a restart of the server (``ConfidentialProvisioner.persist``, with
+the resident guest agent): when the server exits, the kernels with a record are detached, not
+stopped (:func:`jupyter_cc.provisioner.detach_all`, run just before jupyter_server shuts its
+kernels down); when it starts, each record's kernel is started again under the same kernel id,
+which the provisioner turns into connect, attest afresh, ``reattach`` (:func:`restore_kernels`).
+A kernel whose re-attestation fails is not restored: its refusal is kept and audited like any
+refused start, and the guest stops the orphan at its timeout.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-__all__ = ["API_PREFIX", "load"]
+__all__ = ["API_PREFIX", "load", "restore_kernels"]
 
 API_PREFIX = "jupyter-cc/api/"
 
@@ -33,3 +42,50 @@ def load(serverapp: Any) -> None:
     base_url = web_app.settings.get("base_url", "/")
     web_app.add_handlers(".*$", routes(base_url))
     serverapp.log.info("jupyter_cc: attestation API at %s", url_path_join(base_url, API_PREFIX))
+    _detach_before_kernel_cleanup(serverapp)
+    from tornado.ioloop import IOLoop
+
+    IOLoop.current().add_callback(restore_kernels, serverapp)
+
+
+def _detach_before_kernel_cleanup(serverapp: Any) -> None:
+    """Run :func:`~jupyter_cc.provisioner.detach_all` when the server cleans its kernels up.
+
+    A plain (non-ExtensionApp) server extension gets no stop hook, so the server's own
+    ``cleanup_kernels`` is wrapped on this instance: it runs only when the server exits.
+    """
+    original = getattr(serverapp, "cleanup_kernels", None)
+    if original is None:
+        return
+
+    @functools.wraps(original)
+    async def cleanup_kernels() -> None:
+        from jupyter_cc.provisioner import detach_all
+
+        kept = detach_all()
+        if kept:
+            serverapp.log.info("jupyter_cc: %d confidential kernel(s) left running for the next server", kept)
+        await original()
+
+    serverapp.cleanup_kernels = cleanup_kernels
+
+
+async def restore_kernels(serverapp: Any) -> list[str]:
+    """Start each recorded kernel again under its id (the provisioner re-attests and re-attaches);
+    returns the ids restored. Failures are logged, kept as refusals and audited, never raised."""
+    from jupyter_cc.remote import records
+
+    restored = []
+    manager = serverapp.kernel_manager
+    for record in records.records():
+        if record.kernel_id in manager:
+            continue
+        try:
+            await manager.start_kernel(kernel_id=record.kernel_id, kernel_name=record.kernel_name)
+        except Exception as exc:  # the server must start whatever one kernel does
+            records.forget(record.kernel_id)
+            serverapp.log.error("jupyter_cc: kernel %s not restored: %s", record.kernel_id, exc)
+            continue
+        serverapp.log.info("jupyter_cc: restored confidential kernel %s", record.kernel_id)
+        restored.append(record.kernel_id)
+    return restored

@@ -12,7 +12,13 @@ below always present, so the JupyterLab front end never has to guess which are m
      "attested_at": "2026-01-01T12:00:00Z",
      "evidence_sha256": "...",        # digest of the evidence bundle judged last
      "source": "...",                 # where the guest read its evidence
-     "gpu": null,                     # the attested GPU, if any
+     "gpu": null,                     # the attested GPU, if any (the first of several)
+     "gpus": [{"index": 0, "arch": "hopper", "driver_version": "...", "rim": "verified",
+               "revocation": "checked", "passed": true, "reasons": []}],   # every GPU, judged
+     "agent": {"resident": true,      # the guest agent: the resident service, or per connection
+               "pool": {"size": 1, "ready": 1, "idle_rss_bytes": 52000000}, "reconnects": 0,
+               "reconnecting": false,         # the connection dropped: reconnecting, re-attesting
+               "curve": false},               # CurveZMQ on its ports, server key bound in evidence
      "error": null,                   # why a confidential kernel is NOT trusted (one sentence)
      "refusal": null}                 # the kernel was refused at start: see refusal_json
 
@@ -44,6 +50,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, TypeGuard
 
 from jupyter_cc.kernelspec import PROVISIONER_NAME
+from jupyter_cc.policy.gpu import gpu_verdicts
 
 __all__ = [
     "DEFAULT_AUDIT_LIMIT",
@@ -77,6 +84,8 @@ KEYS = (
     "evidence_sha256",
     "source",
     "gpu",
+    "gpus",
+    "agent",
     "error",
     "refusal",
 )
@@ -108,6 +117,9 @@ def normalize(kernel_id: str, raw: Mapping[str, Any]) -> dict[str, Any]:
         for key in _ATTESTATION_KEYS:
             state[key] = raw.get(key)
         state["simulated"] = bool(raw.get("simulated"))
+        claims = raw.get("claims")
+        reasons = verdict.get("reasons") if isinstance(verdict, Mapping) else None
+        state["gpus"] = gpu_verdicts(claims if isinstance(claims, Mapping) else None, reasons or ())
         return state
     error = raw.get("error")
     if raw.get("confidential") is True:

@@ -4,11 +4,13 @@ import { Widget } from '@lumino/widgets';
 import { AttestationModel } from './model';
 import {
   SIMULATED_BANNER,
+  agentLine,
   auditSummary,
   claimRows,
   evidenceKind,
   failureReasons,
   formatValue,
+  gpuLine,
   IRefusal,
   refusalDiagnostics,
   refusalRules,
@@ -190,7 +192,8 @@ export class AttestationPanel extends Widget {
           ['evidence kind', evidenceKind(att) || '—'],
           ['attested at', attestedAt ? `${attestedAt}${ago ? ` (${ago})` : ''}` : '—'],
           ['evidence sha256', att && att.evidence_sha256 ? att.evidence_sha256 : '—'],
-          ['source', att && att.source ? att.source : '—']
+          ['source', att && att.source ? att.source : '—'],
+          ['guest agent', (att && agentLine(att.agent)) || '—']
         ],
         'jp-cc-when',
         'field'
@@ -212,7 +215,11 @@ export class AttestationPanel extends Widget {
     // GPU.
     c.append(el('h3', undefined, 'GPU'));
     const gpu = att ? att.gpu || (att.claims ? (att.claims['gpu'] as { [key: string]: unknown }) : null) : null;
-    const gpuRows = claimRows(gpu && typeof gpu === 'object' ? gpu : null);
+    const judged = att && Array.isArray(att.gpus) ? att.gpus : [];
+    const gpuRows: Array<[string, string]> =
+      judged.length > 0
+        ? judged.map(g => [`GPU ${g.index}`, gpuLine(g)] as [string, string])
+        : claimRows(gpu && typeof gpu === 'object' ? gpu : null);
     c.append(
       gpuRows.length > 0
         ? table(gpuRows, 'jp-cc-gpu', 'claim')

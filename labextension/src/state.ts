@@ -26,9 +26,87 @@ export interface IKernelAttestation {
   evidence_sha256?: string | null;
   source?: string | null;
   gpu?: { [key: string]: unknown } | null;
+  /** Every GPU with its own verdict (server/state.py, jupyter_cc.policy.gpu.gpu_verdicts). */
+  gpus?: IGpuVerdict[] | null;
   error?: string | null;
   /** The kernel was refused at start (a refused kernel's id only). */
   refusal?: IRefusal | null;
+  /** The guest agent behind the kernel (server/state.py `agent`). */
+  agent?: IAgentState | null;
+}
+
+/** `agent` of the REST API: which guest agent holds the kernel, and its connection's state. */
+export interface IAgentState {
+  /** The resident service (kernels outlive a connection) rather than a per-connection agent. */
+  resident?: boolean | null;
+  pool?: { size?: number; ready?: number; idle_rss_bytes?: number } | null;
+  /** The kernel started from the warm pool. */
+  warm?: boolean | null;
+  /** The connection dropped: the server is reconnecting and attesting again. */
+  reconnecting?: boolean | null;
+  /** How many times the connection was re-established (each with a fresh attestation). */
+  reconnects?: number | null;
+  /** The kernel was taken back after a Jupyter server restart. */
+  restored?: boolean | null;
+  /** CurveZMQ on the kernel's ports, its server key bound into the evidence. */
+  curve?: boolean | null;
+}
+
+/** Is the kernel's connection to its CVM being re-established right now? */
+export function isReconnecting(att: IKernelAttestation | null): boolean {
+  return !!(att && att.agent && att.agent.reconnecting === true);
+}
+
+/** The panel's line about the guest agent, e.g. "resident agent, warm pool · reconnected 2×". */
+export function agentLine(agent: IAgentState | null | undefined): string | null {
+  if (!agent) {
+    return null;
+  }
+  const parts = [agent.resident ? 'resident agent' : 'per-connection agent'];
+  if (agent.warm) {
+    parts.push('warm pool');
+  }
+  if (agent.curve) {
+    parts.push('CurveZMQ (attested key)');
+  }
+  if (agent.restored) {
+    parts.push('restored after a server restart');
+  }
+  if (agent.reconnecting) {
+    parts.push('reconnecting…');
+  } else if (agent.reconnects) {
+    parts.push(`reconnected ${agent.reconnects}×`);
+  }
+  return parts.join(' · ');
+}
+
+/** One GPU of an attestation and its own verdict. */
+export interface IGpuVerdict {
+  index: number;
+  arch?: string | null;
+  driver_version?: string | null;
+  vbios_version?: string | null;
+  rim?: string | null;
+  revocation?: string | null;
+  passed: boolean;
+  reasons: string[];
+}
+
+/** One GPU as one line: what it is, what was checked, and its verdict. */
+export function gpuLine(gpu: IGpuVerdict): string {
+  const facts: string[] = [];
+  if (gpu.arch) {
+    facts.push(gpu.arch);
+  }
+  if (gpu.driver_version) {
+    facts.push(`driver ${gpu.driver_version}`);
+  }
+  if (gpu.vbios_version) {
+    facts.push(`VBIOS ${gpu.vbios_version}`);
+  }
+  facts.push(`RIM ${gpu.rim || 'unchecked'}`, `revocation ${gpu.revocation || 'unchecked'}`);
+  const failed = gpu.reasons.map(r => r.split(':', 1)[0].replace(/^gpu\[\d+\]\./, ''));
+  return `${facts.join(', ')}: ${gpu.passed ? 'passed' : `failed (${failed.join(', ')})`}`;
 }
 
 /** One failed policy rule of a refusal: its name, what the policy expects, what was observed. */
@@ -263,6 +341,16 @@ export function statusView(input: IStatusInput): IStatusView {
     }
     return view('pending', 'checking…', `${who}asking the server for the attestation.`);
   }
+  if (isReconnecting(att)) {
+    const n = att.agent && att.agent.reconnects ? att.agent.reconnects : 0;
+    return view(
+      'pending',
+      'reconnecting…',
+      `${who}the connection to the confidential VM was lost; reconnecting and attesting again ` +
+        `with a fresh nonce${n ? ` (reconnected ${n}× before)` : ''}. The kernel and its ` +
+        'variables are kept in the guest meanwhile.'
+    );
+  }
   if (isTrusted(att)) {
     const ago = relativeTime(att.attested_at, input.now);
     const policy = att.verdict && att.verdict.policy ? att.verdict.policy : 'the policy';
@@ -318,7 +406,7 @@ export function claimRows(
   };
   if (claims) {
     for (const [k, v] of Object.entries(claims)) {
-      if (k === 'gpu') {
+      if (k === 'gpu' || k === 'gpus') {
         continue; // shown in its own section
       }
       walk(k, v);

@@ -7,10 +7,13 @@ import {
   IRefusal,
   IStatusInput,
   SIMULATED_BANNER,
+  agentLine,
   auditEntries,
   auditSummary,
   claimRows,
   failureReasons,
+  gpuLine,
+  isReconnecting,
   pickRefusal,
   refusalDiagnostics,
   refusalList,
@@ -312,5 +315,92 @@ describe('refusals', () => {
     );
     const before = statusView(input({ phase: 'none', startFailed: 'x did not start' }));
     assert.match(before.tooltip, /refused at start: x did not start/);
+  });
+});
+
+describe('gpuLine', () => {
+  it('shows each GPU with what was checked and its own verdict', () => {
+    const ok = {
+      index: 0,
+      arch: 'hopper',
+      driver_version: '545.00',
+      rim: 'verified',
+      revocation: 'checked',
+      passed: true,
+      reasons: []
+    };
+    assert.equal(gpuLine(ok), 'hopper, driver 545.00, RIM verified, revocation checked: passed');
+    const bad = {
+      index: 1,
+      rim: 'unchecked',
+      passed: false,
+      reasons: ['gpu[1].rim: expected x, observed unchecked']
+    };
+    assert.equal(gpuLine(bad), 'RIM unchecked, revocation unchecked: failed (rim)');
+  });
+});
+
+describe('reconnecting (issue 14)', () => {
+  const base: IStatusInput = {
+    phase: 'running',
+    specConfidential: true,
+    kernelName: 'CVM',
+    attestation: null,
+    now: NOW
+  };
+
+  it('shows "reconnecting" while the connection is re-established, then the usual state', () => {
+    const during = verified({
+      agent: { resident: true, reconnecting: true, reconnects: 0 }
+    });
+    const v = statusView({ ...base, attestation: during });
+    assert.equal(v.level, 'pending');
+    assert.equal(v.label, 'reconnecting…');
+    assert.match(v.tooltip, /reconnecting and attesting again/);
+    assert.match(v.tooltip, /variables are kept/);
+    assert.equal(isReconnecting(during), true);
+
+    const after = verified({
+      attested_at: '2026-03-01T11:59:30Z',
+      agent: { resident: true, reconnecting: false, reconnects: 1 }
+    });
+    const back = statusView({ ...base, attestation: after });
+    assert.notEqual(back.label, 'reconnecting…');
+    assert.equal(back.level, statusView({ ...base, attestation: verified() }).level);
+    assert.equal(isReconnecting(after), false);
+  });
+
+  it('counts earlier reconnects in the tooltip', () => {
+    const v = statusView({
+      ...base,
+      attestation: verified({ agent: { resident: true, reconnecting: true, reconnects: 2 } })
+    });
+    assert.match(v.tooltip, /reconnected 2× before/);
+  });
+
+  it('a failed reconnect shows FAILED, not reconnecting', () => {
+    const v = statusView({
+      ...base,
+      attestation: {
+        kernel_id: 'k1',
+        confidential: false,
+        error: 'the CVM could not be reached again before the kernel\'s orphan timeout',
+        agent: null
+      }
+    });
+    assert.equal(v.level, 'failed');
+  });
+
+  it('describes the agent in one line', () => {
+    assert.equal(agentLine(null), null);
+    assert.equal(agentLine({ resident: false }), 'per-connection agent');
+    assert.equal(
+      agentLine({ resident: true, warm: true, curve: true, reconnects: 2 }),
+      'resident agent · warm pool · CurveZMQ (attested key) · reconnected 2×'
+    );
+    assert.equal(
+      agentLine({ resident: true, reconnecting: true, restored: true }),
+      'resident agent · restored after a server restart · reconnecting…'
+    );
   });
 });

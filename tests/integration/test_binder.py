@@ -62,7 +62,10 @@ def test_install_steps_and_start_script_in_a_fresh_venv(tmp_path: Path) -> None:
     port = free_port()
     demo = tmp_path / "demo"
     start_env = {**env, "JUPYTER_CC_DEMO_DIR": str(demo), "JUPYTER_CC_DEMO_PORT": str(port)}
-    probe = "import os; print(os.environ['JUPYTER_CC_DEMO_KBS'], os.environ['JUPYTER_CC_DEMO_DATA'])"
+    probe = (
+        "import os; print(os.environ['JUPYTER_CC_DEMO_KBS'], os.environ['JUPYTER_CC_DEMO_DATA'], "
+        "os.environ['JUPYTER_CC_DEMO_KBS_PIN'])"
+    )
     done = subprocess.run(
         [str(ROOT / "binder" / "start"), str(venv / "bin" / "python"), "-c", probe],
         env=start_env,
@@ -74,8 +77,9 @@ def test_install_steps_and_start_script_in_a_fresh_venv(tmp_path: Path) -> None:
     pid = int((demo / "kbs.pid").read_text()) if (demo / "kbs.pid").exists() else None
     try:
         assert done.returncode == 0, done.stderr[-2000:]
-        kbs, data = done.stdout.split()
+        kbs, data, pin = done.stdout.split()
         assert kbs == f"kbs://127.0.0.1:{port}"
+        assert pin == run_demo.broker_pin(demo)  # the notebook pins the broker's own certificate
         assert Path(data).read_bytes().startswith(b"\x89JCCSEAL")
         assert run_demo.wait_for_port(port, 30), (demo / "kbs.log").read_text()[-1000:]
     finally:

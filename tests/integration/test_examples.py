@@ -35,6 +35,7 @@ def test_notebook_runs_against_the_simulated_cvm(
             "JUPYTER_CC_CONFIG": str(tmp_path / "jupyter_cc.toml"),
             "JUPYTER_CC_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
             "JUPYTER_CC_DEMO_KBS": kbs,
+            "JUPYTER_CC_DEMO_KBS_PIN": run_demo.broker_pin(tmp_path),
             "JUPYTER_CC_DEMO_DATA": str(sealed),
             "JUPYTER_CC_DEMO_PROFILE": "cvm-ssh",
         }

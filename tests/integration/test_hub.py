@@ -311,12 +311,21 @@ async def render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profiles: list
         await spawner.api.api_client.close()
 
 
+def _broker_cert() -> str:
+    """The PEM certificate of a broker identity made for these tests (what a pod pins)."""
+    import tempfile
+
+    from jupyter_cc.kbs.tls import ensure_identity
+
+    return ensure_identity(Path(tempfile.mkdtemp())).cert_path.read_text()
+
+
 def _profiles() -> list[dict[str, Any]]:
     from jupyter_cc.hub.kubernetes import COCO_RUNTIME_CLASSES, aci_profile, coco_profile
 
     out = [aci_profile("Confidential ACI", cce_policy=CCE, slug="aci", identity="/subscriptions/x/uami")]
     out += [
-        coco_profile(rc, runtime_class=rc, kbs="kbs://kbs.example:8085", slug=rc)
+        coco_profile(rc, runtime_class=rc, kbs="kbs://kbs.example:8085", kbs_cert=_broker_cert(), slug=rc)
         for rc in COCO_RUNTIME_CLASSES
     ]
     return out
@@ -367,7 +376,8 @@ async def test_coco_profile_manifest(
     assert pod.spec.runtime_class_name == runtime_class
     assert pod.spec.node_selector is None
     initdata = gzip.decompress(base64.b64decode(pod.metadata.annotations[COCO_INITDATA])).decode()
-    assert 'url = "http://kbs.example:8085"' in initdata
+    assert 'url = "https://kbs.example:8085"' in initdata  # the broker is HTTPS, its certificate pinned
+    assert initdata.count("-----BEGIN CERTIFICATE-----") == 2
     assert '"aa.toml"' in initdata
     assert '"cdh.toml"' in initdata
     (container,) = pod.spec.containers

@@ -46,7 +46,7 @@ def broker(tmp_path: Path) -> Iterator[str]:
         done = cli("kbs", "add-key", resource, "--generate", "32", "--policy", policy, "--db", db)
         assert done.returncode == 0, done.stderr
     with run_demo.broker(tmp_path) as url:
-        yield url
+        yield url  # key URIs under it are pinned with pinned()
 
 
 async def run(kc, code: str) -> tuple[str, dict]:  # type: ignore[no-untyped-def,type-arg]
@@ -83,7 +83,8 @@ async def test_kernel_releases_seals_and_unseals(
     kc.start_channels()
     try:
         await kc.wait_for_ready(timeout=60)
-        out, reply = await run(kc, f"%release_key {broker}/demo/key/patients --as patients")
+        pin = run_demo.broker_pin(tmp_path)  # HTTPS: the TEE pins the broker's certificate
+        out, reply = await run(kc, f"%release_key {broker}/demo/key/patients?cert-sha256={pin} --as patients")
         assert reply["status"] == "ok", out
         assert "released key 'patients'" in out
         assert "allowed by simulated-demo" in out
@@ -102,7 +103,10 @@ async def test_kernel_releases_seals_and_unseals(
         assert b"hba1c" not in (tmp_path / "df.sealed").read_bytes()
         assert hashlib.sha256((tmp_path / "big.out").read_bytes()).hexdigest() == digest
 
-        out, reply = await run(kc, f"%release_key {broker}/demo/key/denied --as denied")
+        out, reply = await run(
+            kc,
+            f"%release_key {broker}/demo/key/denied?cert-sha256={pin} --as denied",
+        )
         assert reply["status"] == "error"
         assert "403" in out and "allow_simulated" in out
         out, reply = await run(kc, "%seal df --key denied")

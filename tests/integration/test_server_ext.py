@@ -443,7 +443,7 @@ def _km(provisioner: Any, provisioner_name: str | None = None) -> SimpleNamespac
 def test_state_attested() -> None:
     got = state.kernel_state("k1", _km(FakeProvisioner(GOOD)))
     assert list(got) == list(state.KEYS)
-    assert got == {"kernel_id": "k1", **GOOD, "error": None, "refusal": None}
+    assert got == {"kernel_id": "k1", "agent": None, **GOOD, "gpus": [], "error": None, "refusal": None}
 
 
 def test_state_drops_unknown_keys_and_fills_missing() -> None:
@@ -467,6 +467,8 @@ def test_state_plain_kernel() -> None:
         "evidence_sha256": None,
         "source": None,
         "gpu": None,
+        "gpus": None,
+        "agent": None,
         "error": None,
         "refusal": None,
     }

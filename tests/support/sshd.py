@@ -74,6 +74,8 @@ class Sshd:
                     "StrictModes no",
                     "PermitRootLogin prohibit-password",
                     "AllowTcpForwarding yes",
+                    # The resident guest agent is reached on its Unix socket (direct-streamlocal).
+                    "AllowStreamLocalForwarding yes",
                     "LogLevel ERROR",
                     # One SetEnv line: sshd keeps only the first of several.
                     *(["SetEnv " + " ".join(f"{k}={v}" for k, v in env.items())] if env else []),

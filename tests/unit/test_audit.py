@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import itertools
 import json
 import multiprocessing
+import os
 import stat
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -238,6 +244,141 @@ def test_concurrent_appenders_keep_one_chain(tmp_path: Path) -> None:
     assert sorted((e["worker"], e["n"]) for e in entries) == [
         (w, i) for w in range(workers) for i in range(count)
     ]
+
+
+def _threads(count: int, fn: Any) -> None:
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            fn(i)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors[0]
+
+
+def test_group_commit_entries_are_durable_before_record_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads appending together share flushes, and none returns before a flush covered its line."""
+    log = tmp_path / "audit.jsonl"
+    flushed = [0]  # bytes of the log known to be on disk (the size when a finished flush began)
+    flushes: list[int] = []
+    real_sync = audit._sync
+
+    def slow_sync(fd: int) -> None:
+        size = os.fstat(fd).st_size
+        time.sleep(0.01)  # a slow disk: writers arriving meanwhile wait for the next flush
+        real_sync(fd)
+        flushes.append(size)
+        flushed[0] = max(flushed[0], size)
+
+    monkeypatch.setattr(audit, "_sync", slow_sync)
+    seen: dict[int, int] = {}
+
+    def append(i: int) -> None:
+        for n in range(5):
+            entry = record("release", path=log, worker=i, n=n)
+            seen[entry["seq"]] = flushed[0]  # what was durable when record returned
+
+    _threads(16, append)
+    result = verify(log)
+    assert result.ok, result.reason
+    assert result.entries == 80
+    ends = list(itertools.accumulate(len(line) for line in log.read_bytes().splitlines(keepends=True)))
+    for seq, durable in seen.items():
+        assert ends[seq - 1] <= durable, f"entry {seq} was returned before a flush covered it"
+    assert len(flushes) < 80  # flushes were shared
+
+
+def test_lock_is_not_held_while_flushing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another writer (another process's worker) can take the log's lock during a flush."""
+    log = tmp_path / "audit.jsonl"
+    record("seal", path=log, file="a.sealed")
+    taken: list[bool] = []
+    real_sync = audit._sync
+
+    def probing_sync(fd: int) -> None:
+        with open(log, "rb") as other:  # a separate open file: its flock conflicts with ours
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                taken.append(True)
+                fcntl.flock(other, fcntl.LOCK_UN)
+            except BlockingIOError:
+                taken.append(False)
+        real_sync(fd)
+
+    monkeypatch.setattr(audit, "_sync", probing_sync)
+    record("seal", path=log, file="b.sealed")
+    assert taken == [True]
+
+
+def test_failed_flush_is_an_audit_error_and_the_next_entry_chains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    record("seal", path=log, file="a.sealed")
+    real_sync = audit._sync
+    calls = [0]
+
+    def failing_once(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync(fd)
+
+    monkeypatch.setattr(audit, "_sync", failing_once)
+    with pytest.raises(AuditError, match="could not be flushed"):
+        record("seal", path=log, file="b.sealed")
+    record("seal", path=log, file="c.sealed")
+    result = verify(log)
+    assert result.ok and result.entries == 3
+    assert not audit._flushers  # nothing left behind per file
+
+
+def test_a_failed_flush_fails_every_writer_it_was_to_cover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer waiting behind a failed flush fails too: the kernel may have dropped its bytes."""
+    log = tmp_path / "audit.jsonl"
+    record("seal", path=log, file="a.sealed")
+    real_sync = audit._sync
+    calls = [0]
+    flushing = threading.Event()
+
+    def failing_first(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            flushing.set()
+            time.sleep(0.5)  # long enough for the second writer to write and wait, even under load
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync(fd)
+
+    monkeypatch.setattr(audit, "_sync", failing_first)
+    outcomes: dict[str, str] = {}
+
+    def write(name: str) -> None:
+        try:
+            record("seal", path=log, file=f"{name}.sealed")
+            outcomes[name] = "durable"
+        except AuditError as exc:
+            outcomes[name] = str(exc)
+
+    first = threading.Thread(target=write, args=("b",))
+    first.start()
+    assert flushing.wait(10)
+    write("c")  # written while the failing flush runs: it waits behind it
+    first.join(10)
+    assert outcomes["b"].startswith("audit log") and "Input/output error" in outcomes["b"]
+    assert "could not be flushed" in outcomes["c"]
+    record("seal", path=log, file="d.sealed")  # the next writer is flushed afresh
+    assert verify(log).ok
 
 
 # --- the broker's log -----------------------------------------------------------------------------

@@ -180,11 +180,18 @@ def test_maa_token_with_one_changed_character_is_invalid(capsys, vectors: Path, 
     assert status == 1 and not doc["verified"]
 
 
-def test_nvidia_report(capsys, vectors: Path) -> None:  # type: ignore[no-untyped-def]
+def test_nvidia_report(capsys, vectors: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     nvidia = vectors / "nvidia"
     args = ["nvidia", str(nvidia / "h100.report.hex"), "--chain", str(nvidia / "h100.chain.pem")]
     status, doc, _ = verify(capsys, *args, "--root", str(nvidia / "device-identity-root.pem"))
-    assert status == 0 and doc["passed"]
+    # Genuine, but offline no RIM can be had: the default policy refuses an unappraised GPU.
+    assert status == 1 and doc["verified"] and not doc["passed"]
+    assert any(r.startswith("gpu[0].rim: ") for r in doc["reasons"])
+    lenient = tmp_path / "lenient.toml"
+    lenient.write_text("[gpu]\nallow_unverified_rim = true\n")
+    args += ["--policy", str(lenient)]
+    status, doc, _ = verify(capsys, *args)
+    assert status == 0 and doc["passed"], doc
     claims = doc["claims"]
     assert claims["measurements"] == 64
     assert len(claims["fwid"]) == 96

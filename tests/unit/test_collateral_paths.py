@@ -236,13 +236,18 @@ def store(tmp_path: Path) -> Iterator[KeyStore]:
 
 
 def attest(broker: Broker, pki: SyntheticPki) -> Any:
-    session = broker.auth({"version": "0.1.1", "tee": "tdx"})
+    # As a protocol 0.4 client sends it: upstream's composite tee-evidence with the tdx attester's
+    # {"quote": ...} as the primary evidence.
+    session = broker.auth({"version": "0.4.0", "tee": "tdx"})
     jwk = tee_pubkey_jwk(ec.generate_private_key(ec.SECP256R1()))
-    digest = runtime_data_digest(session.nonce, jwk, session.hash_algorithm)
+    digest = runtime_data_digest(session.nonce, jwk, session.hash_algorithm, additional_evidence="")
     quote = build_quote(pki, QuoteSpec(report_data=report_data_for(digest)))
     body = {
         "runtime-data": {"nonce": session.nonce, "tee-pubkey": jwk},
-        "tee-evidence": {"kind": "tdx", "evidence": {"report": base64.b64encode(quote).decode()}},
+        "tee-evidence": {
+            "primary_evidence": {"quote": base64.b64encode(quote).decode()},
+            "additional_evidence": "",
+        },
     }
     return session, body
 
@@ -372,3 +377,61 @@ def test_the_broker_lets_stale_collateral_through_only_for_policies_allowing_it(
     with pytest.raises(RequestRefusedError) as caught:
         broker.release(session, "default/key/strict")  # the default policy: 0 days
     assert caught.value.status == 403 and "collateral.max_stale_days" in caught.value.detail
+
+
+# --- az-snp-vtpm: the SNP report inside Azure's HCL report is judged against AMD's CRL too -------
+
+
+def az_snp_bundle(amd: AmdPki, nonce: bytes, host_key: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.support import azure_builder as ab
+
+    ak = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    var = ab.runtime_json(ak.public_key(), user_data=expected_report_data(nonce, host_key))
+    hcl = ab.hcl_report(amd.tee.mint(ab.HASHES[1](var).ljust(64, b"\x00")), var, bind=False)
+    chain = b"".join(c.public_bytes(Encoding.PEM) for c in (amd.ask, amd.ark))
+    evidence = {
+        "report": b64(hcl),
+        "vcek": amd.vcek.public_bytes(Encoding.PEM).decode(),
+        "chain": chain.decode(),
+    }
+    return serialize_bundle(
+        "az-snp-vtpm",
+        evidence,
+        nonce=nonce,
+        host_key_sha256=host_key,
+        source="azure-vtpm",
+        collected_at="2024-06-01T00:00:00Z",
+    )
+
+
+@pytest.mark.parametrize("revoked", [False, True])
+def test_az_snp_vtpm_vcek_listed_in_amds_crl_is_refused_on_the_kernel_path(
+    tmp_path: Path, revoked: bool
+) -> None:
+    amd = make_amd_pki()
+    nonce, host_key = os.urandom(32), os.urandom(32)
+    with serve(kds_for(amd, [amd.vcek.serial_number] if revoked else [])) as kds:
+        svc = synthetic_service(kds, tmp_path / "cache", amd.roots)
+
+        def judge() -> Any:
+            return judge_bundle(
+                az_snp_bundle(amd, nonce, host_key),
+                nonce=nonce,
+                host_key_sha256=host_key,
+                policy=Policy(),
+                at=AT,
+                collateral=svc,
+                roots=amd.roots,
+            )
+
+        if revoked:
+            with pytest.raises(ChainError, match="revoked"):
+                judge()
+            assert "/vcek/v1/Milan/crl" in kds.hits
+            return
+        attestation = judge()
+    assert attestation.claims.kind == "az-snp-vtpm"
+    assert attestation.claims.get("revocation") == "checked"
+    assert "/vcek/v1/Milan/crl" in kds.hits

@@ -220,13 +220,16 @@ def broker(tmp_path: Path, pki: SyntheticPki, roots: TrustStore) -> Any:
 
 
 def attest_with(broker: Broker, pki: SyntheticPki, spec_of: Any) -> Any:
-    session = broker.auth({"version": "0.1.1", "tee": "tdx"})
+    session = broker.auth({"version": "0.4.0", "tee": "tdx"})
     jwk = tee_pubkey_jwk(ec.generate_private_key(ec.SECP256R1()))
-    digest = runtime_data_digest(session.nonce, jwk, session.hash_algorithm)
+    digest = runtime_data_digest(session.nonce, jwk, session.hash_algorithm, additional_evidence="")
     quote = build_quote(pki, spec_of(report_data=report_data_for(digest)))
     body = {
         "runtime-data": {"nonce": session.nonce, "tee-pubkey": jwk},
-        "tee-evidence": {"kind": "tdx", "evidence": {"report": base64.b64encode(quote).decode()}},
+        "tee-evidence": {
+            "primary_evidence": {"quote": base64.b64encode(quote).decode()},
+            "additional_evidence": "",
+        },
     }
     return session, body
 
@@ -240,7 +243,7 @@ def test_broker_releases_no_key_for_a_forged_qe(broker: Broker, pki: SyntheticPk
     session, body = attest_with(broker, pki, forged_spec)
     with pytest.raises(RequestRefusedError) as caught:
         broker.attest(session, body)
-    assert caught.value.status == 401 and caught.value.kind == "AttestationFailed"
+    assert caught.value.status == 401 and caught.value.kind == "AttestationError"
     assert "Intel's TD quoting enclave" in caught.value.detail
     assert FORGED_MRSIGNER.hex() in caught.value.detail
     with pytest.raises(RequestRefusedError) as refused:

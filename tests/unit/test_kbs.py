@@ -83,7 +83,7 @@ def broker(store: KeyStore, clock: Clock) -> Iterator[RunningBroker]:
 
 
 def uri(b: RunningBroker, rid: str = "default/key/demo") -> str:
-    return f"kbs://127.0.0.1:{b.port}/{rid}"
+    return f"kbs+http://127.0.0.1:{b.port}/{rid}"  # plain HTTP: loopback only
 
 
 def audit_lines(b: RunningBroker) -> list[dict[str, Any]]:
@@ -137,7 +137,7 @@ class Raw:
     def auth(self, algorithms: list[str] | None = None) -> Any:
         extra = {"supported-hash-algorithms": algorithms} if algorithms else {}
         status, doc, resp = self.call(
-            "POST", "/kbs/v0/auth", {"version": "0.1.1", "tee": "sample", "extra-params": extra}
+            "POST", "/kbs/v0/auth", {"version": "0.4.0", "tee": "sample", "extra-params": extra}
         )
         assert status == 200, doc
         self.nonce = doc["nonce"]
@@ -145,14 +145,19 @@ class Raw:
         return resp
 
     def evidence(self, nonce: str | None = None, jwk: dict[str, Any] | None = None) -> dict[str, Any]:
-        digest = runtime_data_digest(nonce or self.nonce, jwk or self.jwk, self.algorithm)
+        digest = runtime_data_digest(
+            nonce or self.nonce, jwk or self.jwk, self.algorithm, additional_evidence=""
+        )
         collected, _ = collect_cpu_evidence(report_data_for(digest), tee="sim")
         return {"kind": collected.kind, "evidence": collected.evidence}
 
     def attest(self, evidence: dict[str, Any] | None = None, nonce: str | None = None) -> tuple[int, Any]:
         body = {
             "runtime-data": {"nonce": nonce or self.nonce, "tee-pubkey": self.jwk},
-            "tee-evidence": evidence if evidence is not None else self.evidence(),
+            "tee-evidence": {
+                "primary_evidence": evidence if evidence is not None else self.evidence(),
+                "additional_evidence": "",
+            },
         }
         status, doc, _ = self.call("POST", "/kbs/v0/attest", body)
         return status, doc
@@ -298,12 +303,13 @@ def test_evidence_bound_to_another_key_or_nonce_is_refused(broker: RunningBroker
     assert "REPORT_DATA" in doc["detail"]
 
 
-def test_upstream_evidence_formats_are_refused_clearly(broker: RunningBroker) -> None:
+def test_evidence_of_another_tee_is_refused_with_401(broker: RunningBroker) -> None:
     raw = Raw(broker)
-    raw.auth()
-    status, doc = raw.attest({"attestation_report": {}, "cert_chain": []})
+    raw.auth()  # tee "sample"
+    status, doc = raw.attest({"attestation_report": {}, "cert_chain": []})  # snp's shape
     assert status == 401
-    assert "upstream Trustee" in doc["detail"]
+    assert doc["type"].endswith("/AttestationError")
+    assert "sample evidence must be" in doc["detail"]
 
 
 def test_tampered_evidence_is_refused(broker: RunningBroker) -> None:
@@ -347,24 +353,24 @@ def test_oversized_bodies_get_413(broker: RunningBroker) -> None:
     assert _status_after(broker.port, head, iter(chunks)) == 413
     # Just under the limit is read (and refused only as JSON).
     raw = Raw(broker)
-    assert raw.call("POST", "/kbs/v0/auth", b" " * (MAX_BODY - 1))[0] == 400
+    assert raw.call("POST", "/kbs/v0/auth", b" " * (MAX_BODY - 1))[0] == 401
 
 
 def test_bad_requests(broker: RunningBroker) -> None:
     raw = Raw(broker)
-    assert raw.call("POST", "/kbs/v0/auth", b"not json")[0] == 400
-    assert raw.call("POST", "/kbs/v0/auth", {"version": "9.0", "tee": "snp"})[0] == 400
-    assert raw.call("POST", "/kbs/v0/auth", {"version": "0.1.1", "tee": "nonsense"})[0] == 400
+    assert raw.call("POST", "/kbs/v0/auth", b"not json")[0] == 401
+    assert raw.call("POST", "/kbs/v0/auth", {"version": "9.0", "tee": "snp"})[0] == 401
+    assert raw.call("POST", "/kbs/v0/auth", {"version": "0.4.0", "tee": "nonsense"})[0] == 401
     status, _, _ = raw.call(
         "POST",
         "/kbs/v0/auth",
-        {"version": "0.1.1", "tee": "snp", "extra-params": {"supported-hash-algorithms": ["md5"]}},
+        {"version": "0.4.0", "tee": "snp", "extra-params": {"supported-hash-algorithms": ["md5"]}},
     )
-    assert status == 400
+    assert status == 401
     raw.auth()
     n = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key().public_numbers().n
     raw.jwk = {"kty": "RSA", "alg": "RSA-OAEP-256", "n": b64url(n.to_bytes(128, "big")), "e": "AQAB"}
-    assert raw.attest()[0] == 400
+    assert raw.attest()[0] == 401
 
 
 def test_hash_algorithm_negotiation(broker: RunningBroker) -> None:
@@ -444,6 +450,39 @@ def test_revoke_then_rotate(broker: RunningBroker, store: KeyStore) -> None:
     assert key.fingerprint != fingerprint(KEY)
 
 
+def test_policies_follow_changes_from_this_and_other_connections(store: KeyStore) -> None:
+    """The policies every attest consults are kept, but never past a change to the database."""
+    first = store.policies()
+    assert store.policies() is first  # kept while nothing changed
+    assert any(p.allow_simulated for p in first)
+    store.set_policy("default/key/demo", None)  # this connection: the copy is dropped
+    assert not any(p.allow_simulated for p in store.policies())
+    other = KeyStore(store.path)  # another connection (`kbs set-policy`, another worker)
+    try:
+        other.set_policy("default/key/strict", SIM_POLICY)
+        other.add("default/key/new", b"\x07" * 32)
+    finally:
+        other.close()
+    again = store.policies()
+    assert any(p.allow_simulated for p in again)
+    assert len(again) == 3
+
+
+def test_release_steps_are_timed_only_when_asked(broker: RunningBroker) -> None:
+    from jupyter_cc.keys import kbs_client
+
+    seen: list[tuple[str, float]] = []
+    kbs_client.step_timer = lambda step, seconds: seen.append((step, seconds))
+    try:
+        release(uri(broker), tee="sim")
+    finally:
+        kbs_client.step_timer = None
+    assert [step for step, _ in seen] == ["connect", "auth", "evidence", "attest", "resource", "open"]
+    assert all(seconds >= 0 for _, seconds in seen)
+    release(uri(broker), tee="sim")
+    assert len(seen) == 6
+
+
 def test_master_key_is_private_and_the_db_holds_no_plaintext(store: KeyStore) -> None:
     assert stat.S_IMODE(store.master_key_path.stat().st_mode) == 0o600
     assert len(store.master_key_path.read_bytes()) == 32
@@ -499,10 +538,21 @@ def test_audit_lines_for_release_and_denial_without_key_material(broker: Running
 
 def test_kbs_uris() -> None:
     t = parse_kbs_uri("kbs://127.0.0.1/default/key/demo")
-    assert (t.host, t.port, t.tls, str(t.resource)) == ("127.0.0.1", 8085, False, "default/key/demo")
-    assert parse_kbs_uri("kbss://kbs.example/a/b/c").base_url == "https://kbs.example:443"
-    assert parse_kbs_uri("kbs://h:9/a/b/c?tls=1").base_url == "https://h:9"
-    for bad in ("kbs://h/a/b", "kbs:///a/b/c", "kbs://h/a/../c", "kbs://h/a/b/c?x=1"):
+    assert (t.host, t.port, t.tls, str(t.resource)) == ("127.0.0.1", 8085, True, "default/key/demo")
+    assert parse_kbs_uri("kbs://kbs.example/a/b/c").base_url == "https://kbs.example:8085"
+    assert parse_kbs_uri("kbs+http://127.0.0.1:9/a/b/c").base_url == "http://127.0.0.1:9"
+    pinned = parse_kbs_uri("kbs://h:9/a/b/c?cert-sha256=" + "AB:" * 31 + "AB")
+    assert pinned.pin == "ab" * 32
+    for bad in (
+        "kbs://h/a/b",
+        "kbs:///a/b/c",
+        "kbs://h/a/../c",
+        "kbs://h/a/b/c?x=1",
+        "kbs://h/a/b/c?tls=1",  # the old HTTPS switch is gone: kbs:// is HTTPS
+        "kbss://h/a/b/c",
+        "kbs://h/a/b/c?cert-sha256=abcd",
+        "kbs+http://127.0.0.1/a/b/c?cert-sha256=" + "ab" * 32,
+    ):
         with pytest.raises(Exception, match=r"kbs|resource|host|query"):
             parse_kbs_uri(bad)
     with pytest.raises(Exception, match="cannot release"):
@@ -511,7 +561,7 @@ def test_kbs_uris() -> None:
 
 def test_unreachable_broker_names_the_step() -> None:
     with pytest.raises(KeyReleaseError, match="failed at auth: cannot reach"):
-        release("kbs://127.0.0.1:9/default/key/demo", tee="sim", timeout=5)
+        release("kbs+http://127.0.0.1:9/default/key/demo", tee="sim", timeout=5)
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -568,6 +618,7 @@ def test_cli_manages_resources(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_cli_serve_in_a_subprocess(tmp_path: Path) -> None:
+    """``kbs serve`` serves HTTPS with a certificate it made, and prints the pin that works."""
     db = str(tmp_path / "served.sqlite")
     policy, keyfile = policy_and_key(tmp_path, b"\x09" * 32)
     assert (
@@ -586,10 +637,15 @@ def test_cli_serve_in_a_subprocess(tmp_path: Path) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         try:
             line = proc.stdout.readline()
-            assert "http://127.0.0.1:" in line, line
-            port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
-            key = release(f"kbs://127.0.0.1:{port}/repo/key/x", tee="sim")
+            assert "https://127.0.0.1:" in line, line
+            port = int(line.split("https://127.0.0.1:")[1].split("/")[0])
+            lines = [proc.stdout.readline() for _ in range(3)]
+            pin = next(x for x in lines if "fingerprint:" in x).split("fingerprint:")[1].strip()
+            assert (tmp_path / "tls.key").stat().st_mode & 0o777 == 0o600
+            key = release(f"kbs://127.0.0.1:{port}/repo/key/x?cert-sha256={pin}", tee="sim")
             assert key.material == b"\x09" * 32
+            with pytest.raises(KeyReleaseError, match="not authenticated"):
+                release(f"kbs://127.0.0.1:{port}/repo/key/x", tee="sim")  # no pin: self-signed is refused
         finally:
             proc.terminate()
         _out, err = proc.communicate(timeout=10)

@@ -25,9 +25,16 @@ def snp_claims(**overrides: object) -> Claims:
     simulated = bool(overrides.pop("simulated", False))
     debug = bool(overrides.pop("debug", False))
     gpu = overrides.pop("gpu", None)
+    gpus = overrides.pop("gpus", ())
     details.update(overrides)
     return Claims(
-        kind=kind, simulated=simulated, debug=debug, report_data=bytes(64), details=details, gpu=gpu
+        kind=kind,
+        simulated=simulated,
+        debug=debug,
+        report_data=bytes(64),
+        details=details,
+        gpu=gpu,
+        gpus=gpus,
     )  # type: ignore[arg-type]
 
 
@@ -136,12 +143,15 @@ def test_azure_rules_fail_closed_when_the_claim_is_absent() -> None:
 def test_gpu_required() -> None:
     policy = Policy.from_toml("[gpu]\nrequired = true")
     assert rules(appraise(snp_claims(), policy)) == ["gpu.required"]
-    gpu = Claims(kind="nvidia", simulated=False, debug=False, report_data=b"", details={"measurements": 64})
-    assert appraise(snp_claims(gpu=gpu), policy).passed
-    off = Claims(kind="nvidia", simulated=False, debug=False, report_data=b"", details={"cc_mode": False})
-    verdict = appraise(snp_claims(gpu=off), policy)
-    assert rules(verdict) == ["gpu.required"]
-    assert "CC mode off" in str(verdict.reasons[0])
+    verified = {"measurements": 64, "cc_mode": "on", "rim": "verified", "revocation": "checked"}
+    gpu = Claims(kind="nvidia", simulated=False, debug=False, report_data=b"", details=verified)
+    assert appraise(snp_claims(gpu=gpu, gpus=(gpu,)), policy).passed
+    off = Claims(
+        kind="nvidia", simulated=False, debug=False, report_data=b"", details=verified | {"cc_mode": "off"}
+    )
+    verdict = appraise(snp_claims(gpu=off, gpus=(off,)), policy)
+    assert rules(verdict) == ["gpu[0].cc_mode"]
+    assert "observed off" in str(verdict.reasons[0])
 
 
 @pytest.mark.parametrize(
@@ -322,8 +332,9 @@ def test_every_policy_refuses_revoked_unchecked_and_stale() -> None:
     # Simulated evidence is judged by allow_simulated (an old simulator has no CRL to check).
     sim = snp_claims(kind="sim-snp", simulated=True, revocation="unchecked")
     assert appraise(sim, Policy.from_toml("allow_simulated = true")).passed
-    assert rules(appraise(snp_claims(kind="nvidia", revocation="unchecked"))) == ["collateral.revocation"]
-    # MAA tokens and GPU reports carry no revocation claim: not judged by it.
+    # A GPU's revocation is NVIDIA's OCSP, judged as gpu[i].revocation, not as a CRL rule.
+    assert "gpu[0].revocation" in rules(appraise(snp_claims(kind="nvidia", revocation="unchecked")))
+    # MAA tokens carry no revocation claim: not judged by it.
     assert appraise(maa_claims()).passed
     gpu = Claims(kind="nvidia", simulated=False, debug=False, report_data=b"", details={"cc_mode": True})
     assert "collateral.revocation" not in rules(appraise(gpu))

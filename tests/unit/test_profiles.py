@@ -249,7 +249,7 @@ def test_guest_target_and_provisioner_config() -> None:
         policy="/p/prod.toml",
         python="/opt/venv/bin/python",
         tee="az-snp-vtpm",
-        kbs="http://kbs:8085",
+        kbs="kbs://kbs:8085?cert-sha256=abababababababababababababababababababababababababababababababab",
     )
     assert full.to_guest_target() == GuestTarget(
         transport="ssh",
@@ -304,7 +304,7 @@ def test_cli_add_list_remove(
     assert "no profiles" in capsys.readouterr().out
     argv = ["profile", "add", "lab", "--host", "cvm", "--port", "2222", "--ssh-user", "u"]
     argv += ["--identity-file", "id", "--known-hosts", "~/kh", "--host-key-file", "/etc/ssh/k.pub"]
-    argv += ["--policy", "prod.toml", "--python", "/opt/py", "--tee", "snp", "--kbs", "http://kbs:8085"]
+    argv += ["--policy", "prod.toml", "--python", "/opt/py", "--tee", "snp", "--kbs", "kbs://kbs:8085"]
     assert run_cli(argv) == 0
     assert "added profile lab" in capsys.readouterr().out
     lab = get_profile("lab")

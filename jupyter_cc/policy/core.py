@@ -1,45 +1,4 @@
-"""Appraisal: verified :class:`Claims` and a user's :class:`Policy` give a :class:`Verdict`.
-
-The policy file format is a contract (design section 5). Absent keys are not checked, but the
-defaults are the safe ones: debug and simulated TEEs are refused unless the policy says
-otherwise, and an unknown key is an error (a typo must not silently turn a rule off). Every
-failed rule is reported, each with the expected and the observed value.
-
-Every rule a policy states is judged for every kind it accepts, or loading the policy fails
-with a :class:`PolicyError` naming the rule and the kind:
-
-- ``[snp]`` rules are judged for SEV-SNP evidence (``snp``, ``az-snp-vtpm``, ``sim-snp``) and
-  for MAA tokens (whose ``x-ms-isolation-tee`` claims carry the SNP report's values, see
-  :mod:`jupyter_cc.attest.maa`); ``[tdx]`` rules for TDX evidence (``tdx``, ``az-tdx-vtpm``)
-  and MAA tokens. Evidence of the other family is judged by its own family's section, so a
-  policy accepting both families states rules for both; an MAA token is judged by the section
-  of its TEE (``sevsnpvm``, ``tdxvm``), or, when the policy has none for it, by every hardware
-  section it states (and fails there: its claims are absent).
-- A rule whose claim an accepted kind never carries (``[snp] product`` for MAA tokens, which
-  name no AMD product; ``[azure] compliance_status`` for anything but MAA tokens; ``[tdx]
-  tcb_status`` for MAA tokens) is an error at load, as is a hardware rule no accepted kind is
-  judged by (``[tdx] mrtd`` with ``tee = ["snp"]``).
-- ``[azure]``, ``[collateral]`` and ``[gpu]`` are judged for every accepted kind; a claim that
-  the evidence does not carry fails the rule (the collateral rules say the collateral was not
-  available).
-- Every policy refuses a TCB rated ``Revoked``, collateral more than ``[collateral]
-  max_stale_days`` (0) past nextUpdate, and unchecked revocation where it could be checked:
-  ``snp``, ``az-snp-vtpm`` (AMD CRL), ``tdx``, ``az-tdx-vtpm`` (Intel PCK and Root CA CRLs) must
-  say ``revocation: checked``; MAA tokens and GPU reports carry no such claim, simulated ones
-  are judged by ``allow_simulated``; other claims saying ``unchecked`` fail. ``[collateral]
-  allow_unchecked_revocation = true`` (for sites that cannot fetch CRLs) lifts this rule.
-
-When ``tee`` is absent, the accepted kinds are all real kinds, narrowed to the families of the
-hardware sections that hold rules (a policy pinning an SNP measurement does not accept TDX
-evidence by omission), then to the kinds that can be judged by every stated rule. The
-simulated kinds that ``allow_simulated = true`` adds are narrowed the same way.
-
->>> policy = Policy.from_toml('name = "demo"\\nallow_simulated = true')
->>> policy.allow_simulated
-True
-
-This module does no I/O besides reading a policy file in :meth:`Policy.load`.
-"""
+"""The policy format and its appraisal (see :mod:`jupyter_cc.policy` for the rules in words)."""
 
 from __future__ import annotations
 
@@ -61,6 +20,7 @@ from jupyter_cc.attest.kinds import (
     TCB_STATUSES,
 )
 from jupyter_cc.errors import InputError, PolicyError
+from jupyter_cc.policy.gpu import GPU_KEYS, GpuRules, check_gpus, parse_gpu
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -257,13 +217,18 @@ class Policy:
     azure_secure_boot: bool | None = None
     collateral_max_stale_days: int | None = None
     collateral_allow_unchecked_revocation: bool = False
-    gpu_required: bool = False
+    gpu: GpuRules = field(default_factory=GpuRules)
     _kinds: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if "Revoked" in (self.tdx_tcb_status or ()):
             raise PolicyError("[tdx] tcb_status cannot accept Revoked: every policy refuses a revoked TCB")
         object.__setattr__(self, "_kinds", self._judged_kinds())
+
+    @property
+    def gpu_required(self) -> bool:
+        """``[gpu] required``: a verified confidential GPU is needed besides the CPU evidence."""
+        return self.gpu.required
 
     @property
     def max_stale_days(self) -> int:
@@ -300,7 +265,7 @@ class Policy:
         tdx = _table(doc, "tdx", ("mrtd", "rtmr", "tcb_status", "deny_advisories"))
         azure = _table(doc, "azure", ("compliance_status", "secure_boot"))
         collateral = _table(doc, "collateral", ("max_stale_days", "allow_unchecked_revocation"))
-        gpu = _table(doc, "gpu", ("required",))
+        gpu = _table(doc, "gpu", GPU_KEYS)
         name = doc.get("name", "unnamed")
         if not isinstance(name, str) or not name:
             raise PolicyError("name must be a non-empty string")
@@ -331,7 +296,7 @@ class Policy:
             collateral_allow_unchecked_revocation=_bool(
                 collateral.get("allow_unchecked_revocation", False), "[collateral] allow_unchecked_revocation"
             ),
-            gpu_required=_bool(gpu.get("required", False), "[gpu] required"),
+            gpu=parse_gpu(gpu),
         )
 
     def stated(self) -> dict[str, Any]:
@@ -349,7 +314,7 @@ class Policy:
             "azure.compliance_status": self.azure_compliance_status,
             "azure.secure_boot": self.azure_secure_boot,
             "collateral.max_stale_days": self.collateral_max_stale_days,
-            "gpu.required": True if self.gpu_required else None,
+            **self.gpu.stated(),
         }
         return {rule: value for rule, value in values.items() if value is not None}
 
@@ -508,7 +473,10 @@ def _check_always(policy: Policy, claims: Claims, record: Any) -> None:
     if claims.get("tcb_status") == "Revoked" and policy.tdx_tcb_status is None:  # else judged there
         record("tdx.tcb_status", False, "a TCB that is not Revoked (every policy)", "Revoked")
     rev, days = claims.get("revocation"), claims.get("collateral_stale_days")
-    checkable = claims.kind in _COLLATERAL_KINDS or (rev is not None and not claims.simulated)
+    # GPU reports: judged as gpu[i].revocation (jupyter_cc.policy.gpu), OCSP rather than CRLs.
+    checkable = claims.kind in _COLLATERAL_KINDS or (
+        rev is not None and not claims.simulated and claims.kind != "nvidia"
+    )
     if rev != "checked" and checkable and not policy.collateral_allow_unchecked_revocation:
         why = "revocation checked against the vendor's CRLs (allow_unchecked_revocation = false)"
         record("collateral.revocation", False, why, rev or "absent: no CRL was checked")
@@ -531,18 +499,6 @@ def _check_collateral(policy: Policy, claims: Claims, record: Any) -> None:
         record("collateral.max_stale_days", False, expected, f"an unreadable collateral age ({days!r})")
 
 
-def _check_gpu(claims: Claims, allow_debug: bool, record: Any) -> None:
-    gpu = claims if claims.kind == "nvidia" else claims.gpu
-    if gpu is None:
-        record("gpu.required", False, "a verified confidential GPU", "no GPU evidence")
-    elif gpu.get("cc_mode") is False:
-        record("gpu.required", False, "a GPU in confidential computing mode", "CC mode off")
-    elif gpu.debug and not allow_debug:
-        record("gpu.required", False, "a GPU without debug access", "GPU debug enabled")
-    else:
-        record("gpu.required", True, "a verified confidential GPU", f"{gpu.kind} GPU evidence")
-
-
 def _check_top(policy: Policy, claims: Claims, record: Any) -> None:
     if claims.simulated:
         record(
@@ -555,7 +511,7 @@ def _check_top(policy: Policy, claims: Claims, record: Any) -> None:
         )
     kinds = policy.accepted_kinds()
     record("tee", claims.kind in kinds, f"one of {list(kinds)}", claims.kind)
-    if claims.debug:
+    if claims.debug and claims.kind != "nvidia":  # a GPU's debug state: gpu[0].debug
         expected = "a TEE without debug access (allow_debug = false)"
         record(
             "allow_debug",
@@ -588,8 +544,7 @@ def judge(claims: Claims, policy: Policy | None = None) -> tuple[Outcome, ...]:
         _check_tdx(policy, claims, record)
     _check_azure(policy, claims, record)
     _check_collateral(policy, claims, record)
-    if policy.gpu_required:
-        _check_gpu(claims, policy.allow_debug, record)
+    check_gpus(policy.gpu, claims, policy.allow_debug, record)
     return tuple(outcomes)
 
 
