@@ -18,8 +18,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("azure.mgmt.compute", reason="the jupyter-cc[azure] extra is not installed")
-
 from jupyter_cc import audit
 from jupyter_cc.azure.client import ArmEndpoint
 from jupyter_cc.azure.errors import ArmError, ArmTimeoutError, CredentialError, NotAttestedError

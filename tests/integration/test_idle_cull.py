@@ -15,9 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("azure.mgmt.compute", reason="the jupyter-cc[azure] extra is not installed")
-
 from jupyter_client.manager import AsyncKernelManager
 
 from jupyter_cc import audit

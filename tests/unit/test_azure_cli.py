@@ -24,7 +24,6 @@ class _Terminal(io.StringIO):
 
 
 def test_a_terminal_gets_a_progress_bar_and_a_log_gets_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("tqdm")
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     with cvm_cli._progress_bar("create", True) as tick:

@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from jupyter_cc.attest.binding import expected_report_data, gpu_nonce, host_key_digest
 from jupyter_cc.attest.evidence import (
-    bound_gpu_digest,
     check_gpu_binding,
     parse_bundle,
     serialize_bundle,
@@ -20,6 +19,7 @@ from jupyter_cc.attest.evidence import (
 )
 from jupyter_cc.errors import BindingError, FormatError, InputError
 from tests.support import azure_builder as ab
+from tests.support.gpu_bundles import sim_gpu_bundle
 
 NOW = datetime.now(timezone.utc)
 
@@ -97,13 +97,13 @@ def test_gpu_evidence_in_a_bundle_must_answer_the_bound_nonce(sim_tee, vectors) 
         "report": base64.b64encode(bytes.fromhex((vectors / "nvidia/h100.report.hex").read_text())).decode(),
         "chain": (vectors / "nvidia/h100.chain.pem").read_text(),
     }
-    doc, nonce = _gpu_bundle(sim_tee, [gpu], [gpu])
+    doc, nonce = sim_gpu_bundle(sim_tee, [gpu], [gpu])
     bundle = parse_bundle(doc)
     assert bundle.evidence.gpus[0].nonce == gpu_nonce(nonce, 0)
     with pytest.raises(BindingError, match="nonce"):
         verify_bundle(bundle, at=NOW)
     # Without the GPU (and its binding) a bundle verifies, and the GPU claims are absent.
-    alone, _ = _gpu_bundle(sim_tee, [], [])
+    alone, _ = sim_gpu_bundle(sim_tee, [], [])
     assert verify_bundle(parse_bundle(alone), at=NOW).gpu is None
 
 
@@ -133,24 +133,6 @@ def test_malformed_bundles_are_refused(sim_tee, mutate, message: str) -> None:  
         parse_bundle(mutate(doc))
 
 
-def _gpu_bundle(sim_tee, gpus: list[dict[str, str]], bound_gpus: list[dict[str, str]]) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
-    """A simulated bundle whose REPORT_DATA binds ``bound_gpus`` but which carries ``gpus``."""
-    nonce = os.urandom(32)
-    bound = {"gpu-evidence": bound_gpu_digest(bound_gpus)} if bound_gpus else {}
-    report = sim_tee.mint(expected_report_data(nonce, bytes(32), bound))
-    doc = serialize_bundle(
-        "sim-snp",
-        {"report": base64.b64encode(report).decode()},
-        nonce=nonce,
-        host_key_sha256=bytes(32),
-        source="simulated",
-        collected_at="2026-01-01T00:00:00Z",
-        gpus=gpus,
-        bound=bound,
-    )
-    return doc, nonce
-
-
 def test_the_gpu_list_is_bound_as_a_whole(sim_tee, vectors) -> None:  # type: ignore[no-untyped-def]
     # Entries the checks below can tell apart; a GPU list other than the bound one fails on the
     # binding, before any GPU report is looked at.
@@ -168,12 +150,12 @@ def test_the_gpu_list_is_bound_as_a_whole(sim_tee, vectors) -> None:  # type: ig
         "unbound": ([gpu], []),
     }
     for carried, bound in attacks.values():
-        doc, nonce = _gpu_bundle(sim_tee, carried, bound)
+        doc, nonce = sim_gpu_bundle(sim_tee, carried, bound)
         bundle = parse_bundle(doc)
         with pytest.raises(BindingError, match="GPU evidence bound"):
             check_gpu_binding(bundle)
         with pytest.raises(BindingError):
             verify_bundle(bundle, at=NOW, nonce=nonce)
     # The honest list passes the binding check (the vector GPU then fails on its own nonce).
-    doc, _ = _gpu_bundle(sim_tee, [gpu, other], [gpu, other])
+    doc, _ = sim_gpu_bundle(sim_tee, [gpu, other], [gpu, other])
     check_gpu_binding(parse_bundle(doc))

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from jupyter_cc.attest.binding import expected_report_data
@@ -27,7 +26,6 @@ from jupyter_cc.attest.roots import TrustStore
 from jupyter_cc.collateral import CollateralService
 from jupyter_cc.errors import ChainError, CollateralError
 from jupyter_cc.kbs.broker import Broker, RequestRefusedError
-from jupyter_cc.kbs.protocol import report_data_for, runtime_data_digest, tee_pubkey_jwk
 from jupyter_cc.kbs.store import KeyStore
 from jupyter_cc.policy import Policy
 from jupyter_cc.remote.attestation import judge_bundle
@@ -42,6 +40,7 @@ from tests.support.tdx_builder import (
     qe_identity,
     tcb_info,
 )
+from tests.unit.test_forged_quote import attest_with
 from tests.unit.test_revocation import AmdPki, make_amd_pki
 
 AT = datetime(2024, 6, 1, tzinfo=timezone.utc)
@@ -236,20 +235,8 @@ def store(tmp_path: Path) -> Iterator[KeyStore]:
 
 
 def attest(broker: Broker, pki: SyntheticPki) -> Any:
-    # As a protocol 0.4 client sends it: upstream's composite tee-evidence with the tdx attester's
-    # {"quote": ...} as the primary evidence.
-    session = broker.auth({"version": "0.4.0", "tee": "tdx"})
-    jwk = tee_pubkey_jwk(ec.generate_private_key(ec.SECP256R1()))
-    digest = runtime_data_digest(session.nonce, jwk, session.hash_algorithm, additional_evidence="")
-    quote = build_quote(pki, QuoteSpec(report_data=report_data_for(digest)))
-    body = {
-        "runtime-data": {"nonce": session.nonce, "tee-pubkey": jwk},
-        "tee-evidence": {
-            "primary_evidence": {"quote": base64.b64encode(quote).decode()},
-            "additional_evidence": "",
-        },
-    }
-    return session, body
+    """A protocol 0.4 session and attest body for a quote of ``pki`` (as upstream's tdx attester)."""
+    return attest_with(broker, pki, QuoteSpec)
 
 
 def test_the_broker_refuses_a_revoked_pck(
@@ -318,16 +305,21 @@ def kds_for(amd: AmdPki, revoked: list[int]) -> FakeService:
     )
 
 
+@pytest.mark.parametrize("kind", ["snp", "az-snp-vtpm"])
 @pytest.mark.parametrize("revoked", [False, True])
-def test_a_vcek_listed_in_amds_crl_is_refused_on_the_kernel_path(tmp_path: Path, revoked: bool) -> None:
+def test_a_vcek_listed_in_amds_crl_is_refused_on_the_kernel_path(
+    tmp_path: Path, revoked: bool, kind: str
+) -> None:
+    # The SNP report itself, or the one inside Azure's HCL report: both judged against AMD's CRL.
     amd = make_amd_pki()
     nonce, host_key = os.urandom(32), os.urandom(32)
+    build = snp_bundle if kind == "snp" else az_snp_bundle
     with serve(kds_for(amd, [amd.vcek.serial_number] if revoked else [])) as kds:
         svc = synthetic_service(kds, tmp_path / "cache", amd.roots)
 
-        def judge_snp() -> Any:
+        def judge() -> Any:
             return judge_bundle(
-                snp_bundle(amd, nonce, host_key),
+                build(amd, nonce, host_key),
                 nonce=nonce,
                 host_key_sha256=host_key,
                 policy=Policy(),
@@ -338,9 +330,11 @@ def test_a_vcek_listed_in_amds_crl_is_refused_on_the_kernel_path(tmp_path: Path,
 
         if revoked:
             with pytest.raises(ChainError, match="revoked"):
-                judge_snp()
+                judge()
+            assert "/vcek/v1/Milan/crl" in kds.hits
             return
-        attestation = judge_snp()
+        attestation = judge()
+    assert attestation.claims.kind == kind
     assert attestation.claims.get("revocation") == "checked"
     assert attestation.verdict.passed, attestation.verdict.reasons
     assert "/vcek/v1/Milan/crl" in kds.hits
@@ -404,34 +398,3 @@ def az_snp_bundle(amd: AmdPki, nonce: bytes, host_key: bytes) -> bytes:
         source="azure-vtpm",
         collected_at="2024-06-01T00:00:00Z",
     )
-
-
-@pytest.mark.parametrize("revoked", [False, True])
-def test_az_snp_vtpm_vcek_listed_in_amds_crl_is_refused_on_the_kernel_path(
-    tmp_path: Path, revoked: bool
-) -> None:
-    amd = make_amd_pki()
-    nonce, host_key = os.urandom(32), os.urandom(32)
-    with serve(kds_for(amd, [amd.vcek.serial_number] if revoked else [])) as kds:
-        svc = synthetic_service(kds, tmp_path / "cache", amd.roots)
-
-        def judge() -> Any:
-            return judge_bundle(
-                az_snp_bundle(amd, nonce, host_key),
-                nonce=nonce,
-                host_key_sha256=host_key,
-                policy=Policy(),
-                at=AT,
-                collateral=svc,
-                roots=amd.roots,
-            )
-
-        if revoked:
-            with pytest.raises(ChainError, match="revoked"):
-                judge()
-            assert "/vcek/v1/Milan/crl" in kds.hits
-            return
-        attestation = judge()
-    assert attestation.claims.kind == "az-snp-vtpm"
-    assert attestation.claims.get("revocation") == "checked"
-    assert "/vcek/v1/Milan/crl" in kds.hits

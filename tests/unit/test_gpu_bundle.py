@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from jupyter_cc.attest.binding import expected_report_data, gpu_nonce
+from jupyter_cc.attest.binding import gpu_nonce
 from jupyter_cc.attest.claims import Claims
-from jupyter_cc.attest.evidence import Bundle, bound_gpu_digest, parse_bundle, serialize_bundle, verify_bundle
+from jupyter_cc.attest.evidence import Bundle, parse_bundle, verify_bundle
 from jupyter_cc.collateral.evidence import with_collateral
 from jupyter_cc.collateral.fetch import Client
 from jupyter_cc.collateral.service import CollateralService
@@ -30,8 +30,7 @@ from tests.support.fake_nvidia import (
     serve_nvidia,
     synthetic_rims,
 )
-
-pytest.importorskip("signxml", reason="RIM signatures need signxml (a jupyter-cc dependency)")
+from tests.support.gpu_bundles import sim_gpu_bundle
 
 NOW = datetime.now(timezone.utc)
 REQUIRED = Policy.from_toml("allow_simulated = true\n[gpu]\nrequired = true\n")
@@ -45,19 +44,7 @@ def pkis() -> tuple[GpuPki, RimPki]:
 def bundle(sim_tee: Any, entries: Any) -> Bundle:
     """A simulated CPU bundle binding ``entries(nonce)`` as its GPU list."""
     nonce = os.urandom(32)
-    gpus = entries(nonce)
-    bound = {"gpu-evidence": bound_gpu_digest(gpus)} if gpus else {}
-    report = sim_tee.mint(expected_report_data(nonce, bytes(32), bound))
-    doc = serialize_bundle(
-        "sim-snp",
-        {"report": base64.b64encode(report).decode()},
-        nonce=nonce,
-        host_key_sha256=bytes(32),
-        source="simulated",
-        collected_at="now",
-        gpus=gpus,
-        bound=bound,
-    )
+    doc, _ = sim_gpu_bundle(sim_tee, entries(nonce), nonce=nonce)
     return parse_bundle(doc)
 
 

@@ -104,7 +104,8 @@ def test_cc_off_and_a_gpu_that_refuses_are_notes_not_crashes(gpu: GpuPki) -> Non
 
 
 def test_real_nvidia_ml_py_without_a_driver_says_so() -> None:
-    pynvml = pytest.importorskip("pynvml")
+    import pynvml  # nvidia-ml-py, a test dependency
+
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:

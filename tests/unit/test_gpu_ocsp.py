@@ -29,8 +29,6 @@ from tests.support.fake_nvidia import (
     synthetic_rims,
 )
 
-pytest.importorskip("signxml", reason="RIM signatures need signxml (a jupyter-cc dependency)")
-
 AT = T0 + timedelta(days=1)
 NONCE = bytes(range(32))
 

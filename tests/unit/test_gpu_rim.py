@@ -26,8 +26,6 @@ from jupyter_cc.collateral.transfer import export_file, import_file
 from jupyter_cc.errors import ChainError, CollateralError, FormatError, SignatureError
 from tests.support.fake_nvidia import FakeNvidia, RimPki, serve_nvidia, sign_swid, strip_signature
 
-pytest.importorskip("signxml", reason="RIM signatures need signxml (a jupyter-cc dependency)")
-
 # Between the driver RIM leaf's notBefore and the VBIOS RIM leaves' notAfter (vectors README).
 AT = datetime(2024, 6, 1, tzinfo=timezone.utc)
 DRIVER = "nvidia/rim-driver-545.00-test.swidtag"
