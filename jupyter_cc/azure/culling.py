@@ -51,21 +51,12 @@ def guest_activity(target: GuestTarget, *, clock: Callable[[], float] = time.tim
     an idle one).
     """
     from jupyter_cc.remote.agent_client import AgentClient
-    from jupyter_cc.remote.ssh import SshConnection, SshTarget
+    from jupyter_cc.remote.ssh import SshConnection
 
     path = target.socket_path()
     if target.transport != "ssh" or not target.host or not path:
         return GuestActivity(None, "the guest agent is not reachable over SSH, so its idleness is unknown")
-    ssh = SshConnection(
-        SshTarget(
-            host=target.host,
-            port=target.port,
-            user=target.user,
-            identity_file=target.identity_file,
-            known_hosts=target.known_hosts,
-            timeout=target.timeout,
-        )
-    )
+    ssh = SshConnection(target.ssh_target())
     try:
         ssh.connect()
         if not ssh.host_key_known:  # accepted only provisionally: not the pinned CVM

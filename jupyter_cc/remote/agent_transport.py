@@ -41,7 +41,7 @@ from jupyter_cc.remote.attestation import (
     request_evidence,
 )
 from jupyter_cc.remote.guest import GuestLink
-from jupyter_cc.remote.ssh import SshConnection, SshError, SshTarget
+from jupyter_cc.remote.ssh import SshConnection, SshError
 
 if TYPE_CHECKING:
     from jupyter_cc.collateral.service import CollateralService
@@ -159,16 +159,7 @@ def open_agent_link(target: GuestTarget) -> AgentTransportLink:
 
     if not target.host:
         raise InputError("no host to connect to", hint="set the pod's address")
-    conn = AgentTransportConnection(
-        SshTarget(
-            host=target.host,
-            port=target.port,
-            user=target.user,
-            identity_file=target.identity_file,
-            known_hosts=None,
-            timeout=target.timeout,
-        )
-    )
+    conn = AgentTransportConnection(target.ssh_target(known_hosts=False))
     conn.connect()
     try:
         return AgentTransportLink(conn, conn.open_agent(timeout=target.timeout))

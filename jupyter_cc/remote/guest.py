@@ -20,7 +20,7 @@ from jupyter_cc.remote.attestation import Attestation, attest, request_evidence
 
 if TYPE_CHECKING:  # paramiko (~0.2 s of imports) is loaded when a guest is opened, not before
     from jupyter_cc.remote.agent_client import AgentClient
-    from jupyter_cc.remote.ssh import SshConnection
+    from jupyter_cc.remote.ssh import SshConnection, SshTarget
 
 __all__ = ["DEFAULT_KNOWN_HOSTS", "GuestLink", "GuestTarget"]
 
@@ -95,10 +95,24 @@ class GuestTarget:
         login = self.user or os.environ.get("USER") or "root"  # as SshTarget.login
         return self.agent_socket.replace("{user}", login) if self.agent_socket else ""
 
+    def ssh_target(self, *, known_hosts: bool = True) -> SshTarget:
+        """Where and as whom to connect; without ``known_hosts`` every host key is provisional
+        (the agent transport, whose key only the evidence can vouch for)."""
+        from jupyter_cc.remote.ssh import SshTarget
+
+        return SshTarget(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            identity_file=self.identity_file,
+            known_hosts=self.known_hosts if known_hosts else None,
+            timeout=self.timeout,
+        )
+
     def open(self) -> GuestLink:
         """Connect (SSH, or a local process) and start the agent; nothing is trusted yet."""
         from jupyter_cc.remote.agent_client import AgentClient, agent_argv
-        from jupyter_cc.remote.ssh import SshConnection, SshTarget
+        from jupyter_cc.remote.ssh import SshConnection
 
         python = self.python if self.transport == "ssh" else sys.executable
         argv = agent_argv(
@@ -118,16 +132,7 @@ class GuestTarget:
             raise InputError(f"transport {self.transport!r} is not ssh, agent or local")
         if not self.host:
             raise InputError("no host to connect to", hint="set the CVM's host name or address")
-        ssh = SshConnection(
-            SshTarget(
-                host=self.host,
-                port=self.port,
-                user=self.user,
-                identity_file=self.identity_file,
-                known_hosts=self.known_hosts,
-                timeout=self.timeout,
-            )
-        ).connect()
+        ssh = SshConnection(self.ssh_target()).connect()
         try:
             return self._agent_link(ssh, argv)
         except BaseException:
