@@ -21,24 +21,35 @@ guest-components' HTTP client (reqwest) keeps its connection alive between them;
 TLS session or token is carried from one release to the next, so every sample pays a full
 handshake and a full attestation. Wall clock per sample.
 
+Two cases per server. ``fresh``: as above, a whole release per sample (and for raw TLS one
+request on a fresh connection). ``kept``: what a kernel pays for its second and later keys
+from one broker (:class:`jupyter_cc.keys.kbs_client.KbsClient`): each client thread makes one
+whole release in its warm-up, then every sample is one ``resource`` request on that kept,
+pinned connection with the kept attestation token (the broker appraises the policy, writes and
+flushes the audit entry, makes the JWE), the JWE opened with the session's key; for raw TLS one
+keep-alive request on a kept connection. The kept samples are checked to have made no
+``connect`` or ``attest``.
+
 Clients: the 32 concurrent clients are threads spread over ``--procs`` processes (default: one
 per core, at most 32), so the client side is not held to one interpreter lock, the way 32 TEEs
 are 32 processes; one client is one thread. All connect from 127.0.0.1, so the brokers run with
 ``--attest-rate 1e6`` (the per-client ``/attest`` limit would otherwise be what is measured).
-Bounded loops: 1 client does 20 warm-up then 200 samples; 32 clients do 2 warm-up then 20
-samples each (640), started together behind a barrier.
+Bounded loops (:data:`ROUNDS`): fresh, 1 client does 20 warm-up then 200 samples and 32 clients
+2 warm-up then 20 samples each (640); kept, 20 then 500, and 2 then 50 each (1600); the 32
+start together behind a barrier.
 
 Where the time goes, printed for every server: the CPU time per sample of the server process
 (with its workers) and of the client processes, read from ``/proc`` and ``process_time``, and
 the client's wall time per step (``connect``, ``auth``, ``evidence``, ``attest``, ``resource``,
 ``open``; :data:`jupyter_cc.keys.kbs_client.step_timer`). ``--profile`` adds a run of 200
-sequential releases against a 1-worker broker that counts its CPU time (per thread) in each
-broker call: ``auth``, ``attest`` and within it evidence verification and the token,
+sequential whole releases and one of 1000 kept-session releases against a 1-worker broker that
+counts its CPU time (per thread) in each broker call: ``auth``, ``attest`` and within it
+evidence verification and the token, ``session_for_token`` (the bearer token's check),
 ``release`` and within it the audit entry and the JWE, the session store; the remainder of the
 process's CPU is HTTP, TLS and the event loop.
 
 Targets (issue 12): 1 client p99 <= 5 ms; 32 clients p99 <= 50 ms and throughput >= 1.6x the
-single-worker broker's, both for the N-worker broker.
+single-worker broker's, both for the N-worker broker; printed for both cases.
 
 Run: ``.venv/bin/python benchmarks/bench_kbs.py [--workers N] [--procs P] [--profile]`` (about a
 minute; two with ``--profile``).
@@ -291,17 +302,18 @@ def serve_profiled(db: str) -> int:
 
         setattr(owner, name, counted)
 
-    for name in ("auth", "attest", "release", "session", "attest_wait"):
+    for name in ("auth", "attest", "release", "session", "session_for_token", "attest_wait"):
         count(broker.Broker, name, f"Broker.{name}")
     count(broker, "verify_tee_evidence", "  attest: verify_tee_evidence")
     from joserfc import jwt
 
     count(jwt, "encode", "  attest: token (ES256)")
+    count(jwt, "decode", "  session_for_token: token check (ES256)")
     count(broker, "encrypt_response", "  release: JWE")
     count(audit, "record", "  release: audit entry (CPU; the flush waits off-CPU)")
     count(broker, "appraise", "  release: policy")
     count(store.KeyStore, "get", "  release: key store")
-    for name in ("open", "get", "consume_nonce", "save_attested", "attest_wait"):
+    for name in ("open", "get", "by_token", "consume_nonce", "save_attested", "attest_wait"):
         count(sessions.SessionStore, name, f"  sessions.{name}")
 
     def zero(*_: object) -> None:
@@ -365,14 +377,23 @@ def _steps_line(steps: dict[str, float], count: int) -> str:
     return "client wall ms per sample: " + ", ".join(parts) if parts else ""
 
 
-def measure(label: str, one: Callable[[], None], pid: int, procs: int) -> dict[str, float]:
+ROUNDS = {"fresh": ((20, 200), (2, 20)), "kept": ((20, 500), (2, 50))}
+"""(warm-up, samples) for 1 client and for each of the 32 clients, per case."""
+
+
+def measure(label: str, one: Callable[[], None], pid: int, procs: int, case: str) -> dict[str, float]:
     """1 client and 32 clients against ``one`` (server process ``pid``); prints the figures."""
 
     def server_cpu() -> float:
         return process_cpu(pid)
 
-    single = run_clients(one, 1, 20, 200, 1, server_cpu)
-    many = run_clients(one, 32, 2, 20, procs, server_cpu)
+    (warm1, rounds1), (warm32, rounds32) = ROUNDS[case]
+    single = run_clients(one, 1, warm1, rounds1, 1, server_cpu)
+    many = run_clients(one, 32, warm32, rounds32, procs, server_cpu)
+    if case == "kept":  # every measured sample must have been a kept-session request
+        for run in (single, many):
+            assert "attest" not in run["steps"], run["steps"]
+            assert "connect" not in run["steps"], run["steps"]
     figures = {}
     for name, run in (("one", single), ("many", many)):
         n = len(run["samples"])
@@ -383,7 +404,7 @@ def measure(label: str, one: Callable[[], None], pid: int, procs: int) -> dict[s
         figures[f"{name}_client_cpu"] = run["client_cpu"] / n * 1000
     figures["throughput"] = figures["many_rate"]
     print(
-        f"{label:>12}: 1 client p50 {figures['one_p50']:5.1f} / p99 {figures['one_p99']:5.1f} ms"
+        f"{label:>22}: 1 client p50 {figures['one_p50']:5.1f} / p99 {figures['one_p99']:5.1f} ms"
         f" ({figures['one_rate']:4.0f}/s) | 32 clients p50 {figures['many_p50']:6.1f} / p99"
         f" {figures['many_p99']:6.1f} ms, {figures['many_rate']:4.0f}/s",
         flush=True,
@@ -391,28 +412,32 @@ def measure(label: str, one: Callable[[], None], pid: int, procs: int) -> dict[s
     for name, run in (("1 client", single), ("32 clients", many)):
         key = "one" if name == "1 client" else "many"
         print(
-            f"{'':>14}{name}: CPU ms per sample: server {figures[key + '_server_cpu']:.2f},"
+            f"{'':>24}{name}: CPU ms per sample: server {figures[key + '_server_cpu']:.2f},"
             f" clients {figures[key + '_client_cpu']:.2f}; {_steps_line(run['steps'], len(run['samples']))}",
             flush=True,
         )
     return figures
 
 
-def profile_broker(db: Path) -> None:
-    """200 sequential releases against a 1-worker broker that counts CPU per broker call; prints it."""
-    from jupyter_cc.keys import release
+def profile_broker(db: Path, case: str) -> None:
+    """Sequential releases (``fresh``: whole ones, 200; ``kept``: on a kept session, 1000)
+    against a 1-worker broker that counts CPU per broker call; prints it."""
+    from jupyter_cc.keys.kbs_client import KbsClient, release_kbs
 
     proc, port, pin = start_broker(db, 1, profiled=True)
     uri = f"kbs://127.0.0.1:{port}/bench/key/k?cert-sha256={pin}"
-    count = 200
+    count = 200 if case == "fresh" else 1000
+    client = KbsClient() if case == "kept" else None
     try:
         for _ in range(20):
-            release(uri, tee="sim")
+            release_kbs(uri, tee="sim", client=client)
         proc.send_signal(signal.SIGUSR1)
         time.sleep(0.2)
         for _ in range(count):
-            release(uri, tee="sim")
+            release_kbs(uri, tee="sim", client=client)
     finally:
+        if client is not None:
+            client.close()
         out = stop(proc)
     rows: list[tuple[str, float, int]] = []
     for line in out.splitlines():
@@ -420,7 +445,8 @@ def profile_broker(db: Path) -> None:
             name, spent, calls_made = line[8:].rsplit("|", 2)
             rows.append((name, float(spent), int(calls_made)))
     total = next((s for label, s, _ in rows if label == "process"), 0.0)
-    print(f"profile (1 worker, {count} sequential releases): broker CPU ms per release, by call", flush=True)
+    what = "whole releases" if case == "fresh" else "releases on a kept session"
+    print(f"profile (1 worker, {count} sequential {what}): broker CPU ms per release, by call", flush=True)
     for label, seconds, calls in sorted(rows, key=lambda r: -r[1]):
         if label != "process":
             print(f"  {label:<56} {seconds / count * 1000:6.2f}  ({calls} calls)", flush=True)
@@ -429,6 +455,80 @@ def profile_broker(db: Path) -> None:
     print(
         f"  {'of which outside Broker calls (HTTP, TLS, event loop)':<56} {(total - top) / count * 1000:6.2f}"
     )
+
+
+def _raw_samples(trust: Any, pid: int, procs: int, results: dict[tuple[str, str], dict[str, float]]) -> None:
+    """The raw TLS server's two cases: a fresh connection per request, and a kept one."""
+
+    def raw_round_trip() -> None:
+        conn = trust.connection(30)  # a fresh connection, the pin checked, as a release does
+        try:
+            conn.request("GET", "/", headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            assert resp.read() == b"{}"
+        finally:
+            conn.close()
+
+    kept_conns = threading.local()
+
+    def raw_kept_round_trip() -> None:
+        conn = getattr(kept_conns, "conn", None)
+        if conn is None:  # each client thread opens its connection once (in its warm-up)
+            conn = kept_conns.conn = trust.connection(30)
+        conn.request("GET", "/", headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        assert resp.read() == b"{}"
+        assert not resp.will_close
+
+    results["fresh", "raw TLS"] = measure("fresh: raw TLS", raw_round_trip, pid, procs, "fresh")
+    results["kept", "raw TLS"] = measure("kept: raw TLS", raw_kept_round_trip, pid, procs, "kept")
+
+
+def _broker_samples(
+    label: str, uri: str, pid: int, procs: int, results: dict[tuple[str, str], dict[str, float]]
+) -> None:
+    """A broker's two cases: a whole release per sample, and a release on a kept session."""
+    from jupyter_cc.keys import release
+    from jupyter_cc.keys.kbs_client import KbsClient
+
+    def one_release() -> None:
+        assert len(release(uri, tee="sim").material) == 32
+
+    clients = threading.local()
+
+    def kept_release() -> None:
+        client = getattr(clients, "client", None)
+        if client is None:  # each client thread's first release is a whole one (warm-up)
+            client = clients.client = KbsClient()
+        assert len(client.release(uri, tee="sim").material) == 32
+
+    results["fresh", label] = measure(f"fresh: {label}", one_release, pid, procs, "fresh")
+    results["kept", label] = measure(f"kept: {label}", kept_release, pid, procs, "kept")
+
+
+def _verdicts(results: dict[tuple[str, str], dict[str, float]], workers: int) -> bool:
+    """Print the targets for both cases (for the N-worker broker); True if all are met."""
+    ok = True
+    for case in ("fresh", "kept"):
+        single, multi, raw_tls = (results[case, k] for k in ("1 worker", f"{workers} workers", "raw TLS"))
+        scale = multi["throughput"] / single["throughput"]
+        checks = [
+            (
+                f"1 client p99 {multi['one_p99']:.1f} <= {TARGET_ONE_P99_MS:g} ms",
+                multi["one_p99"] <= TARGET_ONE_P99_MS,
+            ),
+            (
+                f"32 clients p99 {multi['many_p99']:.1f} <= {TARGET_MANY_P99_MS:g} ms",
+                multi["many_p99"] <= TARGET_MANY_P99_MS,
+            ),
+            (f"throughput {scale:.2f}x the single worker's >= {TARGET_SCALE}x", scale >= TARGET_SCALE),
+        ]
+        raw_ratio = multi["throughput"] / raw_tls["throughput"]
+        print(f"{case}: N-worker broker throughput is {raw_ratio:.2f}x raw TLS round trips'")
+        for what, passed in checks:
+            print(f"{case}: target {what}: {'yes' if passed else 'NO'}")
+            ok = ok and passed
+    return ok
 
 
 def main() -> int:
@@ -457,7 +557,6 @@ def main() -> int:
     from jupyter_cc.attest.sim import SimulatedTee
     from jupyter_cc.kbs.store import KeyStore
     from jupyter_cc.kbs.tls import ensure_identity
-    from jupyter_cc.keys import release
     from jupyter_cc.keys.broker_trust import resolve_trust
 
     SimulatedTee.load_or_create()  # made once, shared by the brokers and the clients
@@ -476,7 +575,7 @@ def main() -> int:
         f" 32 clients in {max(1, min(args.procs, 32))} processes",
         flush=True,
     )
-    results: dict[str, dict[str, float]] = {}
+    results: dict[tuple[str, str], dict[str, float]] = {}
 
     raw = subprocess.Popen(
         [sys.executable, __file__, "--child-raw", str(raw_identity.cert_path), str(raw_identity.key_path)],
@@ -487,48 +586,26 @@ def main() -> int:
         assert raw.stdout is not None
         raw_port = int(raw.stdout.readline())
         trust = resolve_trust("127.0.0.1", raw_port, tls=True, uri_pin=raw_identity.fingerprint)
-
-        def raw_round_trip() -> None:
-            conn = trust.connection(30)  # a fresh connection, the pin checked, as a release does
-            try:
-                conn.request("GET", "/", headers={"Accept": "application/json"})
-                resp = conn.getresponse()
-                assert resp.read() == b"{}"
-            finally:
-                conn.close()
-
-        results["raw TLS"] = measure("raw TLS", raw_round_trip, raw.pid, args.procs)
+        _raw_samples(trust, raw.pid, args.procs, results)
     finally:
         stop(raw)
 
     for label, workers in (("1 worker", 1), (f"{args.workers} workers", args.workers)):
         proc, port, pin = start_broker(db, workers)
-        uri = f"kbs://127.0.0.1:{port}/bench/key/k?cert-sha256={pin}"
         try:
-
-            def one_release(uri: str = uri) -> None:
-                assert len(release(uri, tee="sim").material) == 32
-
-            results[label] = measure(label, one_release, proc.pid, args.procs)
+            _broker_samples(
+                label, f"kbs://127.0.0.1:{port}/bench/key/k?cert-sha256={pin}", proc.pid, args.procs, results
+            )
         finally:
             stop(proc)
 
     if args.profile:
-        profile_broker(db)
+        profile_broker(db, "fresh")
+        profile_broker(db, "kept")
 
-    single, multi = results["1 worker"], results[f"{args.workers} workers"]
-    scale = multi["throughput"] / single["throughput"]
-    checks = [
-        (f"1 client p99 <= {TARGET_ONE_P99_MS:g} ms", multi["one_p99"] <= TARGET_ONE_P99_MS),
-        (f"32 clients p99 <= {TARGET_MANY_P99_MS:g} ms", multi["many_p99"] <= TARGET_MANY_P99_MS),
-        (f"throughput {scale:.2f}x the single worker's >= {TARGET_SCALE}x", scale >= TARGET_SCALE),
-    ]
-    raw_ratio = multi["throughput"] / results["raw TLS"]["throughput"]
-    print(f"N-worker broker throughput is {raw_ratio:.2f}x raw TLS round trips'")
+    ok = _verdicts(results, args.workers)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
-    for what, ok in checks:
-        print(f"target {what}: {'yes' if ok else 'NO'}")
-    return 0 if all(ok for _, ok in checks) else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ confidential VM, the guest agent behind it uses the simulated TEE, and every lis
    against a direct local kernel, in alternating blocks. Target <= 1.1x (issue 14; was 1.3x).
    The same with **CurveZMQ** (``transport_encryption = required``: the kernel's key pair made in
    the guest and bound into the evidence) against the same direct kernel without CurveZMQ, so its
-   cost is the difference of the two ratios (reported, no target).
+   cost is the difference of the two ratios (reported, no target). And the same for a kernel
+   from the **resident agent**, whose SSH connection runs no session, so sshd leaves Nagle's
+   algorithm on for it (reported, no target).
 3. **bulk throughput**: ``BULK_MB`` MB pulled from a plain TCP source on 127.0.0.1 through ONE
    forwarded port of ``SshConnection.forward()`` against OpenSSH ``ssh -N -L`` (same client key,
    same sshd, same source; OpenSSH's default cipher). Median of ``BULK_ROUNDS`` pulls each. The
@@ -42,6 +44,9 @@ the same public pieces, so that a missed start target shows where the time goes.
 Run from the repository root: ``.venv/bin/python benchmarks/bench_kernel.py`` (needs sshd and
 ssh from OpenSSH). Runtime: about a minute on a 2-core VM (bounded by ``DEADLINE_S``).
 ``--runs 3`` repeats the whole run and ends with the worst ratio of each measurement.
+``--only execute,bulk`` runs only the named parts, of ``start``, ``execute``, ``display``,
+``curve`` (the CurveZMQ round trips), ``resident`` (the round trips of a kernel from the resident
+agent, whose SSH connection runs no session), ``bulk`` and ``phases``; the default is all of them.
 """
 
 from __future__ import annotations
@@ -99,6 +104,8 @@ START_LABELS = {
     CC_BARE_KERNEL: "start->ready, per-conn, no rc",
 }
 LOCAL_KERNEL = "py-bench"
+#: The parts ``--only`` can name, in the order a run measures them.
+PARTS = ("start", "execute", "display", "curve", "resident", "bulk", "phases")
 T = TypeVar("T")
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
@@ -368,11 +375,16 @@ async def bench_display(clients: dict[str, AsyncKernelClient]) -> Result:
 
 
 async def bench_exec_and_display(
-    cc: AsyncKernelClient, local: AsyncKernelClient
-) -> tuple[Result, Result, Result]:
+    cc: AsyncKernelClient, local: AsyncKernelClient, parts: tuple[str, ...] = PARTS
+) -> list[Result]:
+    """The execute round trips and the 50 MB display, those of the two that ``parts`` names."""
     clients = {"cc": cc, "local": local}
-    main, shell = await bench_exec(clients)
-    return main, shell, await bench_display(clients)
+    results: list[Result] = []
+    if "execute" in parts:
+        results.extend(await bench_exec(clients))
+    if "display" in parts:
+        results.append(await bench_display(clients))
+    return results
 
 
 async def bench_exec_curve() -> Result:
@@ -388,6 +400,21 @@ async def bench_exec_curve() -> Result:
     finally:
         await stop(c_km, c_kc)
     main.name, main.target, main.met = "execute round trip, CurveZMQ", "(info)", None
+    return main
+
+
+async def bench_exec_resident() -> Result:
+    """Execute round trips of a kernel from the resident agent (its connection runs no session)."""
+    _, r_km, r_kc = await start_ready(CC_RESIDENT_KERNEL)
+    try:
+        _, l_km, l_kc = await start_ready(LOCAL_KERNEL)
+        try:
+            main, _ = await bench_exec({"cc": r_kc, "local": l_kc})
+        finally:
+            await stop(l_km, l_kc)
+    finally:
+        await stop(r_km, r_kc)
+    main.name, main.target, main.met = "execute round trip, resident agent", "(info)", None
     return main
 
 
@@ -537,30 +564,44 @@ async def bench_phases(server: Sshd, config: dict[str, object], rounds: int = 3)
 
 
 async def with_kernels(
-    fn: Callable[[AsyncKernelClient, AsyncKernelClient], Awaitable[tuple[Result, Result, Result]]],
-) -> tuple[Result, Result, Result]:
+    fn: Callable[[AsyncKernelClient, AsyncKernelClient, tuple[str, ...]], Awaitable[list[Result]]],
+    parts: tuple[str, ...],
+) -> list[Result]:
     _, cc_km, cc_kc = await start_ready(CC_KERNEL)
     try:
         _, l_km, l_kc = await start_ready(LOCAL_KERNEL)
         try:
-            return await fn(cc_kc, l_kc)
+            return await fn(cc_kc, l_kc, parts)
         finally:
             await stop(l_km, l_kc)
     finally:
         await stop(cc_km, cc_kc)
 
 
-async def run(tmp: Path) -> list[Result]:
+async def run(tmp: Path, parts: tuple[str, ...] = PARTS) -> list[Result]:
     server = start_sshd(tmp / "sshd")
     with contextlib.ExitStack() as stack:
         try:
-            return await _run(tmp, server, stack)
+            return await _run(tmp, server, stack, parts)
         finally:
             stack.close()  # the resident agent stops before its sshd
             server.stop()
 
 
-async def _run(tmp: Path, server: Sshd, stack: contextlib.ExitStack) -> list[Result]:
+async def report_phases(server: Sshd, bare: Sshd, config: dict[str, object]) -> None:
+    """Print the phases of one confidential start and what sshd's shell start costs."""
+    phases = await bench_phases(server, config)
+    runs = max((len(v) for v in phases.rows.values()), default=0)
+    print(f"\nstart phases (median of {runs} runs, replayed step by step):")
+    for name, samples in phases.rows.items():
+        print(f"  {name:<32} {med(samples) * 1000:8.1f} ms")
+    print(
+        f"  {'sshd exec `true`, this account':<32} {shell_cost(server) * 1000:8.1f} ms"
+        f"   (no shell rc: {shell_cost(bare) * 1000:.1f} ms)"
+    )
+
+
+async def _run(tmp: Path, server: Sshd, stack: contextlib.ExitStack, parts: tuple[str, ...]) -> list[Result]:
     bare = None
     try:
         bare = start_sshd(tmp / "sshd-bare", bare_home=tmp / "bare-home")
@@ -585,22 +626,21 @@ async def _run(tmp: Path, server: Sshd, stack: contextlib.ExitStack) -> list[Res
                 for note in r.notes:
                     print(f"{'':<36}{note}", flush=True)
 
-        report(*await bench_start((CC_RESIDENT_KERNEL, CC_KERNEL, CC_BARE_KERNEL)))
-        report(*await with_kernels(bench_exec_and_display))
-        report(await bench_exec_curve())
-        bulk, cipher_info = bench_bulk(server, tmp)
-        report(bulk)
-        for line in cipher_info:
-            print(f"{'':<36}{line}")
-        phases = await bench_phases(server, config)
-        runs = max((len(v) for v in phases.rows.values()), default=0)
-        print(f"\nstart phases (median of {runs} runs, replayed step by step):")
-        for name, samples in phases.rows.items():
-            print(f"  {name:<32} {med(samples) * 1000:8.1f} ms")
-        print(
-            f"  {'sshd exec `true`, this account':<32} {shell_cost(server) * 1000:8.1f} ms"
-            f"   (no shell rc: {shell_cost(bare) * 1000:.1f} ms)"
-        )
+        if "start" in parts:
+            report(*await bench_start((CC_RESIDENT_KERNEL, CC_KERNEL, CC_BARE_KERNEL)))
+        if "execute" in parts or "display" in parts:
+            report(*await with_kernels(bench_exec_and_display, parts))
+        if "curve" in parts:
+            report(await bench_exec_curve())
+        if "resident" in parts:
+            report(await bench_exec_resident())
+        if "bulk" in parts:
+            bulk, cipher_info = bench_bulk(server, tmp)
+            report(bulk)
+            for line in cipher_info:
+                print(f"{'':<36}{line}")
+        if "phases" in parts:
+            await report_phases(server, bare, config)
         missed = [r.name for r in results if r.met is False]
         print(f"\ntargets not met: {', '.join(missed)}" if missed else "\nall targets met")
         return results
@@ -629,11 +669,19 @@ def main() -> int:
     # A SIGTERM unwinds like an exception, so the finally blocks stop sshd, ssh and kernels.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 1
+    parts = PARTS
+    if "--only" in sys.argv:
+        named = tuple(p for p in sys.argv[sys.argv.index("--only") + 1].split(",") if p)
+        unknown = [p for p in named if p not in PARTS]
+        if unknown or not named:
+            print(f"--only takes a comma-separated list of {', '.join(PARTS)}", file=sys.stderr)
+            return 2
+        parts = tuple(p for p in PARTS if p in named)
     all_results = []
     for i in range(runs):
         if runs > 1:
             print(f"\n=== run {i + 1} of {runs} ===", flush=True)
-        all_results.append(_one_run())
+        all_results.append(_one_run(parts))
     if runs > 1:
         print(f"\nworst of {runs} runs:")
         for r in worst(all_results):
@@ -647,7 +695,7 @@ def main() -> int:
     return 0
 
 
-def _one_run() -> list[Result]:
+def _one_run(parts: tuple[str, ...]) -> list[Result]:
     global BUDGET
     BUDGET = Budget(DEADLINE_S)
     tmp = Path(tempfile.mkdtemp(prefix="bench-kernel-"))
@@ -656,7 +704,7 @@ def _one_run() -> list[Result]:
     os.environ["JUPYTER_PATH"] = str(tmp / "jupyter")
     os.environ["JUPYTER_RUNTIME_DIR"] = str(tmp / "runtime")
     try:
-        return asyncio.run(run(tmp))
+        return asyncio.run(run(tmp, parts))
     finally:
         for key, value in saved.items():
             if value is None:

@@ -28,6 +28,8 @@ Every release and every refusal of one is appended to the broker's hash-chained 
 from __future__ import annotations
 
 import base64
+import collections
+import hashlib
 import hmac
 import os
 import secrets
@@ -94,6 +96,8 @@ __all__ = [
 ]
 
 AUDIT_NAME = "audit.jsonl"
+_VERIFIED_TOKENS = 4096
+"""Verified bearer tokens whose ``jti`` and ``exp`` a broker keeps (the least recently used go)."""
 ISSUER = "jupyter-cc-kbs"
 _NATIVE_TEE = {k.name: k.trustee_tee for k in KINDS if k.trustee_tee}
 TEE_NAMES = UPSTREAM_TEES
@@ -245,6 +249,7 @@ class Broker:
             attest_burst=attest_burst,
         )
         self._lock = threading.Lock()
+        self._verified: collections.OrderedDict[bytes, tuple[str, float]] = collections.OrderedDict()
         self._signing_key = ECKey.import_key(signing_key or ec.generate_private_key(ec.SECP256R1()))
 
     # --- sessions -----------------------------------------------------------------------------
@@ -282,14 +287,37 @@ class Broker:
         return self.sessions.get(session_id)
 
     def session_for_token(self, token: str) -> Session | None:
-        """The session behind a bearer token this broker issued, if both are still valid."""
-        try:
-            decoded = jwt.decode(token, self._signing_key, algorithms=["ES256"])
-        except (JoseError, ValueError):
+        """The session behind a bearer token this broker issued, if both are still valid.
+
+        The signature is checked once per token: a verified token's ``jti`` and ``exp`` are
+        kept (by the token's SHA-256, not its text; at most :data:`_VERIFIED_TOKENS`), so a
+        kernel's later releases with it cost no ES256 verification. Its expiry and its session
+        (gone after a restart, or when the session expired or was evicted) are checked at every
+        request; a token that fails verification is never kept.
+        """
+        if len(token) > 16384:
             return None
-        jti = decoded.claims.get("jti")
-        exp = decoded.claims.get("exp")
-        if not isinstance(jti, str) or not isinstance(exp, (int, float)) or exp <= self.clock():
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        with self._lock:
+            known = self._verified.get(digest)
+            if known is not None:
+                self._verified.move_to_end(digest)
+        if known is None:
+            try:
+                decoded = jwt.decode(token, self._signing_key, algorithms=["ES256"])
+            except (JoseError, ValueError):
+                return None
+            jti = decoded.claims.get("jti")
+            exp = decoded.claims.get("exp")
+            if not isinstance(jti, str) or isinstance(exp, bool) or not isinstance(exp, (int, float)):
+                return None
+            known = (jti, float(exp))
+            with self._lock:
+                self._verified[digest] = known
+                while len(self._verified) > _VERIFIED_TOKENS:
+                    self._verified.popitem(last=False)
+        jti, exp = known
+        if exp <= self.clock():
             return None
         return self.sessions.by_token(jti)
 

@@ -59,11 +59,12 @@ b'{"nonce":"n","tee-pubkey":{"kty":"EC","y":"1"}}'
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -341,24 +342,43 @@ def _ec_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
-def encrypt_response(jwk: Mapping[str, Any], plaintext: bytes) -> dict[str, str]:
-    """Encrypt ``plaintext`` to the TEE's public key: trustee's flattened JWE (see module doc)."""
+def _recipient(jwk: Mapping[str, Any]) -> tuple[str, ec.EllipticCurvePublicKey | rsa.RSAPublicKey]:
+    """The checked ``tee-pubkey`` (:func:`import_tee_pubkey`) as a ``cryptography`` key, and its alg."""
     _key, alg = import_tee_pubkey(dict(jwk))
-    cek = os.urandom(32)
-    header: dict[str, Any] = {"alg": alg, "enc": CONTENT_ENC}
     if alg == EC_ALG:
         try:
-            peer = _ec_public(jwk)
+            return alg, _ec_public(jwk)
         except (ValueError, KeyError, InputError):
             raise KbsError("runtime-data.tee-pubkey is not a point on its curve") from None
+    n = int.from_bytes(b64decode_any(str(jwk["n"]), what="n"), "big")
+    e = int.from_bytes(b64decode_any(str(jwk["e"]), what="e"), "big")
+    return alg, rsa.RSAPublicNumbers(e, n).public_key()
+
+
+@functools.lru_cache(maxsize=1024)
+def _recipient_of(
+    members: tuple[tuple[str, str], ...],
+) -> tuple[str, ec.EllipticCurvePublicKey | rsa.RSAPublicKey]:
+    """:func:`_recipient` of a JWK given as its sorted string members, kept: an attested session's
+    key is checked and parsed once, not at every release (a refused key raises and is not kept)."""
+    return _recipient(dict(members))
+
+
+def encrypt_response(jwk: Mapping[str, Any], plaintext: bytes) -> dict[str, str]:
+    """Encrypt ``plaintext`` to the TEE's public key: trustee's flattened JWE (see module doc)."""
+    if all(isinstance(k, str) and isinstance(v, str) for k, v in jwk.items()):
+        alg, peer = _recipient_of(tuple(sorted(jwk.items())))
+    else:
+        alg, peer = _recipient(jwk)  # refused by import_tee_pubkey, with its reason
+    cek = os.urandom(32)
+    header: dict[str, Any] = {"alg": alg, "enc": CONTENT_ENC}
+    if isinstance(peer, ec.EllipticCurvePublicKey):
         ephemeral = ec.generate_private_key(peer.curve)
         kek = _concat_kdf(ephemeral.exchange(ec.ECDH(), peer), EC_ALG)
         encrypted_key = aes_key_wrap(kek, cek)
         header["epk"] = _ec_jwk(ephemeral.public_key())
     else:
-        n = int.from_bytes(b64decode_any(str(jwk["n"]), what="n"), "big")
-        e = int.from_bytes(b64decode_any(str(jwk["e"]), what="e"), "big")
-        encrypted_key = rsa.RSAPublicNumbers(e, n).public_key().encrypt(cek, _OAEP)
+        encrypted_key = peer.encrypt(cek, _OAEP)
     protected = protected_header(header)
     iv = os.urandom(12)
     sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
@@ -381,19 +401,22 @@ def _header_of(protected: str) -> dict[str, Any]:
     return header
 
 
-def _aad_candidates(protected: str, header: dict[str, Any], aad: Any) -> list[bytes]:
-    """The received header first (RFC 7516), then the re-serializations upstream clients make."""
+def _aad_candidates(protected: str, header: dict[str, Any], aad: Any) -> Iterator[bytes]:
+    """The received header first (RFC 7516), then the re-serializations upstream clients make
+    (made only if the received one does not open the JWE)."""
+    suffix = f".{aad}" if isinstance(aad, str) and aad else ""
+    yield (protected + suffix).encode("ascii")
     rest = {k: header[k] for k in sorted(header) if k not in ("alg", "enc")}
     struct_order = {"alg": header.get("alg"), "enc": header.get("enc"), **rest}
     compact = (",", ":")
     forms = [
-        protected,
         _b64u(json.dumps(header, sort_keys=True, separators=compact).encode("utf-8")),
         _b64u(json.dumps(struct_order, separators=compact).encode("utf-8")),
         _b64u(json.dumps(header, separators=compact).encode("utf-8")),
     ]
-    suffix = f".{aad}" if isinstance(aad, str) and aad else ""
-    return [(form + suffix).encode("ascii") for form in dict.fromkeys(forms)]
+    for form in dict.fromkeys(forms):
+        if form != protected:
+            yield (form + suffix).encode("ascii")
 
 
 def _unwrap_cek(

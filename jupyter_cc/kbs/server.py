@@ -23,10 +23,13 @@ unverifiable), 401 ``TokenNotFound`` for a resource without an attested session,
 
 Transport and load (:func:`serve`): HTTPS with the broker's certificate
 (:mod:`jupyter_cc.kbs.tls`); plain HTTP only on a loopback address. A client over its ``/attest``
-rate gets 429 with ``Retry-After`` before its body is read (:class:`_AttestGate`). Evidence
-verification and the release's audit fsync run in worker threads, so the event loop keeps
-answering; ``workers`` > 1 forks processes sharing the listening sockets and the session store
-(:mod:`jupyter_cc.kbs.sessions`).
+rate gets 429 with ``Retry-After`` before its body is read (:class:`_AttestGate`). A body-less
+``GET .../resource/...`` with a bearer token (a kernel's second and later keys on a kept
+session) is answered by that gate too, without tornado's routing and handler machinery, with
+the same checks, statuses, bodies and headers as :class:`_ResourceHandler`
+(:func:`_bearer_resource`). Evidence verification and the release's audit fsync run in worker
+threads, so the event loop keeps answering; ``workers`` > 1 forks processes sharing the
+listening sockets and the session store (:mod:`jupyter_cc.kbs.sessions`).
 """
 
 from __future__ import annotations
@@ -35,16 +38,21 @@ import asyncio
 import json
 import math
 import os
+import re
 import signal
 import socket
 import ssl
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http.client import responses
 from typing import Any
 
 import tornado.httpserver
+import tornado.iostream
+import tornado.log
 import tornado.netutil
 import tornado.web
 from tornado import httputil
@@ -239,8 +247,35 @@ class _AttestGate(httputil.HTTPServerConnectionDelegate):
         self.app.on_close(server_conn)
 
 
+_BEARER_RESOURCE = re.compile(
+    rf"\A{API_PREFIX}/resource/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+)\Z"
+)
+"""A resource path the fast path serves: plain segments (nothing tornado would unquote), no query."""
+
+
+def _bearer_resource(
+    start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders
+) -> tuple[str, str] | None:
+    """(token, resource) of a body-less ``GET /kbs/v0/resource/...`` with a bearer token, else None.
+
+    Those are a kept session's releases (:class:`jupyter_cc.keys.kbs_client.KbsClient`); the
+    fast path answers them without tornado's routing and handler machinery, with exactly the
+    checks, answers and headers of :class:`_ResourceHandler`. Anything else goes to tornado.
+    """
+    if start_line.method != "GET":
+        return None
+    match = _BEARER_RESOURCE.match(start_line.path)
+    if match is None or "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
+        return None
+    auth = headers.get("Authorization", "")
+    if not auth.lower().startswith("bearer "):
+        return None
+    return auth[7:].strip(), "/".join(match.groups())
+
+
 class _GatedRequest(httputil.HTTPMessageDelegate):
-    """One request: passed to the application unless it is an ``/attest`` over the rate."""
+    """One request: passed to the application unless it is an ``/attest`` over the rate (429
+    here) or a kept session's bearer ``resource`` request (answered here: :func:`_bearer_resource`)."""
 
     def __init__(
         self, broker: Broker, conn: httputil.HTTPConnection, inner: httputil.HTTPMessageDelegate
@@ -249,24 +284,71 @@ class _GatedRequest(httputil.HTTPMessageDelegate):
         self.conn = conn
         self.inner = inner
         self.refused = False
+        self.fast: tuple[str, str] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.started = 0.0
+        self.summary = ""
 
     def headers_received(
         self,
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
-        if (
-            isinstance(start_line, httputil.RequestStartLine)
-            and start_line.method == "POST"
-            and start_line.path.split("?", 1)[0] == f"{API_PREFIX}/attest"
-        ):
-            context = getattr(self.conn, "context", None)
-            wait = self.broker.attest_wait(str(getattr(context, "remote_ip", "") or ""))
-            if wait > 0:
-                self.refused = True
-                self._too_many(wait)
+        if isinstance(start_line, httputil.RequestStartLine):
+            if start_line.method == "POST" and start_line.path.split("?", 1)[0] == f"{API_PREFIX}/attest":
+                wait = self.broker.attest_wait(self._peer())
+                if wait > 0:
+                    self.refused = True
+                    self._too_many(wait)
+                    return None
+            self.fast = _bearer_resource(start_line, headers)
+            if self.fast is not None:
+                self.started = time.perf_counter()
+                self.summary = f"GET {start_line.path} ({self._peer()})"
                 return None
         return self.inner.headers_received(start_line, headers)
+
+    def _peer(self) -> str:
+        context = getattr(self.conn, "context", None)
+        return str(getattr(context, "remote_ip", "") or "")
+
+    def _release(self, token: str, resource: str) -> tuple[dict[str, str], str]:
+        """In a worker thread: the token's session, then the release (its audit fsync waits here)."""
+        return self.broker.release(self.broker.session_for_token(token), resource)
+
+    async def _answer(self, token: str, resource: str) -> None:
+        loop = asyncio.get_running_loop()
+        extra: dict[str, str] = {}
+        try:
+            response, policy = await loop.run_in_executor(None, self._release, token, resource)
+            status, doc = 200, response
+            extra[POLICY_HEADER] = policy
+        except RequestRefusedError as refusal:
+            status, doc = refusal.status, error_body(refusal.kind, refusal.detail, **refusal.extra)
+        except Exception:
+            tornado.log.app_log.error("Uncaught exception %s", self.summary, exc_info=True)
+            status, doc = 500, error_body("InternalError", "HTTP 500 Internal Server Error.")
+        body = json.dumps(doc).encode()
+        headers = httputil.HTTPHeaders(
+            {
+                "Content-Type": "application/json",
+                "Content-Length": str(len(body)),
+                "Cache-Control": "no-store",
+                **extra,
+            }
+        )
+        try:
+            self.conn.write_headers(
+                httputil.ResponseStartLine("HTTP/1.1", status, responses.get(status, "Unknown")),
+                headers,
+                body,
+            )
+            self.conn.finish()
+        except tornado.iostream.StreamClosedError:
+            return
+        elapsed = 1000 * (time.perf_counter() - self.started)
+        log = tornado.log.access_log.info if status < 400 else tornado.log.access_log.warning
+        log("%d %s %.2fms", status, self.summary, elapsed)
 
     def _too_many(self, wait: float) -> None:
         seconds = max(1, math.ceil(wait))
@@ -290,14 +372,16 @@ class _GatedRequest(httputil.HTTPMessageDelegate):
         self.conn.finish()
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
-        return None if self.refused else self.inner.data_received(chunk)
+        return None if self.refused or self.fast else self.inner.data_received(chunk)
 
     def finish(self) -> None:
-        if not self.refused:
+        if self.fast is not None:
+            self._task = asyncio.get_running_loop().create_task(self._answer(*self.fast))
+        elif not self.refused:
             self.inner.finish()
 
     def on_connection_close(self) -> None:
-        if not self.refused:
+        if not self.refused and self.fast is None:
             self.inner.on_connection_close()
 
 

@@ -14,7 +14,9 @@
    ``az-tdx-vtpm``; the simulated TEE as ``sample`` with its signed report beside it), so the same
    request works against ``jupyter-cc kbs serve`` and a Trustee KBS.
 3. ``resource``: the key comes back as a JWE to the ephemeral key and is opened here; the
-   private key is dropped right after (Python cannot wipe memory; it is never written or shown).
+   private key is dropped right after, or kept in memory with the session's token by a
+   :class:`KbsClient` until the token expires (Python cannot wipe memory; it is never written
+   or shown).
 
 Transport: ``kbs://host[:port]/...`` is HTTPS, default port 8085 (the port
 ``jupyter-cc kbs serve`` listens on; a Trustee KBS usually listens on 8080, so name it). The
@@ -24,6 +26,15 @@ broker must be authenticated before anything is sent: by a pinned certificate fi
 (:mod:`jupyter_cc.keys.broker_trust`). The JWE alone proves nothing, since anyone can encrypt to
 the TEE's public key: a resource from an unauthenticated broker is never accepted.
 ``kbs+http://`` is plain HTTP, accepted only to ``localhost`` or a loopback address.
+
+Kept sessions: :func:`release_kbs` alone makes a whole release and keeps nothing. A
+:class:`KbsClient` (the ``%release_key`` magic holds one per kernel) keeps, per broker, the
+connection, the attestation token ``attest`` answered and that session's TEE key, so a later
+release from the same broker is one ``resource`` request on the kept connection (as
+guest-components keeps its token until it expires); the token is re-earned with a whole release
+on a fresh connection (the broker authenticated again) when it nears expiry, is refused, or the
+connection dropped, and on any other doubt. Every such request is still appraised by the
+broker against the resource's policy and revocation state.
 
 Every failure is one :class:`~jupyter_cc.keys.KeyReleaseError` naming the step, the HTTP
 status and the broker's reason (for 403, the policy's failed rules).
@@ -35,6 +46,7 @@ import http.client
 import json
 import os
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,9 +75,9 @@ from jupyter_cc.kbs.protocol import (
     tee_pubkey_jwk,
 )
 from jupyter_cc.keys import KeyReleaseError, ReleasedKey
-from jupyter_cc.keys.broker_trust import normalize_pin, resolve_trust
+from jupyter_cc.keys.broker_trust import BrokerTrust, normalize_pin, resolve_trust
 
-__all__ = ["KbsTarget", "parse_kbs_uri", "release_kbs"]
+__all__ = ["KbsClient", "KbsTarget", "parse_kbs_uri", "release_kbs"]
 
 step_timer: Callable[[str, float], None] | None = None
 """Benchmarks set this to be told how long each step of a release took, in seconds: ``connect``
@@ -148,11 +160,9 @@ class _Session:
     decision, made here before any connection: plain HTTP off loopback is refused outright.
     """
 
-    def __init__(self, target: KbsTarget, timeout: float, ca_file: str | None) -> None:
+    def __init__(self, target: KbsTarget, timeout: float, trust: BrokerTrust) -> None:
         self.target = target
-        self.trust = resolve_trust(
-            target.host, target.port, tls=target.tls, uri_pin=target.pin, ca_file=ca_file
-        )
+        self.trust = trust
         self.conn: http.client.HTTPConnection = self.trust.connection(timeout)
         self.cookie: str | None = None
 
@@ -196,13 +206,7 @@ class _Session:
         resp, raw = self._exchange(step, method, path, data, headers)
         if len(raw) > _MAX_RESPONSE:
             raise self._fail(step, f"the broker's response is larger than {_MAX_RESPONSE} bytes")
-        for header in resp.headers.get_all("Set-Cookie") or ():
-            try:
-                jar = SimpleCookie(header)
-            except CookieError:
-                continue
-            if SESSION_COOKIE in jar:
-                self.cookie = jar[SESSION_COOKIE].value
+        self._take_cookie(resp)
         try:
             doc = json.loads(raw) if raw else None
         except ValueError:
@@ -212,6 +216,15 @@ class _Session:
         if not isinstance(doc, dict):
             raise self._fail(step, "the broker's answer is not a JSON object")
         return doc, resp
+
+    def _take_cookie(self, resp: http.client.HTTPResponse) -> None:
+        for header in resp.headers.get_all("Set-Cookie") or ():
+            try:
+                jar = SimpleCookie(header)
+            except CookieError:
+                continue
+            if SESSION_COOKIE in jar:
+                self.cookie = jar[SESSION_COOKIE].value
 
     def _fail(self, step: str, why: str) -> KeyReleaseError:
         return KeyReleaseError(
@@ -333,8 +346,9 @@ def _rcar(
     private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
     choice: str,
     sim: str | Path | None,
-) -> None:
-    """``auth`` then ``attest`` exactly as guest-components 0.4.x does; the cookie is then attested.
+) -> str:
+    """``auth`` then ``attest`` exactly as guest-components 0.4.x does; the cookie is then
+    attested, and the broker's attestation token is returned.
 
     ``auth`` names the TEE before any evidence exists; with ``tee="auto"`` the guess is ``snp``,
     and when the evidence found is another TEE's the handshake starts again once under its name.
@@ -365,8 +379,311 @@ def _rcar(
         "tee-evidence": {"primary_evidence": primary, "additional_evidence": additional},
     }
     answer, _ = session.call("attest", "POST", f"{API_PREFIX}/attest", attestation)
-    if not isinstance(answer.get("token"), str):
+    token = answer.get("token")
+    if not isinstance(token, str):
         raise session._fail("attest", "the broker's answer has no attestation token")
+    return token
+
+
+def _resource_path(target: KbsTarget) -> str:
+    r = target.resource
+    return f"{API_PREFIX}/resource/{r.repository}/{r.type}/{r.tag}"
+
+
+def _ephemeral_key(key_type: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    if key_type == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    raise InputError(f"key_type must be 'ec' or 'rsa', not {key_type!r}")
+
+
+def _open(session: _Session, doc: Any, private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    started = time.perf_counter()
+    try:
+        material = decrypt_response(doc, private)
+    except KbsError as exc:
+        raise session._fail("resource", exc.diagnostics().rstrip(".")) from None
+    _timed("open", started)
+    return material
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Everything besides the URI that decides how a release is made (part of the cache key)."""
+
+    choice: str
+    sim: str | None
+    key_type: str
+    timeout: float
+    ca_file: str | None
+
+    @classmethod
+    def of(
+        cls, tee: str | None, sim_dir: str | Path | None, key_type: str, timeout: float, ca_file: str | None
+    ) -> _Options:
+        if key_type not in ("ec", "rsa"):
+            raise InputError(f"key_type must be 'ec' or 'rsa', not {key_type!r}")
+        sim = sim_dir or os.environ.get("JUPYTER_CC_SIM_DIR") or None
+        return cls(
+            tee or os.environ.get("JUPYTER_CC_TEE", "auto"),
+            str(sim) if sim else None,
+            key_type,
+            timeout,
+            ca_file or os.environ.get("JUPYTER_CC_KBS_CA") or None,
+        )
+
+
+def _trust(target: KbsTarget, options: _Options) -> BrokerTrust:
+    return resolve_trust(
+        target.host, target.port, tls=target.tls, uri_pin=target.pin, ca_file=options.ca_file
+    )
+
+
+class _Attested:
+    """A full release's attested state kept for later releases from the same broker.
+
+    The open connection (authenticated when it opened), the broker's attestation token for
+    this session, the session's TEE private key (every JWE on this session is opened with it,
+    and with nothing else) and the monotonic time after which the token is not used. Never
+    shown: ``repr`` names the broker only.
+    """
+
+    __slots__ = ("expires", "private", "session", "token")
+
+    def __init__(
+        self,
+        session: _Session,
+        token: str,
+        private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+        expires: float,
+    ) -> None:
+        self.session = session
+        self.token = token
+        self.private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = private
+        self.expires = expires
+
+    def __repr__(self) -> str:
+        return f"<attested session with {self.session.target.broker_uri}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an attested broker session cannot be pickled")
+
+    def drop(self) -> None:
+        """Close the connection and forget the token and the TEE key."""
+        self.token = ""
+        self.private = None
+        self.session.close()
+
+
+def _token_lifetime(token: str, now: float) -> float | None:
+    """Seconds until the token's ``exp`` (read, not verified: the broker judges the token), or
+    None when it has no usable ``exp``: such a token is never kept."""
+    import base64
+
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 65536:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        return None
+    return float(exp) - now
+
+
+def _readable(conn: http.client.HTTPConnection) -> bool:
+    """True if an idle kept connection has something to read: the broker closed it (or spoke
+    out of turn). Either way it is not used again."""
+    import select
+
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+class KbsClient:
+    """``kbs://`` releases that keep, per broker, the connection and the attestation token.
+
+    The first release from a broker is a full one (:func:`release_kbs`: a fresh connection with
+    the broker authenticated, ``auth``, ``attest``, ``resource``). Its connection, the token the
+    broker answered at ``attest`` and the session's TEE key are then kept, so a later release
+    from the same broker is one ``resource`` request on that connection with
+    ``Authorization: Bearer <token>``, its JWE opened with that session's key. The broker
+    appraises each such request with the resource's policy and its revocation state exactly as
+    a fresh one (:meth:`jupyter_cc.kbs.broker.Broker.release`).
+
+    What is kept is keyed by the broker's origin and how it is authenticated (scheme, host,
+    port, pin or CA file: :class:`~jupyter_cc.keys.broker_trust.BrokerTrust`) and by the
+    evidence source and key type asked for, so a token is only ever sent on the connection it
+    was issued on, to the broker that issued it. The kept state is dropped, and the release
+    made in full on a fresh connection (the broker authenticated again), when:
+
+    * the token is within ``margin`` seconds of its ``exp`` (or was kept ``max_age``);
+    * the connection was closed or has unexpected data waiting (checked before the token is
+      sent; a closed connection is never reopened with the token);
+    * the broker answers anything but 200 or 404 (401: token refused, for example after a
+      broker restart; 403: the full release appraises fresh evidence and its answer stands);
+    * the answer does not open with the session's key, or the request fails in any way.
+
+    Threads may share a client: a kept session serves one release at a time (it is taken out
+    while in use), and a release from another thread meanwhile makes a whole release of its
+    own. A kernel holds one client for its lifetime (the ``%release_key`` magic does);
+    :meth:`close` drops every kept connection, token and key.
+
+    >>> with KbsClient() as client:                                  # doctest: +SKIP
+    ...     a = client.release("kbs://broker:8085/default/key/a?cert-sha256=...")
+    ...     b = client.release("kbs://broker:8085/default/key/b?cert-sha256=...")  # one request
+    """
+
+    def __init__(
+        self, *, margin: float = 10.0, max_age: float = 3600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.margin = margin
+        self.max_age = max_age
+        self.clock = clock
+        self._kept: dict[tuple[BrokerTrust, _Options], _Attested] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        with self._lock:
+            brokers = sorted({key[0].broker for key in self._kept})
+        return f"KbsClient(kept={brokers})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a KbsClient cannot be pickled: its tokens and keys stay in this process")
+
+    def __enter__(self) -> KbsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every kept connection and forget every token and TEE key."""
+        with self._lock:
+            kept, self._kept = list(self._kept.values()), {}
+        for entry in kept:
+            entry.drop()
+
+    def release(
+        self,
+        uri: str,
+        *,
+        tee: str | None = None,
+        sim_dir: str | Path | None = None,
+        timeout: float = 30.0,
+        key_type: str = "ec",
+        ca_file: str | None = None,
+    ) -> ReleasedKey:
+        """Release ``uri`` (arguments as :func:`release_kbs`), reusing a kept session if it can."""
+        target = parse_kbs_uri(uri)
+        options = _Options.of(tee, sim_dir, key_type, timeout, ca_file)
+        trust = _trust(target, options)
+        key = (trust, options)
+        with self._lock:
+            entry = self._kept.pop(key, None)  # taken out while in use: one request at a time
+        if entry is not None:
+            try:
+                got = self._kept_release(entry, target, uri)
+            except KeyReleaseError:  # a definite answer (404): the session stays good
+                self._keep(key, entry)
+                raise
+            except BaseException:
+                entry.drop()
+                raise
+            if got is not None:
+                self._keep(key, entry)
+                return got
+            entry.drop()
+        released, fresh = _full_release(target, uri, options, trust, keep=True)
+        if fresh is not None:
+            lifetime = _token_lifetime(fresh.token, time.time())
+            if lifetime is None or lifetime - self.margin <= 0:
+                fresh.drop()
+            else:
+                fresh.expires = self.clock() + min(lifetime - self.margin, self.max_age)
+                self._keep(key, fresh)
+        return released
+
+    def _keep(self, key: tuple[BrokerTrust, _Options], entry: _Attested) -> None:
+        with self._lock:
+            old = self._kept.pop(key, None)
+            self._kept[key] = entry
+        if old is not None:
+            old.drop()
+
+    def _kept_release(self, entry: _Attested, target: KbsTarget, uri: str) -> ReleasedKey | None:
+        """The resource over the kept connection with the kept token; None on any doubt."""
+        session, private = entry.session, entry.private
+        conn = session.conn
+        if private is None or not entry.token or self.clock() >= entry.expires or _readable(conn):
+            return None
+        conn.auto_open = 0  # never reconnect silently with the token
+        # The token, and the session cookie beside it: this broker reads the bearer token first,
+        # a Trustee KBS its session's token by the cookie first, then the bearer token.
+        headers = {"Accept": "application/json", "Authorization": f"Bearer {entry.token}"}
+        if session.cookie:
+            headers["Cookie"] = f"{SESSION_COOKIE}={session.cookie}"
+        started = time.perf_counter()
+        try:
+            conn.request("GET", _resource_path(target), headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read(_MAX_RESPONSE + 1)
+        except (OSError, http.client.HTTPException, ValueError):
+            return None
+        _timed("resource", started)
+        if resp.will_close:
+            conn.close()  # the broker ends the connection: this answer counts, the next starts afresh
+            entry.expires = 0.0
+        if len(raw) > _MAX_RESPONSE:
+            return None
+        try:
+            doc = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        if resp.status == 404:  # no such resource: a fresh attestation would not change that
+            raise session._fail("resource", f"HTTP 404 {resp.reason}{_detail(doc)}")
+        if resp.status != 200 or not isinstance(doc, dict):
+            return None
+        try:
+            material = _open(session, doc, private)
+        except KeyReleaseError:
+            return None
+        return ReleasedKey(
+            material, key_id=str(target.resource), uri=uri, policy=resp.headers.get(POLICY_HEADER)
+        )
+
+
+def _full_release(
+    target: KbsTarget, uri: str, options: _Options, trust: BrokerTrust, *, keep: bool
+) -> tuple[ReleasedKey, _Attested | None]:
+    """A whole release on a fresh connection; with ``keep``, its attested state for later ones."""
+    private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = _ephemeral_key(options.key_type)
+    assert private is not None
+    session = _Session(target, options.timeout, trust)
+    kept: _Attested | None = None
+    try:
+        token = _rcar(session, private, options.choice, options.sim)
+        doc, resp = session.call("resource", "GET", _resource_path(target))
+        material = _open(session, doc, private)
+        policy = resp.headers.get(POLICY_HEADER)
+        if keep and not resp.will_close and session.conn.sock is not None:
+            kept = _Attested(session, token, private, 0.0)
+    finally:
+        private = None  # the ephemeral private key goes with this frame unless kept
+        if kept is None:
+            session.close()
+    return ReleasedKey(material, key_id=str(target.resource), uri=uri, policy=policy), kept
 
 
 def release_kbs(
@@ -377,6 +694,7 @@ def release_kbs(
     timeout: float = 30.0,
     key_type: str = "ec",
     ca_file: str | None = None,
+    client: KbsClient | None = None,
 ) -> ReleasedKey:
     """Release the resource ``uri`` names (see the module docstring for the steps).
 
@@ -388,37 +706,19 @@ def release_kbs(
         key_type: the ephemeral key, ``ec`` (P-256, ECDH-ES+A256KW; upstream guest-components'
             default since December 2024) or ``rsa`` (3072 bits, RSA-OAEP-256).
         ca_file: PEM bundle to trust for HTTPS instead of the system CAs.
+        client: a :class:`KbsClient` whose kept connection and token for this broker are used
+            when still good (and kept for next time); None: a whole release, nothing kept.
 
     Raises:
         InputError: malformed URI or options.
         KeyReleaseError: a protocol step failed; the message names it and the broker's reason.
         EvidenceError: no evidence source works here.
     """
-    target = parse_kbs_uri(uri)
-    choice = tee or os.environ.get("JUPYTER_CC_TEE", "auto")
-    sim = sim_dir or os.environ.get("JUPYTER_CC_SIM_DIR") or None
-    if key_type == "ec":
-        private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = ec.generate_private_key(
-            ec.SECP256R1()
+    if client is not None:
+        return client.release(
+            uri, tee=tee, sim_dir=sim_dir, timeout=timeout, key_type=key_type, ca_file=ca_file
         )
-    elif key_type == "rsa":
-        private = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    else:
-        raise InputError(f"key_type must be 'ec' or 'rsa', not {key_type!r}")
-    assert private is not None
-    session = _Session(target, timeout, ca_file or os.environ.get("JUPYTER_CC_KBS_CA") or None)
-    try:
-        _rcar(session, private, choice, sim)
-        r = target.resource
-        doc, resp = session.call("resource", "GET", f"{API_PREFIX}/resource/{r.repository}/{r.type}/{r.tag}")
-        started = time.perf_counter()
-        try:
-            material = decrypt_response(doc, private)
-        except KbsError as exc:
-            raise session._fail("resource", exc.diagnostics().rstrip(".")) from None
-        _timed("open", started)
-        policy = resp.headers.get(POLICY_HEADER)
-    finally:
-        private = None  # the ephemeral private key goes with this frame
-        session.close()
-    return ReleasedKey(material, key_id=str(target.resource), uri=uri, policy=policy)
+    target = parse_kbs_uri(uri)
+    options = _Options.of(tee, sim_dir, key_type, timeout, ca_file)
+    released, _ = _full_release(target, uri, options, _trust(target, options), keep=False)
+    return released

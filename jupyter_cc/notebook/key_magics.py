@@ -13,13 +13,16 @@ success and one sentence on failure (no traceback).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from jupyter_cc.errors import CCError
 from jupyter_cc.notebook.args import MagicArgs, parse_line
+
+if TYPE_CHECKING:
+    from jupyter_cc.keys.kbs_client import KbsClient
 
 __all__ = ["KeyMagics", "KeyRing"]
 
@@ -69,6 +72,20 @@ class KeyMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.keys = KeyRing()
+        self._brokers: KbsClient | None = None
+
+    @property
+    def brokers(self) -> KbsClient:
+        """This kernel's broker sessions: a second key from one broker is one request on the
+        kept, authenticated connection with the kept attestation token (see KbsClient).
+
+        Made at the first ``kbs://`` release: the client stack is not imported at kernel start.
+        """
+        if self._brokers is None:
+            from jupyter_cc.keys.kbs_client import KbsClient
+
+            self._brokers = KbsClient()
+        return self._brokers
 
     @property
     def _ns(self) -> dict[str, Any]:
@@ -92,8 +109,9 @@ class KeyMagics(Magics):
         args = parse_line(parser, line)
         from jupyter_cc.keys import release
 
+        kbs = args.uri.split(":", 1)[0].lower() in ("kbs", "kbs+http")
         try:
-            key = release(args.uri)
+            key = self.brokers.release(args.uri) if kbs else release(args.uri)
         except CCError as exc:
             raise UsageError(f"%release_key: {exc.sentence()}") from None
         name = args.name or _default_name(args.uri)

@@ -64,3 +64,37 @@ def test_keyring_repr_shows_ids_not_material(magics) -> None:  # type: ignore[no
     key = magics.keys.get("k")
     assert key.material.hex() not in repr(magics.keys)
     assert key.fingerprint in repr(magics.keys)
+
+
+#: Stacks a confidential kernel must not import while it starts (each magic imports what it
+#: uses when it runs): together they cost several hundred ms of every kernel start.
+KERNEL_START_MUST_NOT_IMPORT = (
+    "jupyter_cc.keys.kbs_client",
+    "jupyter_cc.attest",
+    "paramiko",
+    "tornado",
+    "cryptography.x509",
+    "ipywidgets",
+    "urllib3",
+)
+
+
+def test_loading_the_extension_imports_no_heavy_stack() -> None:
+    """What ``--ext=jupyter_cc`` costs a kernel start: the magics' modules, nothing behind them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from IPython.testing.globalipapp import start_ipython\n"
+        "ip = start_ipython()\n"
+        "before = set(sys.modules)\n"
+        "ip.extension_manager.load_extension('jupyter_cc')\n"
+        "assert 'attest' in ip.magics_manager.magics['line'], 'the magics were not registered'\n"
+        f"heavy = {KERNEL_START_MUST_NOT_IMPORT!r}\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.startswith(heavy)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
