@@ -388,11 +388,15 @@ async def bench_exec_and_display(
     return results
 
 
-async def bench_exec_curve() -> Result:
-    """Execute round trips of a CurveZMQ kernel through the tunnel against the plain local kernel."""
-    _, c_km, c_kc = await start_ready(CC_CURVE_KERNEL)
+async def bench_exec_against_local(kernel: str, name: str, *, curve: bool = False) -> Result:
+    """Execute round trips of ``kernel`` through the tunnel against the plain local kernel.
+
+    Reported under ``name`` without a target; ``curve`` checks the kernel started with CurveZMQ.
+    """
+    _, c_km, c_kc = await start_ready(kernel)
     try:
-        assert c_km.get_connection_info().get("curve_publickey"), "the kernel started without CurveZMQ"
+        if curve:
+            assert c_km.get_connection_info().get("curve_publickey"), "the kernel started without CurveZMQ"
         _, l_km, l_kc = await start_ready(LOCAL_KERNEL)
         try:
             main, _ = await bench_exec({"cc": c_kc, "local": l_kc})
@@ -400,22 +404,7 @@ async def bench_exec_curve() -> Result:
             await stop(l_km, l_kc)
     finally:
         await stop(c_km, c_kc)
-    main.name, main.target, main.met = "execute round trip, CurveZMQ", "(info)", None
-    return main
-
-
-async def bench_exec_resident() -> Result:
-    """Execute round trips of a kernel from the resident agent (its connection runs no session)."""
-    _, r_km, r_kc = await start_ready(CC_RESIDENT_KERNEL)
-    try:
-        _, l_km, l_kc = await start_ready(LOCAL_KERNEL)
-        try:
-            main, _ = await bench_exec({"cc": r_kc, "local": l_kc})
-        finally:
-            await stop(l_km, l_kc)
-    finally:
-        await stop(r_km, r_kc)
-    main.name, main.target, main.met = "execute round trip, resident agent", "(info)", None
+    main.name, main.target, main.met = name, "(info)", None
     return main
 
 
@@ -632,9 +621,10 @@ async def _run(tmp: Path, server: Sshd, stack: contextlib.ExitStack, parts: tupl
         if "execute" in parts or "display" in parts:
             report(*await with_kernels(bench_exec_and_display, parts))
         if "curve" in parts:
-            report(await bench_exec_curve())
+            name = "execute round trip, CurveZMQ"
+            report(await bench_exec_against_local(CC_CURVE_KERNEL, name, curve=True))
         if "resident" in parts:
-            report(await bench_exec_resident())
+            report(await bench_exec_against_local(CC_RESIDENT_KERNEL, "execute round trip, resident agent"))
         if "bulk" in parts:
             bulk, cipher_info = bench_bulk(server, tmp)
             report(bulk)

@@ -58,6 +58,7 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from jupyter_cc.attest.kinds import KINDS
+from jupyter_cc.decoding import b64decode_any
 from jupyter_cc.errors import InputError
 from jupyter_cc.guest.collectors import collect_cpu_evidence
 from jupyter_cc.kbs.protocol import (
@@ -391,11 +392,10 @@ def _resource_path(target: KbsTarget) -> str:
 
 
 def _ephemeral_key(key_type: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    """A fresh TEE key of ``key_type`` ("ec" or "rsa", checked by :meth:`_Options.of`)."""
     if key_type == "ec":
         return ec.generate_private_key(ec.SECP256R1())
-    if key_type == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    raise InputError(f"key_type must be 'ec' or 'rsa', not {key_type!r}")
+    return rsa.generate_private_key(public_exponent=65537, key_size=3072)
 
 
 def _open(session: _Session, doc: Any, private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
@@ -479,14 +479,12 @@ class _Attested:
 def _token_lifetime(token: str, now: float) -> float | None:
     """Seconds until the token's ``exp`` (read, not verified: the broker judges the token), or
     None when it has no usable ``exp``: such a token is never kept."""
-    import base64
-
     parts = token.split(".")
     if len(parts) != 3 or len(parts[1]) > 65536:
         return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, UnicodeDecodeError):
+        payload = json.loads(b64decode_any(parts[1], what="the token's payload"))
+    except (InputError, ValueError):
         return None
     exp = payload.get("exp") if isinstance(payload, dict) else None
     if isinstance(exp, bool) or not isinstance(exp, (int, float)):

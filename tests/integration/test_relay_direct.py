@@ -233,6 +233,16 @@ def start_relay(local: socket.socket, channel: paramiko.Channel, **kwargs: objec
     return t
 
 
+def read_relayed(relay_thread: threading.Thread, theirs: socket.socket) -> bytes:
+    """All the relay delivered to ``theirs`` up to EOF (which closes it); the relay must end."""
+    with theirs:
+        theirs.settimeout(30)
+        got = read_to_eof(theirs)
+    relay_thread.join(timeout=30)
+    assert not relay_thread.is_alive()
+    return got
+
+
 def test_data_buffered_before_the_relay_starts_stays_first(
     conn: SshConnection, feeds: list[ssh_module._DirectFeed]
 ) -> None:
@@ -255,11 +265,14 @@ def test_data_buffered_before_the_relay_starts_stays_first(
             assert time.monotonic() < deadline, "the head never reached the channel"
             time.sleep(0.01)
         t = start_relay(ours, channel)
+        theirs.settimeout(30)
+        got = b""
+        while len(got) < len(head):  # the buffered head first, then the guest sends the tail:
+            chunk = theirs.recv(len(head) - len(got))  # direct writes can resume once it is out
+            assert chunk, "the relay ended before the head was out"
+            got += chunk
         go.set()
-        with theirs:
-            got = read_to_eof(theirs)
-        t.join(timeout=30)
-        assert not t.is_alive()
+        got += read_relayed(t, theirs)
     finally:
         peer.close()
         ours.close()
@@ -280,11 +293,7 @@ def test_a_socket_with_a_timeout_keeps_the_buffered_path(
     ours.settimeout(30)
     try:
         channel = open_direct(conn, peer.port)
-        t = start_relay(ours, channel)
-        with theirs:
-            got = read_to_eof(theirs)
-        t.join(timeout=30)
-        assert not t.is_alive()
+        got = read_relayed(start_relay(ours, channel), theirs)
     finally:
         peer.close()
         ours.close()
@@ -306,11 +315,7 @@ def test_stop_ends_the_relay(conn: SshConnection) -> None:
         t = start_relay(ours, channel, stop=stop)
         stop.set()
         go.set()
-        with theirs:
-            theirs.settimeout(30)
-            got = read_to_eof(theirs)
-        t.join(timeout=30)
-        assert not t.is_alive()
+        got = read_relayed(t, theirs)
         assert channel.closed
         assert peer.handled.wait(30)
     finally:
