@@ -4,20 +4,52 @@ Options select the evidence source and where the bound host key is read; nothing
 accepted here. The protocol stream is the process's original stdout; everything else printed
 (imports, warnings, logs) goes to stderr so it cannot corrupt the stream.
 
-The prepared kernel process (:mod:`jupyter_cc.guest.warmkernel`) is started before the agent
-imports its attestation stack (~0.2 s), so both import at once on a VM with two cores or more.
+The prepared kernel process (:mod:`jupyter_cc.guest.warmkernel`) is started first, before the
+agent parses its options or imports its attestation stack (~0.2 s), so both import at once on a
+VM with two cores or more and the kernel's imports (most of its start time) begin as early as
+they can. It gets only this process's environment; the agent's TEE choice reaches it with the
+start request, after the verdict.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jupyter_cc.guest import warmkernel
+
+if TYPE_CHECKING:
+    import subprocess
+    from pathlib import Path
+
+
+def _prepare_early(argv: list[str]) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """The prepared kernel process for this interpreter, or None when it must wait for the options.
+
+    ``--python`` names another interpreter and ``--help`` starts no kernel: both are left to
+    :meth:`GuestKernel.prewarm` after the options are parsed.
+    """
+    if any(arg in ("-h", "--help") or arg.startswith("--python") for arg in argv):
+        return None
+    try:
+        return warmkernel.spawn(sys.executable, os.environ)
+    except OSError:
+        return None
 
 
 def main() -> int:
+    early = _prepare_early(sys.argv[1:])
+
+    import argparse
+    import logging
+    from pathlib import Path
+
+    from jupyter_cc.guest.kernel import GuestKernel
+
+    kernel = GuestKernel()
+    if early is not None:
+        kernel.adopt_warm(*early)  # owned from here: stopped with the kernel on any way out
     parser = argparse.ArgumentParser(prog="python3 -m jupyter_cc.guest", description="jupyter-cc guest agent")
     parser.add_argument("--tee", default=os.environ.get("JUPYTER_CC_TEE", "auto"))
     parser.add_argument(
@@ -25,16 +57,18 @@ def main() -> int:
     )
     parser.add_argument("--sim-dir", type=Path, help="folder of the simulated TEE (with --tee sim)")
     parser.add_argument("--python", help="the Python that runs ipykernel (default: this one)")
-    args = parser.parse_args()
+    try:
+        args = parser.parse_args()
+    except SystemExit:
+        kernel.stop(now=True)
+        raise
     protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
-    from jupyter_cc.guest.kernel import GuestKernel
-
-    base_env = {"JUPYTER_CC_TEE": args.tee}
+    kernel.python = args.python or sys.executable
+    kernel.base_env["JUPYTER_CC_TEE"] = args.tee
     if args.sim_dir is not None:
-        base_env["JUPYTER_CC_SIM_DIR"] = str(args.sim_dir)
-    kernel = GuestKernel(args.python or sys.executable, base_env=base_env)
+        kernel.base_env["JUPYTER_CC_SIM_DIR"] = str(args.sim_dir)
     kernel.prewarm()
 
     from jupyter_cc.attest.kinds import TEE_CHOICES

@@ -24,6 +24,7 @@ from typing import Any
 
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.files import write_private
+from jupyter_cc.guest import warmkernel
 
 __all__ = ["GuestKernel", "KernelError", "exit_cause"]
 
@@ -147,7 +148,7 @@ class GuestKernel:
             try:
                 return subprocess.Popen(
                     argv,
-                    stdin=subprocess.PIPE if "jupyter_cc.guest.warmkernel" in argv else subprocess.DEVNULL,
+                    stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=dict(env),
@@ -161,15 +162,10 @@ class GuestKernel:
         """Start a kernel process that imports ipykernel and waits (see warmkernel)."""
         if self._warm is not None or self.process is not None:
             return
-        self._warm_dir = Path(tempfile.mkdtemp(prefix="jupyter-cc-kernel-"))
-        env = {**os.environ, **self.base_env}
         try:
-            self._warm = self._spawn(
-                [self.python, "-m", "jupyter_cc.guest.warmkernel"], self._warm_dir, env, None
-            )
-        except KernelError:
-            shutil.rmtree(self._warm_dir, ignore_errors=True)
-            self._warm = self._warm_dir = None
+            self._warm, self._warm_dir = warmkernel.spawn(self.python, {**os.environ, **self.base_env})
+        except OSError:
+            self._warm = self._warm_dir = None  # the kernel starts cold; start() reports a failure
 
     def take_warm(self) -> tuple[subprocess.Popen[bytes], Path] | None:
         """Hand over the prepared process and its folder (for the resident agent's pool)."""
@@ -234,7 +230,9 @@ class GuestKernel:
         write_private(self.connection_file, json.dumps(info).encode())
         if warm is not None:
             assert warm.stdin is not None
-            request = {"connection_file": str(self.connection_file), "env": extra_env, "cwd": cwd}
+            # base_env again: a process the agent started before it read its options lacks it.
+            env = {**extra_env, **self.base_env}
+            request = {"connection_file": str(self.connection_file), "env": env, "cwd": cwd}
             try:
                 warm.stdin.write(json.dumps(request).encode() + b"\n")
                 warm.stdin.close()

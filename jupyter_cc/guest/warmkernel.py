@@ -5,6 +5,10 @@ of a kernel's start time) overlap the attestation round trip instead of followin
 nothing secret while it waits: the connection file (with the HMAC key) and the kernel's
 environment arrive on stdin only after the client accepted the attestation, and if they never
 come (the client refused, or went away) it exits without having run anything.
+
+:func:`spawn` starts one; the per-connection agent calls it before it parses its options or
+imports anything of its own, so the kernel's imports begin about 15 ms after the agent's
+interpreter does instead of about 50 ms.
 """
 
 from __future__ import annotations
@@ -13,6 +17,12 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
 
 #: What a kernel imports after ``ipykernel.kernelapp`` while it initialises (measured with
 #: ``python -X importtime``: about 0.9 s on a 2-core VM, most of it the magics' attestation stack
@@ -31,6 +41,36 @@ PRELOAD = (
     "jupyter_cc.notebook.session_magics",
     "jupyter_cc.notebook.key_magics",
 )
+
+
+def spawn(python: str, env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start a prepared kernel process with ``python``; return it and its private folder (0700).
+
+    Its output goes to ``kernel.log`` in that folder, it runs in its own session (so signals to
+    its group reach its children) and waits on a pipe for its start request.
+
+    Raises:
+        OSError: ``python`` could not be started (the folder is removed first).
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="jupyter-cc-kernel-"))
+    try:
+        with open(folder / "kernel.log", "ab") as log:
+            process = subprocess.Popen(
+                [python, "-m", "jupyter_cc.guest.warmkernel"],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,
+            )
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return process, folder
 
 
 def preload() -> None:

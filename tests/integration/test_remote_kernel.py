@@ -159,8 +159,16 @@ async def test_kernel_runs_in_the_guest_interrupts_restarts_and_leaves_nothing(
         state = prov.attestation_state()
         assert state["confidential"] and state["simulated"]
         assert state["verdict"]["passed"] and state["verdict"]["policy"] == "simulated-demo"
-        reply = await execute(km, "import os; x = os.environ['JUPYTER_CC_CONFIDENTIAL']; print(x)")
-        assert reply["status"] == "ok"
+        # The agent's TEE choice reaches the prepared process (started before the agent read
+        # its options) with the start request.
+        code = (
+            "import os\n"
+            "assert os.environ['JUPYTER_CC_CONFIDENTIAL'] == '1'\n"
+            "assert os.environ['JUPYTER_CC_TEE'] == 'sim'\n"
+            f"assert os.environ['JUPYTER_CC_SIM_DIR'] == {str(data_dir() / 'sim')!r}"
+        )
+        reply = await execute(km, code)
+        assert reply["status"] == "ok", reply
         ports = [
             km.get_connection_info()[p]
             for p in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
