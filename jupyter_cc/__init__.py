@@ -7,7 +7,11 @@ evidence core lives in :mod:`jupyter_cc.attest` (parse and verify), :mod:`jupyte
 
 from __future__ import annotations
 
-from typing import Any
+# typing costs ~8 ms to import, and this package is imported before the guest agent starts its
+# prepared kernel process (jupyter_cc.guest.__main__); the annotations need it only when checked.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "load_ipython_extension"]

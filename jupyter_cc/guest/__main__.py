@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from jupyter_cc.guest import warmkernel
 
+TYPE_CHECKING = False  # typing is not imported before the prepared kernel process starts
 if TYPE_CHECKING:
     import subprocess
-    from pathlib import Path
 
 
-def _prepare_early(argv: list[str]) -> tuple[subprocess.Popen[bytes], Path] | None:
+def _prepare_early(argv: list[str]) -> tuple[subprocess.Popen[bytes], str] | None:
     """The prepared kernel process for this interpreter, or None when it must wait for the options.
 
     ``--python`` names another interpreter and ``--help`` starts no kernel: both are left to
@@ -49,7 +48,7 @@ def main() -> int:
 
     kernel = GuestKernel()
     if early is not None:
-        kernel.adopt_warm(*early)  # owned from here: stopped with the kernel on any way out
+        kernel.adopt_warm(early[0], Path(early[1]))  # owned from here: stopped with the kernel on any way out
     parser = argparse.ArgumentParser(prog="python3 -m jupyter_cc.guest", description="jupyter-cc guest agent")
     parser.add_argument("--tee", default=os.environ.get("JUPYTER_CC_TEE", "auto"))
     parser.add_argument(

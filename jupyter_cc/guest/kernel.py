@@ -163,7 +163,8 @@ class GuestKernel:
         if self._warm is not None or self.process is not None:
             return
         try:
-            self._warm, self._warm_dir = warmkernel.spawn(self.python, {**os.environ, **self.base_env})
+            self._warm, folder = warmkernel.spawn(self.python, {**os.environ, **self.base_env})
+            self._warm_dir = Path(folder)
         except OSError:
             self._warm = self._warm_dir = None  # the kernel starts cold; start() reports a failure
 
