@@ -87,13 +87,13 @@ def guest(tmp_path: Path) -> Sshd:
     server.stop()
 
 
+@pytest.mark.parametrize("encryption", ["off", "required"])
 async def test_a_killed_ssh_connection_is_reconnected_and_the_variables_survive(
-    guest: Sshd, kernel_dir: Path, tmp_path: Path
+    guest: Sshd, kernel_dir: Path, tmp_path: Path, encryption: str
 ) -> None:
     with resident_agent(guest, tmp_path) as agent:
-        name = install_spec(
-            kernel_dir, "cc-survive", provisioner_config(guest, agent_socket=str(agent.socket))
-        )
+        config = provisioner_config(guest, agent_socket=str(agent.socket), transport_encryption=encryption)
+        name = install_spec(kernel_dir, "cc-survive", config)
         km = AsyncKernelManager(kernel_name=name)
         await km.start_kernel()
         kc = km.client()
@@ -102,6 +102,9 @@ async def test_a_killed_ssh_connection_is_reconnected_and_the_variables_survive(
             await kc.wait_for_ready(timeout=30)
             prov = km.provisioner
             pid, first = prov._pid, prov.attestation
+            server_key = km.get_connection_info().get("curve_publickey")
+            # With CurveZMQ the client holds the attested kernel's server key.
+            assert bool(server_key) is (encryption == "required")
             assert await run_code(kc, "x = 6 * 7") == ("ok", "")
 
             cut_connections(guest)
@@ -114,6 +117,10 @@ async def test_a_killed_ssh_connection_is_reconnected_and_the_variables_survive(
             assert later is not None and first is not None
             assert later.bundle_sha256 != first.bundle_sha256  # fresh evidence, fresh nonce
             assert later.attested_at >= first.attested_at
+            # The kernel keeps the key pair bound at its start: the re-attestation binds none,
+            # and the clients keep the attested server key (only that kernel can answer them).
+            assert later.curve_server_key is None
+            assert km.get_connection_info().get("curve_publickey") == server_key
             assert agent.hello()["kernels"] == 1 and agent.hello()["orphans"] == 0
 
             # The client connected before the drop carries on, on the same local ports, once its
