@@ -1,26 +1,33 @@
 """``jupyter-cc collateral fetch|show|export|import|prune``: the collateral cache by hand.
 
 Design section 12. ``fetch EVIDENCE...`` reads TD quotes, SNP reports or evidence bundles and
-gets (into the cache) what verifying each needs; ``export FILE`` and ``import FILE`` carry the
-cache to a machine without network (import verifies every item to the pinned roots first, and
-imports nothing when one fails); ``prune`` removes damaged files and stale entries. Bad input is
-one sentence and exit status 2; a vendor or cache failure is one sentence and exit status 1.
+gets (into the cache) what verifying each needs, the RIMs and OCSP answers of a bundle's NVIDIA
+GPUs included (what could not be had is listed, and the status is 1); ``export FILE`` and
+``import FILE`` carry the cache to a machine without network (import verifies every item to the
+pinned roots first, and imports nothing when one fails); ``prune`` removes damaged files and
+stale entries. Bad input is one sentence and exit status 2; a vendor or cache failure is one
+sentence and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_cc.attest.certs import utcnow
+from jupyter_cc.collateral.fetch import offline_hint
 from jupyter_cc.collateral.service import CollateralService, Item
 from jupyter_cc.collateral.settings import load_settings
 from jupyter_cc.collateral.transfer import export_file, import_file, prune
 from jupyter_cc.decoding import decode_blob
 from jupyter_cc.errors import CCError, InputError
 from jupyter_cc.files import read_input
+
+if TYPE_CHECKING:
+    from jupyter_cc.attest.evidence import Evidence
 
 __all__ = ["add_commands", "evidence_kind", "service_for"]
 
@@ -80,6 +87,18 @@ def evidence_kind(data: bytes, path: str) -> tuple[str, bytes]:
     Raises:
         InputError: it is none of these.
     """
+    family, raw, _ = _evidence(data, path)
+    if family is None:
+        raise InputError(f"evidence {path} is neither a TD quote, an SNP report nor an evidence bundle")
+    return family, raw
+
+
+def _evidence(data: bytes, path: str) -> tuple[str | None, bytes, tuple[Evidence, ...]]:
+    """(``tdx``, ``snp`` or None, the CPU evidence, the NVIDIA GPU evidence) of a file's bytes.
+
+    Raises:
+        InputError: an unreadable bundle, or one that holds nothing with collateral to fetch.
+    """
     if data.lstrip().startswith(b"{"):
         from jupyter_cc.attest.evidence import parse_bundle
 
@@ -87,48 +106,82 @@ def evidence_kind(data: bytes, path: str) -> tuple[str, bytes]:
             bundle = parse_bundle(data)
         except CCError as exc:
             raise InputError(f"evidence bundle {path} is unreadable ({exc.message.rstrip('.')})") from None
-        family = {"tdx": "tdx", "snp": "snp"}.get(bundle.evidence.kind)
-        if family is None:
+        ev = bundle.evidence
+        gpus = (ev,) if ev.kind == "nvidia" else tuple(g for g in ev.gpus if g.kind == "nvidia")
+        family = {"tdx": "tdx", "snp": "snp"}.get(ev.kind)
+        if family is None and not gpus:
             raise InputError(
-                f"evidence bundle {path} holds {bundle.evidence.kind} evidence, "
-                "for which there is no collateral to fetch (only tdx and snp)"
+                f"evidence bundle {path} holds {ev.kind} evidence, "
+                "for which there is no collateral to fetch (only tdx, snp and NVIDIA GPUs)"
             )
-        return family, bundle.evidence.binary()
+        return family, ev.binary() if family else b"", gpus
     raw = decode_blob(data, what=f"evidence {path}")
     if len(raw) >= 8 and raw[0:2] in (b"\x04\x00", b"\x05\x00") and raw[4:8] == b"\x81\x00\x00\x00":
-        return "tdx", raw
+        return "tdx", raw, ()
     if len(raw) >= 0x4A0:
-        return "snp", raw
-    raise InputError(f"evidence {path} is neither a TD quote, an SNP report nor an evidence bundle")
+        return "snp", raw, ()
+    return None, raw, ()
 
 
-def _fetch_one(service: CollateralService, path: str, args: argparse.Namespace) -> list[Item]:
-    found, raw = evidence_kind(read_input(path, "evidence file"), path)
-    family = args.kind or found
+def _fetch_one(
+    service: CollateralService, path: str, args: argparse.Namespace
+) -> tuple[list[Item], list[str]]:
+    """The items fetched or found for one evidence file, and what could not be had."""
+    found, raw, gpus = _evidence(read_input(path, "evidence file"), path)
+    if found is None and not gpus:
+        raise InputError(f"evidence {path} is neither a TD quote, an SNP report nor an evidence bundle")
+    items: list[Item] = []
     try:
-        if family == "tdx":
-            return list(service.tdx(raw, at=_at(args)).items)
-        return list(service.snp(raw, at=_at(args), product=args.product).items)
+        if found is not None:
+            family = args.kind or found
+            if family == "tdx":
+                items += service.tdx(raw, at=_at(args)).items
+            else:
+                items += service.snp(raw, at=_at(args), product=args.product).items
+        missing: list[str] = []
+        if gpus:
+            from jupyter_cc.collateral.nvidia import gpu_collateral_items
+        for i, gpu in enumerate(gpus):
+            collateral, used = gpu_collateral_items(service, gpu, at=_at(args))
+            items += used
+            where = f"GPU {i}" if len(gpus) > 1 else "the GPU"
+            missing += [f"{where}: {note}" for note in collateral.notes]
     except CCError as exc:
         if exc.check in ("format", "chain") and not isinstance(exc, InputError):
             raise InputError(f"evidence {path}: {exc.message.rstrip('.')}", hint=exc.hint) from None
         raise
+    return items, missing
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     service = service_for(args.offline)
     report: dict[str, list[dict[str, Any]]] = {}
+    missing: dict[str, list[str]] = {}
     for path in args.files:
-        report[path] = [i.to_json() for i in _fetch_one(service, path, args)]
+        items, lacking = _fetch_one(service, path, args)
+        report[path] = [i.to_json() for i in items]
+        if lacking:
+            missing[path] = lacking
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    for path, items in report.items():
-        print(f"{path}:")
-        for item in items:
-            stale = f", STALE {item['stale_days']} days past nextUpdate" if item["stale_days"] else ""
-            print(f"  {item['item']}: {item['origin']}, next update {item['next_update']}{stale}")
-    print(f"cache: {service.cache.root}")
+    else:
+        for path, rows in report.items():
+            print(f"{path}:")
+            for item in rows:
+                stale = f", STALE {item['stale_days']} days past nextUpdate" if item["stale_days"] else ""
+                print(f"  {item['item']}: {item['origin']}, next update {item['next_update']}{stale}")
+            for line in missing.get(path, []):
+                print(f"  missing: {line}")
+        print(f"cache: {service.cache.root}")
+    if missing:
+        count = sum(len(lines) for lines in missing.values())
+        where = ", ".join(missing)
+        print(
+            f"jupyter-cc: error: {count} GPU collateral item(s) for {where} could not be had; "
+            f"{offline_hint()}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

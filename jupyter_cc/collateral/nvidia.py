@@ -24,7 +24,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -47,6 +47,7 @@ __all__ = [
     "check_ocsp",
     "check_rim",
     "gpu_collateral",
+    "gpu_collateral_items",
     "obtain_ocsp",
     "ocsp_params",
     "rim_roots",
@@ -197,13 +198,14 @@ def obtain_ocsp(
 
 
 def _rim(
-    service: CollateralService, rim_id: str, at: datetime, notes: list[str]
+    service: CollateralService, rim_id: str, at: datetime, notes: list[str], items: list[Item]
 ) -> tuple[bytes | None, Rim | None]:
     try:
         item = service.obtain("nvidia-rim", {"id": rim_id}, at=at)
     except CCError as exc:
         notes.append(f"RIM {rim_id} could not be had ({exc.message.rstrip('.')})")
         return None, None
+    items.append(item)
     try:
         return item.entry.body, verify_rim(item.entry.body, at=at, roots=service.nvidia_rim_roots)
     except CCError:
@@ -215,13 +217,17 @@ def _ocsp_all(
     pairs: list[tuple[x509.Certificate, x509.Certificate]],
     at: datetime,
     notes: list[str],
+    items: list[Item],
 ) -> list[bytes]:
     out = []
     for cert, issuer in pairs:
         try:
-            out.append(obtain_ocsp(service, cert, issuer, at=at).entry.body)
+            item = obtain_ocsp(service, cert, issuer, at=at)
         except CCError as exc:
             notes.append(f"no OCSP answer about '{describe(cert)}' ({exc.message.rstrip('.')})")
+            continue
+        items.append(item)
+        out.append(item.entry.body)
     return out
 
 
@@ -231,34 +237,33 @@ def gpu_collateral(service: CollateralService, ev: Evidence, *, at: datetime) ->
     Raises:
         FormatError, InputError: the report or chain is too malformed to tell what it needs.
     """
+    return gpu_collateral_items(service, ev, at=at)[0]
+
+
+def gpu_collateral_items(
+    service: CollateralService, ev: Evidence, *, at: datetime
+) -> tuple[GpuCollateral, tuple[Item, ...]]:
+    """:func:`gpu_collateral`, and the cache items it used (``jupyter-cc collateral fetch``)."""
     from jupyter_cc.attest.nvidia import parse_spdm_report, supported_chip
     from jupyter_cc.attest.nvidia_rim import rim_ids
 
     report = parse_spdm_report(ev.binary())
     chain = load_certificates(ev.chain_pem or b"", what="GPU certificate chain")
     notes: list[str] = []
+    items: list[Item] = []
     driver_id, vbios_id = rim_ids(report, supported_chip(chain))
-    driver, driver_rim = _rim(service, driver_id, at, notes)
-    vbios, vbios_rim = _rim(service, vbios_id, at, notes)
+    driver, driver_rim = _rim(service, driver_id, at, notes, items)
+    vbios, vbios_rim = _rim(service, vbios_id, at, notes, items)
     pairs = ocsp_targets(chain, skip_leaf=True)
     for rim in (driver_rim, vbios_rim):
         if rim is not None:
             pairs += ocsp_targets(list(rim.chain), skip_leaf=False)
-    responses = _ocsp_all(service, unique_pairs(pairs), at, notes)
-    return GpuCollateral(
+    responses = _ocsp_all(service, unique_pairs(pairs), at, notes, items)
+    collateral = GpuCollateral(
         driver_rim=driver,
         vbios_rim=vbios,
         ocsp=tuple(responses),
         notes=tuple(notes),
         rim_roots=service.nvidia_rim_roots,
     )
-
-
-def describe_collateral(collateral: GpuCollateral) -> dict[str, Any]:
-    """What a GPU's collateral held, for logs and ``collateral fetch`` output."""
-    return {
-        "driver_rim": collateral.driver_rim is not None,
-        "vbios_rim": collateral.vbios_rim is not None,
-        "ocsp_answers": len(collateral.ocsp),
-        "notes": list(collateral.notes),
-    }
+    return collateral, tuple(items)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ from jupyter_cc.attest.nvidia_rim import (
     rim_ids,
     verify_rim,
 )
+from jupyter_cc.cli import main as cli_main
 from jupyter_cc.collateral.fetch import Client
 from jupyter_cc.collateral.nvidia import gpu_collateral
 from jupyter_cc.collateral.service import CollateralService
@@ -25,6 +27,7 @@ from jupyter_cc.collateral.settings import Settings
 from jupyter_cc.collateral.transfer import export_file, import_file
 from jupyter_cc.errors import ChainError, CollateralError, FormatError, SignatureError
 from tests.support.fake_nvidia import FakeNvidia, RimPki, serve_nvidia, sign_swid, strip_signature
+from tests.support.gpu_bundles import sim_gpu_bundle
 
 # Between the driver RIM leaf's notBefore and the VBIOS RIM leaves' notAfter (vectors README).
 AT = datetime(2024, 6, 1, tzinfo=timezone.utc)
@@ -199,3 +202,59 @@ def test_a_signature_over_other_bytes_is_refused(vectors: Path) -> None:
     driver.append(signature)
     with pytest.raises(SignatureError, match="does not verify"):
         verify_rim(etree.tostring(driver), at=AT)
+
+
+def test_collateral_fetch_gets_a_bundles_gpu_rims_and_lists_what_it_lacks(  # type: ignore[no-untyped-def]
+    vectors: Path, sim_tee, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    gpu = {
+        "kind": "nvidia",
+        "report": base64.b64encode(report(vectors, "h100-545")).decode(),
+        "chain": chain(vectors, "h100-545").decode(),
+    }
+    doc, _ = sim_gpu_bundle(sim_tee, [gpu])
+    bundle = tmp_path / "bundle.json"
+    bundle.write_bytes(doc)
+    fake = FakeNvidia(
+        rims={
+            "NV_GPU_DRIVER_GH100_545.00": (vectors / DRIVER).read_bytes(),
+            "NV_GPU_VBIOS_1010_0200_882_96005E0001": (vectors / VBIOS).read_bytes(),
+        }
+    )
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JUPYTER_CC_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("JUPYTER_CC_OFFLINE", "0")
+    at = ["--at", "2024-06-01T00:00:00Z"]
+    with serve_nvidia(fake):
+        monkeypatch.setenv("JUPYTER_CC_NVIDIA_RIM_URL", fake.url)
+        monkeypatch.setenv("JUPYTER_CC_NVIDIA_OCSP_URL", fake.url)
+        status = cli_main(["collateral", "fetch", str(bundle), *at])
+        out, err = capsys.readouterr()
+    # Both RIMs fetched (and judged to the pinned root before caching). The responder knows none
+    # of NVIDIA's certificates, so the OCSP answers are missing: listed, status 1, one sentence.
+    assert status == 1
+    assert "NVIDIA RIM NV_GPU_DRIVER_GH100_545.00: fetched" in out
+    assert "NVIDIA RIM NV_GPU_VBIOS_1010_0200_882_96005E0001: fetched" in out
+    assert "missing: the GPU: no OCSP answer about" in out
+    assert err.count("\n") == 1 and "could not be had" in err and "Traceback" not in err
+    # Offline afterwards: the RIMs come from the cache; nothing is asked of the service.
+    monkeypatch.setenv("JUPYTER_CC_OFFLINE", "1")
+    hits = len(fake.hits)
+    assert cli_main(["collateral", "fetch", str(bundle), *at, "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out)[str(bundle)]
+    assert sorted(r["item"] for r in rows if r["origin"] == "cache") == [
+        "NVIDIA RIM NV_GPU_DRIVER_GH100_545.00",
+        "NVIDIA RIM NV_GPU_VBIOS_1010_0200_882_96005E0001",
+    ]
+    assert len(fake.hits) == hits
+
+
+def test_collateral_fetch_of_a_bundle_with_nothing_to_fetch_is_one_sentence(  # type: ignore[no-untyped-def]
+    sim_tee, tmp_path: Path, capsys
+) -> None:
+    doc, _ = sim_gpu_bundle(sim_tee, [])
+    bundle = tmp_path / "bundle.json"
+    bundle.write_bytes(doc)
+    assert cli_main(["collateral", "fetch", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no collateral to fetch (only tdx, snp and NVIDIA GPUs)" in err

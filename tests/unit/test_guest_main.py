@@ -45,7 +45,9 @@ def _agent(tmp_path: Path, *options: str, stdin: bytes = b"") -> subprocess.Comp
     ],
     ids=["unknown option", "unknown tee"],
 )
-def test_wrong_options_leave_no_prepared_kernel_and_no_folder(tmp_path: Path, options: tuple[str, ...]) -> None:
+def test_wrong_options_leave_no_prepared_kernel_and_no_folder(
+    tmp_path: Path, options: tuple[str, ...]
+) -> None:
     result = _agent(tmp_path, *options)
     assert result.returncode == 2, result.stderr
     assert b"Traceback" not in result.stderr
