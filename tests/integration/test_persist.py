@@ -122,6 +122,11 @@ async def test_the_same_kernel_id_answers_with_its_variables_after_a_server_rest
         with server_at(tmp_path) as first:
             kernel_id = first.start_kernel(name)
             assert await ws_run(first, kernel_id, "x = 6 * 7") == ("ok", "")
+            # The notebook's session, as JupyterLab makes it for an open notebook.
+            notebook = {"path": "nb.ipynb", "name": "nb.ipynb", "type": "notebook"}
+            body = {**notebook, "kernel": {"id": kernel_id}}
+            status, session = first.call("POST", "/api/sessions", body=body)
+            assert status == 201 and session["kernel"]["id"] == kernel_id, session
             before = wait_restored(first, kernel_id)
             record = tmp_path / "runtime" / "jupyter-cc-kernels" / f"{kernel_id}.json"
             assert stat.S_IMODE(record.stat().st_mode) == 0o600
@@ -136,6 +141,15 @@ async def test_the_same_kernel_id_answers_with_its_variables_after_a_server_rest
         assert bool(json.loads(text)["curve_publickey"]) is (encryption == "required")
 
         with server_at(tmp_path) as second:
+            # The first thing asked, while the kernel is still being re-attested (JupyterLab's
+            # first poll): the session is there, with its kernel, not dropped as "kernel gone".
+            status, sessions = second.call("GET", "/api/sessions")
+            assert status == 200, sessions
+            assert [(x["id"], x["path"], x["kernel"]["id"]) for x in sessions] == [
+                (session["id"], "nb.ipynb", kernel_id)
+            ]
+            db = tmp_path / "runtime" / "jupyter-cc-sessions.db"
+            assert stat.S_IMODE(db.stat().st_mode) == 0o600
             state = wait_restored(second, kernel_id)
             assert state["confidential"] is True and state["verdict"]["passed"]  # type: ignore[index]
             assert state["evidence_sha256"] != before["evidence_sha256"]  # attested afresh
@@ -160,11 +174,16 @@ async def test_a_kernel_whose_reattestation_fails_after_restart_is_not_restored_
         with server_at(tmp_path) as first:
             kernel_id = first.start_kernel(name)
             wait_restored(first, kernel_id)
+            body = {"path": "nb.ipynb", "name": "nb.ipynb", "type": "notebook", "kernel": {"id": kernel_id}}
+            assert first.call("POST", "/api/sessions", body=body)[0] == 201
             pid = next(
                 p for p in procs.children(agent.process.pid) if procs.alive(p) and p not in agent_pool(agent)
             )
         policy.write_text('name = "tightened"\n')  # acceptance withdrawn while no server ran
         with server_at(tmp_path) as second:
+            # Asked at once, the session list waits for the re-attestation: it fails, so the
+            # notebook's session goes with its kernel instead of pointing at a refused one.
+            assert second.call("GET", "/api/sessions") == (200, [])
             state = wait_restored(second, kernel_id)
             assert state["confidential"] is False
             assert "policy 'tightened' refused" in str(state["error"])
