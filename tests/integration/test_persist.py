@@ -210,3 +210,14 @@ def agent_pool(agent) -> set[int]:  # type: ignore[no-untyped-def]
         if logs and not (logs[0] / "kernel.json").exists():
             pool.add(pid)
     return pool
+
+
+def test_a_runtime_dir_that_cannot_hold_the_sessions_leaves_them_in_memory(tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    (runtime / "jupyter-cc-sessions.db").write_text("not a database")
+    with server_at(tmp_path) as server:
+        status, sessions = server.call("GET", "/api/sessions")
+        assert (status, sessions) == (200, [])
+        assert "jupyter_cc: sessions stay in memory" in server.log.read_text()
+    assert (runtime / "jupyter-cc-sessions.db").read_text() == "not a database"  # left as it was
