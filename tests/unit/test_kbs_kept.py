@@ -16,6 +16,7 @@ import pickle
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -539,15 +540,28 @@ def test_bearer_and_cookie_resource_requests_get_the_same_answers(
             assert set(fast[1]) == set(slow[1]), rid
             if fast[0] != 200:
                 assert fast[1] == slow[1], rid
+
+        def logged() -> list[str]:
+            # Only these two requests' lines: a line is logged after its answer was written, so
+            # an earlier request's may land after caplog.clear() and these a little late.
+            return [
+                r.pathname.replace("\\", "/")
+                for r in caplog.records
+                if r.name == "tornado.access"
+                and r.getMessage().startswith("200 GET /kbs/v0/resource/default/key/demo ")
+            ]
+
         with caplog.at_level(logging.INFO, logger="tornado.access"):
             caplog.clear()
             assert _get(running.port, "/kbs/v0/resource/default/key/demo", bearer)[0] == 200
             _get(running.port, "/kbs/v0/resource/default/key/demo", cookie)
-        fast_path, handler = (
-            r.pathname.replace("\\", "/") for r in caplog.records if r.name == "tornado.access"
-        )
-        assert fast_path.endswith("jupyter_cc/kbs/server.py"), fast_path
-        assert handler.endswith("tornado/web.py"), handler
+            deadline = time.monotonic() + 5
+            while len(logged()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            lines = logged()
+        assert len(lines) == 2, lines
+        assert any(path.endswith("jupyter_cc/kbs/server.py") for path in lines), lines  # the fast path
+        assert any(path.endswith("tornado/web.py") for path in lines), lines  # the handler
         bogus = {"Authorization": "Bearer " + token[:-4] + ("AAAA" if token[-4:] != "AAAA" else "BBBB")}
         none = {"Cookie": "kbs-session-id=made-up"}
         fast, slow = (_get(running.port, "/kbs/v0/resource/default/key/demo", h) for h in (bogus, none))
