@@ -32,7 +32,15 @@ from typing import IO
 
 from jupyter_cc.errors import InputError
 
-__all__ = ["AtomicOutput", "open_input", "read_if_present", "read_input", "write_atomic", "write_private"]
+__all__ = [
+    "AtomicOutput",
+    "create_private_db",
+    "open_input",
+    "read_if_present",
+    "read_input",
+    "write_atomic",
+    "write_private",
+]
 
 StrPath = str | os.PathLike[str]
 
@@ -167,3 +175,15 @@ def write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+
+
+def create_private_db(path: Path) -> None:
+    """Make sure an SQLite database file exists with mode 0600 (and its folder), before SQLite
+    opens it: SQLite creates its file with the umask's mode, and gives its ``-wal`` and ``-shm``
+    files the database file's mode. An existing file is left as it is.
+
+    Raises:
+        OSError: the folder or the file cannot be created.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))

@@ -29,7 +29,7 @@ from jupyter_cc.files import read_input
 if TYPE_CHECKING:
     from jupyter_cc.attest.evidence import Evidence
 
-__all__ = ["add_commands", "evidence_kind", "service_for"]
+__all__ = ["add_commands", "service_for"]
 
 
 def add_commands(sub: argparse._SubParsersAction[Any], parser_class: type[argparse.ArgumentParser]) -> None:
@@ -79,18 +79,6 @@ def _at(args: argparse.Namespace) -> Any:
     from jupyter_cc.cli.verify import parse_time
 
     return parse_time(args.at) if getattr(args, "at", None) else utcnow()
-
-
-def evidence_kind(data: bytes, path: str) -> tuple[str, bytes]:
-    """(``tdx`` or ``snp``, the binary evidence) of a quote, report or bundle file's bytes.
-
-    Raises:
-        InputError: it is none of these.
-    """
-    family, raw, _ = _evidence(data, path)
-    if family is None:
-        raise InputError(f"evidence {path} is neither a TD quote, an SNP report nor an evidence bundle")
-    return family, raw
 
 
 def _evidence(data: bytes, path: str) -> tuple[str | None, bytes, tuple[Evidence, ...]]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_cc.attest.claims import Claims
+from jupyter_cc.files import create_private_db
 from jupyter_cc.kbs.protocol import KbsError
 
 __all__ = ["SESSIONS_NAME", "Session", "SessionStore"]
@@ -213,10 +213,7 @@ class SessionStore:
         self._last_prune = 0.0
         try:
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # Session ids are bearer secrets: the file is 0600 from the start, and SQLite
-                # gives its -wal and -shm files the database file's mode.
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+                create_private_db(path)  # session ids are bearer secrets
             self._db = sqlite3.connect(
                 str(path) if path else ":memory:", check_same_thread=False, isolation_level=None, timeout=10
             )

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +73,7 @@ def _keep_sessions(serverapp: Any) -> asyncio.Event | None:
     """
     from traitlets import TraitError
 
+    from jupyter_cc.files import create_private_db
     from jupyter_cc.remote import records
 
     manager = getattr(serverapp, "session_manager", None)
@@ -83,8 +83,7 @@ def _keep_sessions(serverapp: Any) -> asyncio.Event | None:
     if not configured and manager.database_filepath == ":memory:":
         path = Path(serverapp.runtime_dir) / "jupyter-cc-sessions.db"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            create_private_db(path)
             manager.database_filepath = str(path)
         except (OSError, TraitError) as exc:  # TraitError: the file there is not an SQLite database
             serverapp.log.warning(
