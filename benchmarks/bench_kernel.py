@@ -27,7 +27,10 @@ confidential VM, the guest agent behind it uses the simulated TEE, and every lis
    the guest and bound into the evidence) against the same direct kernel without CurveZMQ, so its
    cost is the difference of the two ratios (reported, no target). And the same for a kernel
    from the **resident agent**, whose SSH connection runs no session, so sshd leaves Nagle's
-   algorithm on for it (reported, no target).
+   algorithm on for it (reported, no target). And the **tunnel alone**: one local kernel reached
+   directly, through our five forwards and through OpenSSH ``ssh -L`` (a session running, so
+   Nagle's algorithm is off on both ends, as on ours), in alternating blocks: what a data path in
+   C would gain (reported, no target).
 3. **bulk throughput**: ``BULK_MB`` MB pulled from a plain TCP source on 127.0.0.1 through ONE
    forwarded port of ``SshConnection.forward()`` against OpenSSH ``ssh -N -L`` (same client key,
    same sshd, same source; OpenSSH's default cipher). Median of ``BULK_ROUNDS`` pulls each. The
@@ -47,7 +50,8 @@ ssh from OpenSSH). Runtime: about a minute on a 2-core VM (bounded by ``DEADLINE
 ``--runs 3`` repeats the whole run and ends with the worst ratio of each measurement.
 ``--only execute,bulk`` runs only the named parts, of ``start``, ``execute``, ``display``,
 ``curve`` (the CurveZMQ round trips), ``resident`` (the round trips of a kernel from the resident
-agent, whose SSH connection runs no session), ``bulk`` and ``phases``; the default is all of them.
+agent, whose SSH connection runs no session), ``tunnel`` (ours against OpenSSH's, one kernel),
+``bulk`` and ``phases``; the default is all of them.
 """
 
 from __future__ import annotations
@@ -75,7 +79,15 @@ sys.path.insert(0, str(ROOT))
 
 from jupyter_client.asynchronous.client import AsyncKernelClient  # noqa: E402
 from jupyter_client.manager import AsyncKernelManager  # noqa: E402
-from loopback import Source, connect, openssh_cipher, openssh_forward, pull, start_sshd  # noqa: E402
+from loopback import (  # noqa: E402
+    Source,
+    connect,
+    openssh_cipher,
+    openssh_forward,
+    openssh_forwards,
+    pull,
+    start_sshd,
+)
 
 from jupyter_cc.kernelspec import kernelspec, simulated_policy_path  # noqa: E402
 from jupyter_cc.policy import Policy  # noqa: E402
@@ -106,7 +118,7 @@ START_LABELS = {
 }
 LOCAL_KERNEL = "py-bench"
 #: The parts ``--only`` can name, in the order a run measures them.
-PARTS = ("start", "execute", "display", "curve", "resident", "bulk", "phases")
+PARTS = ("start", "execute", "display", "curve", "resident", "tunnel", "bulk", "phases")
 T = TypeVar("T")
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
@@ -319,23 +331,52 @@ async def bench_start(names: tuple[str, ...]) -> list[Result]:
     return results
 
 
-async def bench_exec(clients: dict[str, AsyncKernelClient]) -> tuple[Result, Result]:
-    """Execute round trips through the tunnel ("cc") against the local kernel, in blocks."""
-    reply: dict[str, list[float]] = {"cc": [], "local": []}
-    full: dict[str, list[float]] = {"cc": [], "local": []}
-    for kc in clients.values():
-        await drain(kc)
-        for _ in range(20):  # warm-up
-            await roundtrip(kc, "pass")
-    blocks = EXEC_ROUNDS // EXEC_BLOCK
-    for b in range(blocks):
+Samples = dict[str, list[float]]
+
+
+async def exec_blocks(clients: dict[str, Any]) -> tuple[Samples, Samples]:
+    """Each client's (shell reply, reply+idle) round trips, in blocks whose order alternates.
+
+    A value is a connected client, or a kernel's connection info: then a client is connected for
+    each block and stopped after it, so that clients of one kernel run one at a time (a kernel
+    publishes every client's iopub messages to all of them: idle clients would carry the active
+    one's load).
+    """
+    reply: Samples = {k: [] for k in clients}
+    full: Samples = {k: [] for k in clients}
+
+    async def block(key: str, rounds: int, record: bool) -> None:
+        kc = clients[key]
+        if isinstance(kc, dict):
+            kc = AsyncKernelClient()
+            kc.load_connection_info(clients[key])
+            kc.start_channels(hb=False)
+            await kc.wait_for_ready(timeout=60)
+        try:
+            await drain(kc)
+            for _ in range(rounds):
+                t_reply, t_full = await roundtrip(kc, "pass")
+                if record:
+                    reply[key].append(t_reply)
+                    full[key].append(t_full)
+        finally:
+            if isinstance(clients[key], dict):
+                kc.stop_channels()
+
+    for key in clients:
+        await block(key, 20, False)  # warm-up
+    keys = list(clients)
+    for b in range(EXEC_ROUNDS // EXEC_BLOCK):
         if not BUDGET.check("execute round trips"):
             break
-        for key in ("cc", "local") if b % 2 else ("local", "cc"):
-            for _ in range(EXEC_BLOCK):
-                t_reply, t_full = await roundtrip(clients[key], "pass")
-                reply[key].append(t_reply)
-                full[key].append(t_full)
+        for key in keys if b % 2 else keys[::-1]:
+            await block(key, EXEC_BLOCK, True)
+    return reply, full
+
+
+async def bench_exec(clients: dict[str, AsyncKernelClient]) -> tuple[Result, Result]:
+    """Execute round trips through the tunnel ("cc") against the local kernel, in blocks."""
+    reply, full = await exec_blocks(clients)
     n = (len(full["cc"]), len(full["local"]))
     main = Result("execute round trip (reply+idle)", "ms", 0, 0, "<= 1.1x", None, n)
     main.median, main.baseline = med(full["cc"]) * 1000, med(full["local"]) * 1000
@@ -346,6 +387,42 @@ async def bench_exec(clients: dict[str, AsyncKernelClient]) -> tuple[Result, Res
     shell = Result("execute round trip (shell reply)", "ms", 0, 0, "(info)", None, n)
     shell.median, shell.baseline = med(reply["cc"]) * 1000, med(reply["local"]) * 1000
     return main, shell
+
+
+async def bench_tunnel(server: Sshd, tmp: Path) -> Result:
+    """Execute round trips to ONE local kernel: direct, through our forwards, through OpenSSH's.
+
+    The same kernel behind all three, one client connected at a time, so the ratios are the
+    tunnels' alone; OpenSSH's ``ssh`` forwards the five ports with a session running (as ours
+    runs the guest agent), its data path all C. Reported as ours against OpenSSH's, with each
+    against the direct client.
+    """
+    _, km, kc = await start_ready(LOCAL_KERNEL)
+    kc.stop_channels()
+    conn = connect(server)
+    try:
+        info = dict(km.get_connection_info())
+        remote = [int(info[name]) for name in PORT_NAMES]
+        with openssh_forwards(server, remote, tmp / "ssh-exec.log", session=True) as theirs:
+            ours = [conn.forward(p) for p in remote]
+            _, full = await exec_blocks(
+                {
+                    "direct": info,
+                    "ours": {**info, **dict(zip(PORT_NAMES, ours, strict=True))},
+                    "openssh": {**info, **dict(zip(PORT_NAMES, theirs, strict=True))},
+                }
+            )
+    finally:
+        conn.close()
+        await stop(km, kc)
+    ours, theirs_ms, direct_ms = (med(full[k]) * 1000 for k in ("ours", "openssh", "direct"))
+    n = (len(full["ours"]), len(full["openssh"]))
+    result = Result("execute RT, ours vs OpenSSH -L", "ms", ours, theirs_ms, "(info)", None, n)
+    result.notes.append(
+        f"same kernel, direct {direct_ms:.3f} ms: "
+        f"ours {ours / direct_ms:.2f}x, OpenSSH {theirs_ms / direct_ms:.2f}x"
+    )
+    return result
 
 
 async def bench_display(clients: dict[str, AsyncKernelClient]) -> Result:
@@ -406,6 +483,20 @@ async def bench_exec_against_local(kernel: str, name: str, *, curve: bool = Fals
         await stop(c_km, c_kc)
     main.name, main.target, main.met = name, "(info)", None
     return main
+
+
+async def bench_other_round_trips(server: Sshd, tmp: Path, parts: tuple[str, ...]) -> list[Result]:
+    """The round trips reported without a target: CurveZMQ, resident agent, the tunnel alone."""
+    results = []
+    if "curve" in parts:
+        name = "execute round trip, CurveZMQ"
+        results.append(await bench_exec_against_local(CC_CURVE_KERNEL, name, curve=True))
+    if "resident" in parts:
+        name = "execute round trip, resident agent"
+        results.append(await bench_exec_against_local(CC_RESIDENT_KERNEL, name))
+    if "tunnel" in parts:
+        results.append(await bench_tunnel(server, tmp))
+    return results
 
 
 def bench_bulk(server: Sshd, tmp: Path) -> tuple[Result, list[str]]:
@@ -620,11 +711,7 @@ async def _run(tmp: Path, server: Sshd, stack: contextlib.ExitStack, parts: tupl
             report(*await bench_start((CC_RESIDENT_KERNEL, CC_KERNEL, CC_BARE_KERNEL)))
         if "execute" in parts or "display" in parts:
             report(*await with_kernels(bench_exec_and_display, parts))
-        if "curve" in parts:
-            name = "execute round trip, CurveZMQ"
-            report(await bench_exec_against_local(CC_CURVE_KERNEL, name, curve=True))
-        if "resident" in parts:
-            report(await bench_exec_against_local(CC_RESIDENT_KERNEL, "execute round trip, resident agent"))
+        report(*await bench_other_round_trips(server, tmp, parts))
         if "bulk" in parts:
             bulk, cipher_info = bench_bulk(server, tmp)
             report(bulk)

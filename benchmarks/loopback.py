@@ -2,7 +2,7 @@
 
 A real OpenSSH sshd from ``tests/support/sshd.py`` stands in for the confidential VM; a TCP
 source on 127.0.0.1 serves bulk data; :func:`pull` times one transfer through a forward, either
-paramiko's (:meth:`SshConnection.forward`) or OpenSSH's ``ssh -N -L`` (:func:`openssh_forward`).
+paramiko's (:meth:`SshConnection.forward`) or OpenSSH's ``ssh -L`` (:func:`openssh_forwards`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,22 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from jupyter_cc.remote.ssh import SshConnection, SshTarget
 from tests.support.sshd import Sshd, free_port
 
-__all__ = ["CHUNK", "Source", "connect", "openssh_cipher", "openssh_forward", "pull", "start_sshd"]
+__all__ = [
+    "CHUNK",
+    "Source",
+    "connect",
+    "openssh_cipher",
+    "openssh_forward",
+    "openssh_forwards",
+    "pull",
+    "start_sshd",
+]
 
 CHUNK = 1 << 20
 
@@ -115,15 +124,28 @@ def pull(port: int, size: int) -> float:
 @contextlib.contextmanager
 def openssh_forward(server: Sshd, remote_port: int, log: Path, cipher: str | None) -> Iterator[int]:
     """``ssh -N -L`` to the sshd; yields the local port."""
-    local = free_port()
-    argv = [
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-v",
-        "-N",
-        "-L",
-        f"127.0.0.1:{local}:127.0.0.1:{remote_port}",
+    with openssh_forwards(server, [remote_port], log, cipher) as (local,):
+        yield local
+
+
+@contextlib.contextmanager
+def openssh_forwards(
+    server: Sshd, remote_ports: Sequence[int], log: Path, cipher: str | None = None, *, session: bool = False
+) -> Iterator[list[int]]:
+    """One ``ssh`` forwarding each of ``remote_ports``; yields the local ports in the same order.
+
+    Without ``session`` it runs ``-N`` (no command), the bulk case. With it, the connection also
+    runs ``cat`` in a session, as ours runs the guest agent: sshd and ssh turn Nagle's algorithm
+    off only once a session runs a command, and without that a kernel's second small message
+    waits 40 ms for a delayed ACK. ``cat`` reads the pipe this holds, so it ends with ssh.
+    """
+    local = [free_port() for _ in remote_ports]
+    argv = ["ssh", "-F", "/dev/null", "-v"]
+    if not session:
+        argv.append("-N")
+    for here, there in zip(local, remote_ports, strict=True):
+        argv += ["-L", f"127.0.0.1:{here}:127.0.0.1:{there}"]
+    argv += [
         "-i",
         str(server.identity_file),
         "-o",
@@ -142,16 +164,22 @@ def openssh_forward(server: Sshd, remote_port: int, log: Path, cipher: str | Non
     if cipher:
         argv += ["-c", cipher]
     argv.append(f"{server.user}@127.0.0.1")
+    if session:
+        argv.append("cat")
+    stdin = subprocess.PIPE if session else subprocess.DEVNULL
     with open(log, "wb") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=err)
     try:
+        ready = "Sending command: cat" if session else "Entering interactive session"
         deadline = time.monotonic() + 15
-        while "Entering interactive session" not in log.read_text(errors="replace"):
+        while ready not in log.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ssh -L did not come up: {log.read_text(errors='replace')[-500:]}")
             time.sleep(0.05)
         yield local
     finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
         proc.terminate()
         try:
             proc.wait(timeout=5)

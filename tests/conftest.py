@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.support import socket_origins
 from tests.support.env import IN_CI, VECTORS, need_tool
 from tests.support.sshd import Sshd, guest_sshd
 
@@ -24,6 +25,9 @@ settings.register_profile(
     "jupyter-cc", deadline=None, derandomize=IN_CI, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("jupyter-cc")
+
+# A socket left open fails a later, unrelated test: its warning then says where it was opened.
+socket_origins.install()
 
 _INTEGRATION = Path(__file__).parent / "integration"
 
