@@ -34,11 +34,13 @@ attestation fails, the kernel is reported dead. Configure it in kernel.json::
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -166,6 +168,34 @@ def detach_all() -> int:
         provisioner.detach()
     _live.clear()
     return len(kept)
+
+
+#: Told ``(kernel_id, state)`` on the event loop when a kernel's connection to its CVM changes:
+#: ``reconnecting`` (it dropped), then ``reconnected`` (re-attested, taken back) or ``lost``.
+_connection_listeners: list[Callable[[str, str], None]] = []
+
+
+def on_connection_state(listener: Callable[[str, str], None]) -> Callable[[], None]:
+    """Call ``listener(kernel_id, state)`` on each connection change; returns the undo.
+
+    The server extension puts these on jupyter_server's event bus, so JupyterLab shows a drop
+    when it happens rather than at its next poll.
+    """
+    _connection_listeners.append(listener)
+
+    def remove() -> None:
+        if listener in _connection_listeners:
+            _connection_listeners.remove(listener)
+
+    return remove
+
+
+def _tell(kernel_id: str, state: str) -> None:
+    for listener in list(_connection_listeners):
+        try:
+            listener(kernel_id, state)
+        except Exception:  # a listener's failure must not touch the kernel
+            logging.getLogger("jupyter_cc").exception("connection listener failed for %s", kernel_id)
 
 
 def recent_refusals() -> list[Refusal]:
@@ -615,7 +645,15 @@ class ConfidentialProvisioner(KernelProvisionerBase, CvmTargetTraits):  # type: 
 
     def _start_reconnect(self) -> None:
         self.log.warning("confidential kernel %s: connection lost; reconnecting", self.kernel_id)
+        kernel_id = str(self.kernel_id)
         self._reconnect = asyncio.ensure_future(asyncio.to_thread(self._reconnect_blocking))
+
+        def done(future: asyncio.Future[bool]) -> None:
+            ok = not future.cancelled() and future.exception() is None and future.result()
+            _tell(kernel_id, "reconnected" if ok else "lost")
+
+        self._reconnect.add_done_callback(done)
+        _tell(kernel_id, "reconnecting")
 
     async def poll(self) -> int | None:
         if self._pid is None:

@@ -10,6 +10,9 @@ status bar item and attestation panel read it. Routes, under the server's ``base
     GET  jupyter-cc/api/refusals?kernel_name=K&path=P  confidential kernels refused at start
     GET  jupyter-cc/api/audit?limit=N                the last N audit-log entries
 
+A kernel's connection changes (a drop, the reconnect after it) go on the server's event bus too
+(:mod:`jupyter_cc.server.events`), so the status bar shows them as they happen.
+
 The entry points jupyter_server calls live in :mod:`jupyter_cc` and delegate here, so that
 ``import jupyter_cc`` stays light.
 
@@ -54,6 +57,9 @@ def load(serverapp: Any) -> None:
     base_url = web_app.settings.get("base_url", "/")
     web_app.add_handlers(".*$", routes(base_url))
     serverapp.log.info("jupyter_cc: attestation API at %s", url_path_join(base_url, API_PREFIX))
+    from jupyter_cc.server import events
+
+    events.install(serverapp)
     _detach_before_kernel_cleanup(serverapp)
     restored = _keep_sessions(serverapp)
     from tornado.ioloop import IOLoop
