@@ -7,6 +7,9 @@ user's kernelspecs nor their audit log:
   installs: local transport, simulated TEE, the shipped policy with ``allow_simulated = true``);
 - ``cc-sim-refused``: the same kernel with no policy, so the default policy refuses the
   simulated TEE when the kernel starts;
+- ``cc-sim-ssh``: a kernel in a resident guest agent (``jupyter-cc guest serve``, simulated TEE)
+  behind a real OpenSSH sshd on loopback standing in for the CVM, the way the Python tests run
+  it (tests/support), so a test can cut the connection; both stop when the server exits;
 - ``JUPYTER_DATA_DIR`` (simulated TEE roots, audit log) in the temporary folder.
 
 Never use this configuration outside tests: galata's settings remove all security protections.
@@ -52,3 +55,35 @@ install(
 # The kernels run `python3`-side code from this interpreter's environment.
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 c.ServerApp.jpserver_extensions = {"jupyter_cc": True}
+
+# The CVM for the network-drop test: an sshd (its listener found by its config path,
+# ``guest-sshd/sshd_config``) and the resident agent behind it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import atexit  # noqa: E402
+import contextlib  # noqa: E402
+
+from jupyter_cc.attest.sim import SimulatedTee  # noqa: E402
+from tests.support.resident import resident_agent  # noqa: E402
+from tests.support.sshd import guest_sshd, sim_guest_traits  # noqa: E402
+
+SimulatedTee.load_or_create()  # before the guest's first session, so none races to make it
+_guest_stack = contextlib.ExitStack()
+atexit.register(_guest_stack.close)
+_guest = guest_sshd(_tmp / "guest-sshd")
+_guest_stack.callback(_guest.stop)
+_agent = _guest_stack.enter_context(resident_agent(_guest, _tmp / "guest-agent"))
+install(
+    "cc-sim-ssh",
+    kernelspec(
+        "Confidential Python (simulated CVM over SSH)",
+        {
+            "transport": "ssh",
+            "host": "127.0.0.1",
+            "port": _guest.port,
+            **sim_guest_traits(_guest),
+            "agent_socket": str(_agent.socket),
+        },
+    ),
+    prefix=str(_prefix),
+)

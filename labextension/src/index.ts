@@ -56,7 +56,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     labShell: ILabShell | null
   ) => {
     const specs = app.serviceManager.kernelspecs;
-    const model = new AttestationModel(specs);
+    const model = new AttestationModel(specs, app.serviceManager.events ?? null);
     let panel: MainAreaWidget<AttestationPanel> | null = null;
     const activeChanged = new Signal<AttestationModel, void>(model);
     let showItem = false;

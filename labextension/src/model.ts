@@ -1,5 +1,5 @@
 import { ISessionContext } from '@jupyterlab/apputils';
-import { KernelSpec } from '@jupyterlab/services';
+import { Event, KernelSpec } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { requestAPI } from './request';
@@ -10,6 +10,8 @@ import {
   IStatusView,
   KernelPhase,
   auditEntries,
+  connectionEvent,
+  isReconnecting,
   pickRefusal,
   specIsConfidential,
   statusView
@@ -17,6 +19,9 @@ import {
 
 /** How often the state of the followed kernel is asked for again (and "n min ago" redrawn). */
 export const POLL_INTERVAL_MS = 30 * 1000;
+
+/** How often it is asked for while the server reconnects to the kernel's CVM. */
+export const RECONNECT_POLL_MS = 2 * 1000;
 
 /** Kernel statuses during which the kernel (and so its attestation) is not there yet. */
 const STARTING = new Set([
@@ -29,12 +34,16 @@ const STARTING = new Set([
 /**
  * Follows the kernel of one session context (the active notebook or console) and keeps its
  * attestation as the REST API reports it: asked for on kernel change, after a (re)start, after
- * a re-attestation and every POLL_INTERVAL_MS.
+ * a re-attestation, when the server's event stream says the kernel's connection dropped or came
+ * back, and every POLL_INTERVAL_MS (every RECONNECT_POLL_MS while it reconnects, in case an
+ * event was missed).
  */
 export class AttestationModel {
-  constructor(specs: KernelSpec.IManager) {
+  constructor(specs: KernelSpec.IManager, events: Event.IManager | null = null) {
     this._specs = specs;
+    this._events = events;
     specs.specsChanged.connect(this._emit, this);
+    events?.stream.connect(this._onEvent, this);
     this._timer = window.setInterval(() => {
       void this.refresh();
     }, POLL_INTERVAL_MS);
@@ -189,6 +198,7 @@ export class AttestationModel {
       this._fetchError = (error as Error).message;
     }
     this._emit();
+    this._pollWhileReconnecting();
     if (this.wantAudit) {
       await this.refreshAudit();
     }
@@ -280,6 +290,8 @@ export class AttestationModel {
     }
     this._isDisposed = true;
     window.clearInterval(this._timer);
+    window.clearTimeout(this._soon);
+    this._events?.stream.disconnect(this._onEvent, this);
     Signal.clearData(this);
   }
 
@@ -325,6 +337,24 @@ export class AttestationModel {
     this._emit();
   }
 
+  /** An event of the server's stream: one about the followed kernel's connection asks again. */
+  private _onEvent(_: Event.IManager, emission: Event.Emission): void {
+    if (connectionEvent(emission, this.kernelId)) {
+      void this.refresh();
+    }
+  }
+
+  /** While the server reconnects, ask again soon (once per answer, never more than one timer). */
+  private _pollWhileReconnecting(): void {
+    if (this._soon || this._isDisposed || !isReconnecting(this._attestation)) {
+      return;
+    }
+    this._soon = window.setTimeout(() => {
+      this._soon = 0;
+      void this.refresh();
+    }, RECONNECT_POLL_MS);
+  }
+
   private _onContextDisposed(): void {
     this.follow(null);
   }
@@ -353,6 +383,8 @@ export class AttestationModel {
   }
 
   private _specs: KernelSpec.IManager;
+  private _events: Event.IManager | null;
+  private _soon = 0;
   private _context: ISessionContext | null = null;
   private _attestation: IKernelAttestation | null = null;
   private _fetchError: string | null = null;

@@ -57,6 +57,30 @@ export function isReconnecting(att: IKernelAttestation | null): boolean {
   return !!(att && att.agent && att.agent.reconnecting === true);
 }
 
+/** The server's event for a confidential kernel's connection (jupyter_cc/server/events.py). */
+export const CONNECTION_SCHEMA = 'https://events.jupyter-cc.org/kernel_connection/v1';
+
+/** The connection states that event carries. */
+export type ConnectionState = 'reconnecting' | 'reconnected' | 'lost';
+
+/**
+ * The state an event of the server's stream says for kernel `kernelId`'s connection, or null
+ * when it is another schema's event, another kernel's, or not well formed.
+ */
+export function connectionEvent(
+  emission: { [key: string]: unknown } | null | undefined,
+  kernelId: string | null
+): ConnectionState | null {
+  if (!emission || !kernelId || emission.schema_id !== CONNECTION_SCHEMA) {
+    return null;
+  }
+  if (emission.kernel_id !== kernelId) {
+    return null;
+  }
+  const state = emission.state;
+  return state === 'reconnecting' || state === 'reconnected' || state === 'lost' ? state : null;
+}
+
 /** The panel's line about the guest agent, e.g. "resident agent, warm pool · reconnected 2×". */
 export function agentLine(agent: IAgentState | null | undefined): string | null {
   if (!agent) {

@@ -10,7 +10,9 @@ import {
   agentLine,
   auditEntries,
   auditSummary,
+  CONNECTION_SCHEMA,
   claimRows,
+  connectionEvent,
   failureReasons,
   gpuLine,
   isReconnecting,
@@ -368,6 +370,24 @@ describe('reconnecting (issue 14)', () => {
     assert.notEqual(back.label, 'reconnecting…');
     assert.equal(back.level, statusView({ ...base, attestation: verified() }).level);
     assert.equal(isReconnecting(after), false);
+  });
+
+  it("reads the server's connection events for the followed kernel only", () => {
+    const ev = (over: { [key: string]: unknown }) => ({
+      schema_id: CONNECTION_SCHEMA,
+      kernel_id: 'k1',
+      state: 'reconnecting',
+      ...over
+    });
+    assert.equal(connectionEvent(ev({}), 'k1'), 'reconnecting');
+    assert.equal(connectionEvent(ev({ state: 'reconnected' }), 'k1'), 'reconnected');
+    assert.equal(connectionEvent(ev({ state: 'lost' }), 'k1'), 'lost');
+    assert.equal(connectionEvent(ev({}), 'k2'), null, "another kernel's event");
+    assert.equal(connectionEvent(ev({}), null), null, 'no kernel followed');
+    assert.equal(connectionEvent(ev({ schema_id: 'https://events.jupyter.org/x/v1' }), 'k1'), null);
+    assert.equal(connectionEvent(ev({ state: 'exploded' }), 'k1'), null);
+    assert.equal(connectionEvent(ev({ state: 1 }), 'k1'), null);
+    assert.equal(connectionEvent(null, 'k1'), null);
   });
 
   it('counts earlier reconnects in the tooltip', () => {

@@ -151,3 +151,8 @@ async def test_a_failing_listener_does_not_stop_the_others() -> None:
         for u in undo:
             u()
     assert seen == ["reconnecting", "reconnected"]
+
+
+def test_the_labextension_listens_for_the_schema_the_server_emits() -> None:
+    state_ts = Path(__file__).resolve().parents[2] / "labextension" / "src" / "state.ts"
+    assert f"export const CONNECTION_SCHEMA = '{SCHEMA_ID}';" in state_ts.read_text()

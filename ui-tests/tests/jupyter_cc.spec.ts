@@ -5,9 +5,12 @@
  * The server (jupyter_server_test_config.py) has two confidential kernelspecs: `cc-sim`
  * (simulated TEE, a policy that allows it) and `cc-sim-refused` (no policy: the default one
  * refuses the simulated TEE at start). Screenshots go to ui-tests/screenshots/.
+ * `cc-sim-ssh` runs in a resident guest agent behind a real sshd on loopback, so a test can cut
+ * its connection and watch the reconnect.
  */
 import { IJupyterLabPageFixture, expect, test } from '@jupyterlab/galata';
 import type { Locator } from '@playwright/test';
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 
@@ -120,6 +123,23 @@ async function expectPanelRefusal(page: IJupyterLabPageFixture, shot: string): P
   expect(copied).toContain('kernelspec: cc-sim-refused');
   expect(copied).toContain('  expected: a hardware TEE');
   expect(copied).toContain('  observed: SIMULATED evidence');
+}
+
+/** The pid of the test CVM's sshd listener (started by jupyter_server_test_config.py). */
+function guestSshd(): number {
+  const out = execFileSync('pgrep', ['-f', '/guest-sshd/sshd_config'], { encoding: 'utf8' });
+  const pids = out.split(/\s+/).filter(Boolean).map(Number);
+  expect(pids, 'one sshd listener for the test CVM').toHaveLength(1);
+  return pids[0];
+}
+
+/** Send `signal` to `pid` (and, with `children`, to the processes it started instead). */
+function signalPid(signal: string, pid: number, children = false): void {
+  if (children) {
+    execFileSync('pkill', [`-${signal}`, '-P', String(pid)]);
+  } else {
+    execFileSync('kill', [`-${signal}`, String(pid)]);
+  }
 }
 
 test.describe('jupyter-cc labextension', () => {
@@ -259,6 +279,45 @@ test.describe('jupyter-cc labextension', () => {
     await expect(item).toContainText('attestation FAILED', { timeout: 30 * 1000 });
     await page.evaluate(() => window.jupyterapp.commands.execute('jupyter-cc:show-attestation'));
     await expectPanelRefusal(page, 'refused-panel-new-notebook.png');
+  });
+
+  test('a dropped connection: the status bar says reconnecting, then the kernel carries on', async ({
+    page
+  }) => {
+    await page.notebook.createNew('cc-ssh.ipynb', { kernel: 'cc-sim-ssh' });
+    const item = page.locator('.jp-cc-StatusItem');
+    await expect(item).toContainText('SIMULATED', { timeout: 120 * 1000 });
+    await page.notebook.setCell(0, 'code', 'x = 41');
+    await page.notebook.runCell(0);
+
+    // The CVM unreachable for a while: its sshd takes no new connection and the open one is
+    // cut (the sshd child serving it killed). The server notices within its 3 s kernel poll
+    // and says so on its event stream; the status bar follows without waiting for its 30 s poll.
+    const listener = guestSshd();
+    signalPid('STOP', listener);
+    try {
+      signalPid('KILL', listener, true);
+      await expect(item).toContainText('reconnecting…', { timeout: 15 * 1000 });
+      await expect(item).toHaveAttribute('title', /reconnecting and attesting again/);
+      await item.screenshot({ path: path.join(SHOTS, 'status-bar-reconnecting.png') });
+    } finally {
+      signalPid('CONT', listener);
+    }
+    // Reachable again: re-attested with a fresh nonce, the same kernel taken back.
+    await expect(item).toContainText('SIMULATED', { timeout: 60 * 1000 });
+    await expect(item).not.toContainText('reconnecting');
+    await page.evaluate(() => window.jupyterapp.commands.execute('jupyter-cc:show-attestation'));
+    const panel = page.locator('.jp-cc-Panel');
+    await expect(panel).toContainText('reconnected 1×');
+    await panel.screenshot({ path: path.join(SHOTS, 'panel-reconnected.png') });
+
+    // The variable set before the drop is still there.
+    await page.notebook.activate('cc-ssh.ipynb');
+    await page.notebook.addCell('code', 'print(x + 1)');
+    const last = (await page.notebook.getCellCount()) - 1;
+    await page.notebook.runCell(last);
+    const output = await page.notebook.getCellTextOutput(last);
+    expect(output?.join('').trim()).toBe('42');
   });
 
   test('a plain kernel is not confidential', async ({ page }) => {
