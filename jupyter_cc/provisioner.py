@@ -170,32 +170,54 @@ def detach_all() -> int:
     return len(kept)
 
 
-#: Told ``(kernel_id, state)`` on the event loop when a kernel's connection to its CVM changes:
-#: ``reconnecting`` (it dropped), then ``reconnected`` (re-attested, taken back) or ``lost``.
-_connection_listeners: list[Callable[[str, str], None]] = []
+class _Listeners:
+    """Callables told of a kernel's changes, for the server extension's events; one that fails
+    is logged and never reaches the kernel."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._items: list[Callable[..., None]] = []
+
+    def add(self, listener: Callable[..., None]) -> Callable[[], None]:
+        self._items.append(listener)
+
+        def remove() -> None:
+            if listener in self._items:
+                self._items.remove(listener)
+
+        return remove
+
+    def tell(self, *args: str) -> None:
+        for listener in list(self._items):
+            try:
+                listener(*args)
+            except Exception:  # a listener's failure must not touch the kernel
+                logging.getLogger("jupyter_cc").exception("%s listener failed for %s", self.what, args[0])
+
+
+_connection_listeners = _Listeners("connection")
+_start_listeners = _Listeners("start step")
 
 
 def on_connection_state(listener: Callable[[str, str], None]) -> Callable[[], None]:
-    """Call ``listener(kernel_id, state)`` on each connection change; returns the undo.
+    """Call ``listener(kernel_id, state)`` on the event loop at each change of a kernel's
+    connection to its CVM: ``reconnecting`` (it dropped), then ``reconnected`` (re-attested,
+    taken back) or ``lost``. Returns the undo.
 
     The server extension puts these on jupyter_server's event bus, so JupyterLab shows a drop
     when it happens rather than at its next poll.
     """
-    _connection_listeners.append(listener)
-
-    def remove() -> None:
-        if listener in _connection_listeners:
-            _connection_listeners.remove(listener)
-
-    return remove
+    return _connection_listeners.add(listener)
 
 
-def _tell(kernel_id: str, state: str) -> None:
-    for listener in list(_connection_listeners):
-        try:
-            listener(kernel_id, state)
-        except Exception:  # a listener's failure must not touch the kernel
-            logging.getLogger("jupyter_cc").exception("connection listener failed for %s", kernel_id)
+def on_start_step(listener: Callable[[str, str, str, str], None]) -> Callable[[], None]:
+    """Call ``listener(kernel_id, kernel_name, path, step)`` on the event loop at each step of
+    reaching a kernel's CVM before it attests (an Azure CVM started from deallocated takes
+    minutes); ``path`` is the notebook's (``JPY_SESSION_NAME``, "" without one), by which
+    JupyterLab, which learns the kernel id only once the start is over, finds its kernel.
+    Returns the undo.
+    """
+    return _start_listeners.add(listener)
 
 
 def recent_refusals() -> list[Refusal]:
@@ -374,17 +396,26 @@ class ConfidentialProvisioner(KernelProvisionerBase, CvmTargetTraits):  # type: 
         kwargs = await super().pre_launch(**kwargs)
         kwargs.setdefault("cmd", ["jupyter-cc-guest-kernel"])
         if self.azure_profile:  # outside launch_timeout: starting a deallocated CVM takes minutes
-            await asyncio.to_thread(self._reach_azure_cvm)
+            loop = asyncio.get_running_loop()
+            kernel_id, kernel_name = str(self.kernel_id), str(getattr(km, "kernel_name", "") or "")
+            path = str((kwargs.get("env") or {}).get("JPY_SESSION_NAME", ""))
+
+            def step(line: str) -> None:  # on the worker thread; listeners run on the loop
+                self.log.info("confidential kernel %s: %s", kernel_id, line)
+                loop.call_soon_threadsafe(_start_listeners.tell, kernel_id, kernel_name, path, line)
+
+            await asyncio.to_thread(self._reach_azure_cvm, step)
         return kwargs
 
-    def _reach_azure_cvm(self) -> None:
+    def _reach_azure_cvm(self, step: Callable[[str], None]) -> None:
         """Start the profile's Azure CVM if it is stopped or deallocated, and aim at its address,
-        pinned known_hosts and guest Python; attestation then runs as for any CVM."""
+        pinned known_hosts and guest Python; attestation then runs as for any CVM. ``step`` is
+        told each step of the start."""
         from jupyter_cc.azure.connect import running_profile
         from jupyter_cc.profiles import get_profile
 
         try:
-            profile = running_profile(get_profile(self.azure_profile), progress=self.log.info)
+            profile = running_profile(get_profile(self.azure_profile), progress=step)
         except CCError as exc:
             raise KernelRefusedError(f"{NOT_STARTED}: {exc.diagnostics()}") from None
         self.host = profile.host or self.host
@@ -650,10 +681,10 @@ class ConfidentialProvisioner(KernelProvisionerBase, CvmTargetTraits):  # type: 
 
         def done(future: asyncio.Future[bool]) -> None:
             ok = not future.cancelled() and future.exception() is None and future.result()
-            _tell(kernel_id, "reconnected" if ok else "lost")
+            _connection_listeners.tell(kernel_id, "reconnected" if ok else "lost")
 
         self._reconnect.add_done_callback(done)
-        _tell(kernel_id, "reconnecting")
+        _connection_listeners.tell(kernel_id, "reconnecting")
 
     async def poll(self) -> int | None:
         if self._pid is None:

@@ -1,24 +1,34 @@
-"""A confidential kernel's connection changes, on jupyter_server's event bus.
+"""A confidential kernel's start steps and connection changes, on jupyter_server's event bus.
 
-When the SSH connection to a kernel's CVM drops, the provisioner reconnects and attests again
-(resident agent); JupyterLab, which asks for a kernel's state every 30 seconds, would say
-"verified" through the whole drop and learn of the reconnect late. Each change is emitted as
-an event under :data:`SCHEMA_ID` (``/api/events/subscribe``, the stream JupyterLab's
-``serviceManager.events`` reads), and the labextension asks for the kernel's state at once.
+Two things JupyterLab would otherwise learn late, since it asks for a kernel's state every 30
+seconds and learns a kernel's id only once its start is over:
 
-An event holds the kernel id and the state only: no host, no claim, nothing of the evidence.
+- when the SSH connection to a kernel's CVM drops, the provisioner reconnects and attests again
+  (resident agent); the status bar would say "verified" through the whole drop;
+- an Azure CVM started from deallocated takes minutes before the kernel even attests; the
+  status bar would say "attesting…" all along.
+
+Each is emitted as an event (``/api/events/subscribe``, the stream JupyterLab's
+``serviceManager.events`` reads) under :data:`CONNECTION_SCHEMA_ID` or :data:`START_SCHEMA_ID`,
+and the labextension shows it at once. An event holds the kernel's id, name and notebook path
+and a state or a step line: no claim, nothing of the evidence. The ``$id``s are names, never
+fetched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SCHEMA", "SCHEMA_ID", "install"]
+__all__ = ["CONNECTION_SCHEMA", "CONNECTION_SCHEMA_ID", "START_SCHEMA", "START_SCHEMA_ID", "install"]
 
-SCHEMA_ID = "https://events.jupyter-cc.org/kernel_connection/v1"
+CONNECTION_SCHEMA_ID = "https://events.jupyter-cc.org/kernel_connection/v1"
+START_SCHEMA_ID = "https://events.jupyter-cc.org/kernel_start/v1"
 
-SCHEMA: dict[str, Any] = {
-    "$id": SCHEMA_ID,
+_KERNEL_ID = {"type": "string", "description": "The kernel's id in the kernel manager."}
+
+CONNECTION_SCHEMA: dict[str, Any] = {
+    "$id": CONNECTION_SCHEMA_ID,
     "version": "1",
     "title": "Confidential kernel connection",
     "description": (
@@ -29,23 +39,55 @@ SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["kernel_id", "state"],
     "properties": {
-        "kernel_id": {"type": "string", "description": "The kernel's id in the kernel manager."},
+        "kernel_id": _KERNEL_ID,
         "state": {"enum": ["reconnecting", "reconnected", "lost"], "description": "What happened."},
     },
     "additionalProperties": False,
 }
 
+START_SCHEMA: dict[str, Any] = {
+    "$id": START_SCHEMA_ID,
+    "version": "1",
+    "title": "Confidential kernel start step",
+    "description": (
+        "A step of reaching a confidential kernel's CVM before it attests, such as starting a "
+        "deallocated Azure CVM. The notebook's path finds the kernel in JupyterLab, which learns "
+        "the kernel id only once the start is over."
+    ),
+    "type": "object",
+    "required": ["kernel_id", "kernel_name", "path", "step"],
+    "properties": {
+        "kernel_id": _KERNEL_ID,
+        "kernel_name": {"type": "string", "description": "The kernelspec's name."},
+        "path": {"type": "string", "description": "The notebook's path (JPY_SESSION_NAME), or ''."},
+        "step": {"type": "string", "description": "One line saying what is under way."},
+    },
+    "additionalProperties": False,
+}
 
-def install(serverapp: Any) -> None:
-    """Register the schema on ``serverapp``'s event logger and emit each connection change."""
+
+def install(serverapp: Any) -> Callable[[], None]:
+    """Register the schemas on ``serverapp``'s event logger and emit what the provisioners tell;
+    returns what stops the emitting."""
     logger = getattr(serverapp, "event_logger", None)
     if logger is None:  # a jupyter_server without events: the labextension's poll remains
-        return
-    from jupyter_cc.provisioner import on_connection_state
+        return lambda: None
+    from jupyter_cc.provisioner import on_connection_state, on_start_step
 
-    logger.register_event_schema(SCHEMA)
+    logger.register_event_schema(CONNECTION_SCHEMA)
+    logger.register_event_schema(START_SCHEMA)
 
-    def emit(kernel_id: str, state: str) -> None:
-        logger.emit(schema_id=SCHEMA_ID, data={"kernel_id": kernel_id, "state": state})
+    def connection(kernel_id: str, state: str) -> None:
+        logger.emit(schema_id=CONNECTION_SCHEMA_ID, data={"kernel_id": kernel_id, "state": state})
 
-    on_connection_state(emit)
+    def start(kernel_id: str, kernel_name: str, path: str, step: str) -> None:
+        data = {"kernel_id": kernel_id, "kernel_name": kernel_name, "path": path, "step": step}
+        logger.emit(schema_id=START_SCHEMA_ID, data=data)
+
+    undo = [on_connection_state(connection), on_start_step(start)]
+
+    def stop() -> None:
+        for remove in undo:
+            remove()
+
+    return stop

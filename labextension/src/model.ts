@@ -14,6 +14,7 @@ import {
   isReconnecting,
   pickRefusal,
   specIsConfidential,
+  startStepEvent,
   statusView
 } from './state';
 
@@ -130,6 +131,7 @@ export class AttestationModel {
       fetchError: this._fetchError,
       startFailed: this._startFailed,
       refusal: this._refusal,
+      startStep: this._startStep,
       now
     });
   }
@@ -162,6 +164,7 @@ export class AttestationModel {
     this._startFailed = null;
     this._refusal = null;
     this._attemptConfidential = null;
+    this._startStep = null;
     if (context) {
       context.kernelChanged.connect(this._onKernelChanged, this);
       context.statusChanged.connect(this._onStatusChanged, this);
@@ -324,6 +327,7 @@ export class AttestationModel {
       this._wasStarting = true;
     } else if (this._wasStarting && !STARTING.has(status)) {
       this._wasStarting = false;
+      this._startStep = null;
       if (!ctx.session?.kernel && this._attemptConfidential) {
         // SessionContext reports a refused start as a session-less 'unknown' plus a dialog.
         this._startFailed =
@@ -337,10 +341,19 @@ export class AttestationModel {
     this._emit();
   }
 
-  /** An event of the server's stream: one about the followed kernel's connection asks again. */
+  /**
+   * An event of the server's stream: one about the followed kernel's connection asks again; a
+   * step of the start of the followed notebook's kernel is shown while it starts.
+   */
   private _onEvent(_: Event.IManager, emission: Event.Emission): void {
     if (connectionEvent(emission, this.kernelId)) {
       void this.refresh();
+      return;
+    }
+    const step = startStepEvent(emission, this._context?.path ?? null);
+    if (step && this.phase === 'starting') {
+      this._startStep = step;
+      this._emit();
     }
   }
 
@@ -385,6 +398,7 @@ export class AttestationModel {
   private _specs: KernelSpec.IManager;
   private _events: Event.IManager | null;
   private _soon = 0;
+  private _startStep: string | null = null;
   private _context: ISessionContext | null = null;
   private _attestation: IKernelAttestation | null = null;
   private _fetchError: string | null = null;

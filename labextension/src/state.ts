@@ -60,6 +60,23 @@ export function isReconnecting(att: IKernelAttestation | null): boolean {
 /** The server's event for a confidential kernel's connection (jupyter_cc/server/events.py). */
 export const CONNECTION_SCHEMA = 'https://events.jupyter-cc.org/kernel_connection/v1';
 
+/** The server's event for a step of a confidential kernel's start (jupyter_cc/server/events.py). */
+export const START_SCHEMA = 'https://events.jupyter-cc.org/kernel_start/v1';
+
+/**
+ * The step line an event of the server's stream says for the start of the kernel of the
+ * notebook at `path` (JupyterLab learns the kernel id only once the start is over), or null.
+ */
+export function startStepEvent(
+  emission: { [key: string]: unknown } | null | undefined,
+  path: string | null
+): string | null {
+  if (!emission || !path || emission.schema_id !== START_SCHEMA || emission.path !== path) {
+    return null;
+  }
+  return typeof emission.step === 'string' && emission.step ? emission.step : null;
+}
+
 /** The connection states that event carries. */
 export type ConnectionState = 'reconnecting' | 'reconnected' | 'lost';
 
@@ -198,6 +215,8 @@ export interface IStatusInput {
   startFailed?: string | null;
   /** The refusal the server kept for that start, once it is known. */
   refusal?: IRefusal | null;
+  /** The last step of reaching the kernel's CVM during its start (an Azure CVM starting). */
+  startStep?: string | null;
   /** Milliseconds since the epoch. */
   now: number;
 }
@@ -347,6 +366,13 @@ export function statusView(input: IStatusInput): IStatusView {
     return view('none', 'no kernel', 'No kernel is running for this document.');
   }
   if (input.phase === 'starting' && !att) {
+    if (input.startStep) {
+      return view(
+        'pending',
+        'starting CVM…',
+        `${who}the confidential VM is being reached before the kernel attests: ${input.startStep}.`
+      );
+    }
     return input.specConfidential
       ? view(
           'pending',

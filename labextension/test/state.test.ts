@@ -11,6 +11,7 @@ import {
   auditEntries,
   auditSummary,
   CONNECTION_SCHEMA,
+  START_SCHEMA,
   claimRows,
   connectionEvent,
   failureReasons,
@@ -23,6 +24,7 @@ import {
   relativeTime,
   ruleText,
   specIsConfidential,
+  startStepEvent,
   statusView,
   teeName
 } from '../src/state';
@@ -388,6 +390,44 @@ describe('reconnecting (issue 14)', () => {
     assert.equal(connectionEvent(ev({ state: 'exploded' }), 'k1'), null);
     assert.equal(connectionEvent(ev({ state: 1 }), 'k1'), null);
     assert.equal(connectionEvent(null, 'k1'), null);
+  });
+
+  it("reads a start step for the followed notebook's kernel only", () => {
+    const ev = (over: { [key: string]: unknown }) => ({
+      schema_id: START_SCHEMA,
+      kernel_id: 'k1',
+      kernel_name: 'cc-lab',
+      path: 'work/lab.ipynb',
+      step: 'starting the CVM lab (deallocated); this takes a minute or two',
+      ...over
+    });
+    assert.equal(startStepEvent(ev({}), 'work/lab.ipynb'), ev({}).step);
+    assert.equal(startStepEvent(ev({}), 'other.ipynb'), null, "another notebook's kernel");
+    assert.equal(startStepEvent(ev({}), null), null);
+    assert.equal(startStepEvent(ev({ path: '' }), ''), null, 'a kernel without a notebook');
+    assert.equal(startStepEvent(ev({ schema_id: CONNECTION_SCHEMA }), 'work/lab.ipynb'), null);
+    assert.equal(startStepEvent(ev({ step: 3 }), 'work/lab.ipynb'), null);
+  });
+
+  it('shows the start step while the CVM is reached, then the attestation as usual', () => {
+    const starting = {
+      phase: 'starting' as const,
+      specConfidential: true,
+      kernelName: 'Confidential (lab)',
+      attestation: null,
+      now: NOW
+    };
+    const step = 'starting the CVM lab (deallocated); this takes a minute or two';
+    const v = statusView({ ...starting, startStep: step });
+    assert.equal(v.label, 'starting CVM…');
+    assert.equal(v.level, 'pending');
+    assert.equal(v.locked, false);
+    assert.match(v.tooltip, /Confidential \(lab\): the confidential VM is being reached/);
+    assert.ok(v.tooltip.includes(step));
+    assert.equal(statusView(starting).label, 'attesting…');
+    // Once attested, the step no longer speaks for the kernel.
+    const up = statusView({ ...starting, phase: 'running', attestation: verified(), startStep: step });
+    assert.notEqual(up.label, 'starting CVM…');
   });
 
   it('counts earlier reconnects in the tooltip', () => {

@@ -363,10 +363,29 @@ async def test_a_kernelspec_for_the_profile_starts_the_deallocated_cvm_then_atte
     cvm.deallocate()
     assert main(["cvm", "kernelspec", "lab", "--prefix", str(tmp_path / "prefix")]) == 0
 
+    import threading
+
+    from jupyter_cc.provisioner import on_start_step
+
+    steps: list[tuple[str, ...]] = []
+
+    def step(*told: str) -> None:
+        assert threading.current_thread() is threading.main_thread()  # on the event loop
+        steps.append(told)
+
+    undo = on_start_step(step)
     km = AsyncKernelManager(kernel_name="cc-lab")
-    await km.start_kernel()
+    try:
+        await km.start_kernel(env={"JPY_SESSION_NAME": "work/lab.ipynb"})
+    finally:
+        undo()
     try:
         assert cvm.show().power_state == "running"  # the provisioner started it first
+        # Each step of the start was told, for JupyterLab, with the notebook it is for.
+        assert [s[:3] for s in steps] == [(km.kernel_id, "cc-lab", "work/lab.ipynb")] * len(steps)
+        lines = [s[3] for s in steps]
+        assert lines[0] == "starting the CVM lab (deallocated); this takes a minute or two", lines
+        assert lines[-1] == "the CVM lab is running at 127.0.0.1", lines
         state = km.provisioner.attestation_state()  # type: ignore[union-attr]
         assert state["confidential"] and state["verdict"]["passed"]
         kc = km.client()

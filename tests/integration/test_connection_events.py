@@ -24,7 +24,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.provisioner import ConfidentialProvisioner, on_connection_state
-from jupyter_cc.server.events import SCHEMA_ID
+from jupyter_cc.server.events import CONNECTION_SCHEMA_ID as SCHEMA_ID
 from tests.integration.test_persist import install, server_at, ws_run
 from tests.integration.test_server_ext import Server
 from tests.support import procs
@@ -156,3 +156,46 @@ async def test_a_failing_listener_does_not_stop_the_others() -> None:
 def test_the_labextension_listens_for_the_schema_the_server_emits() -> None:
     state_ts = Path(__file__).resolve().parents[2] / "labextension" / "src" / "state.ts"
     assert f"export const CONNECTION_SCHEMA = '{SCHEMA_ID}';" in state_ts.read_text()
+
+
+async def test_start_steps_are_events_of_their_own_schema_and_nothing_else() -> None:
+    from types import SimpleNamespace
+
+    from jupyter_events import EventLogger
+
+    from jupyter_cc.provisioner import _start_listeners
+    from jupyter_cc.server import events as cc_events
+
+    logger = EventLogger()
+    got: list[tuple[str, dict[str, Any]]] = []
+
+    async def listen(logger: EventLogger, schema_id: str, data: dict[str, Any]) -> None:
+        got.append((schema_id, data))
+
+    stop = cc_events.install(SimpleNamespace(event_logger=logger))
+    try:
+        logger.add_listener(schema_id=cc_events.START_SCHEMA_ID, listener=listen)
+        _start_listeners.tell("k3", "cc-lab", "work/lab.ipynb", "starting the CVM lab (deallocated)")
+        await asyncio.sleep(0.05)
+    finally:
+        stop()
+    _start_listeners.tell("k3", "cc-lab", "work/lab.ipynb", "after the stop: not emitted")
+    await asyncio.sleep(0.05)
+    assert got == [
+        (
+            cc_events.START_SCHEMA_ID,
+            {
+                "kernel_id": "k3",
+                "kernel_name": "cc-lab",
+                "path": "work/lab.ipynb",
+                "step": "starting the CVM lab (deallocated)",
+            },
+        )
+    ]
+
+
+def test_the_labextension_listens_for_the_start_schema_too() -> None:
+    from jupyter_cc.server.events import START_SCHEMA_ID
+
+    state_ts = Path(__file__).resolve().parents[2] / "labextension" / "src" / "state.ts"
+    assert f"export const START_SCHEMA = '{START_SCHEMA_ID}';" in state_ts.read_text()
