@@ -385,8 +385,10 @@ class _ReadAheadSocket:
 
 
 class _ProbeFilter(logging.Filter):
-    """Drops paramiko's ERROR line for a refused agent-socket channel: finding no resident agent
-    is the ordinary case of a guest without the service, not an error worth a log line."""
+    """Drops paramiko's ERROR line for a refused channel that is ours to report, or expected:
+    finding no resident agent is the ordinary case of a guest without the service, and a
+    forward refused because its kernel has just stopped is the ordinary end of a kernel (its
+    clients reconnect for a moment), not errors worth a log line."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -401,11 +403,15 @@ _PROBES = _ProbeFilter()
 logging.getLogger("paramiko.transport").addFilter(_PROBES)
 
 
-def _open_streamlocal(transport: paramiko.Transport, path: str, timeout: float) -> paramiko.Channel:
-    """Open a ``direct-streamlocal@openssh.com`` channel, as Transport.open_channel opens others.
+def _open_channel(
+    transport: paramiko.Transport, kind: str, fields: Callable[[paramiko.Message], None], timeout: float
+) -> paramiko.Channel:
+    """Open a channel of ``kind`` as Transport.open_channel does, its request's own fields
+    written by ``fields``, and a refusal raised here rather than logged by paramiko.
 
     Uses paramiko's channel bookkeeping (the same private members open_channel uses; stable
-    since paramiko 2); only the request's fields differ.
+    since paramiko 2): paramiko's ``open_channel`` writes destination fields only for its own
+    TCP kinds and logs every refusal as an ERROR.
     """
     t: Any = transport  # the private members are not in paramiko's type stubs
     if not t.is_active():
@@ -416,13 +422,11 @@ def _open_streamlocal(transport: paramiko.Transport, path: str, timeout: float) 
         chanid = t._next_channel()
         m = paramiko.Message()
         m.add_byte(paramiko.common.cMSG_CHANNEL_OPEN)
-        m.add_string(STREAMLOCAL)
+        m.add_string(kind)
         m.add_int(chanid)
         m.add_int(window)
         m.add_int(packet)
-        m.add_string(path)
-        m.add_string("")  # reserved
-        m.add_int(0)  # reserved
+        fields(m)
         chan: Any = paramiko.Channel(chanid)
         t._channels.put(chanid, chan)
         t.channel_events[chanid] = event = threading.Event()
@@ -444,6 +448,31 @@ def _open_streamlocal(transport: paramiko.Transport, path: str, timeout: float) 
     if opened is None:
         raise t.get_exception() or paramiko.SSHException("the server refused the channel")
     return opened
+
+
+def _open_streamlocal(transport: paramiko.Transport, path: str, timeout: float) -> paramiko.Channel:
+    """A ``direct-streamlocal@openssh.com`` channel: the socket path, then two reserved fields."""
+
+    def fields(m: paramiko.Message) -> None:
+        m.add_string(path)
+        m.add_string("")  # reserved
+        m.add_int(0)  # reserved
+
+    return _open_channel(transport, STREAMLOCAL, fields, timeout)
+
+
+def _open_direct_tcpip(
+    transport: paramiko.Transport, port: int, peer: tuple[str, int], timeout: float
+) -> paramiko.Channel:
+    """A ``direct-tcpip`` channel to 127.0.0.1:``port`` in the guest (RFC 4254, 7.2)."""
+
+    def fields(m: paramiko.Message) -> None:
+        m.add_string("127.0.0.1")
+        m.add_int(port)
+        m.add_string(peer[0])
+        m.add_int(peer[1])
+
+    return _open_channel(transport, "direct-tcpip", fields, timeout)
 
 
 class _Forward:
@@ -471,10 +500,11 @@ class _Forward:
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
-                channel = self.transport.open_channel(
-                    "direct-tcpip", ("127.0.0.1", self.remote_port), peer, timeout=10
-                )
-            except (paramiko.SSHException, OSError, EOFError):
+                channel = _open_direct_tcpip(self.transport, self.remote_port, peer, timeout=10)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                # Nothing listens there any more (the kernel stopped, its clients reconnecting):
+                # the local connection is closed, as a refused TCP connection would be.
+                log.debug("forward to guest port %d refused: %s", self.remote_port, exc)
                 sock.close()
                 continue
             threading.Thread(target=self._relay, args=(sock, channel), daemon=True).start()

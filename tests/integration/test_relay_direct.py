@@ -388,3 +388,31 @@ def test_a_reply_in_two_writes_is_not_held_for_a_delayed_ack(conn: SshConnection
     finally:
         peer.close()
     assert not peer.errors
+
+
+def test_a_forward_to_a_closed_guest_port_closes_the_local_connection_quietly(
+    conn: SshConnection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kernel that stopped leaves its clients reconnecting to the forwards for a moment: each
+    such connection is closed, as a refused TCP connection would be, with no ERROR line."""
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there now
+    local = conn.forward(port)
+    caplog.set_level("DEBUG")
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", local), timeout=10) as sock:
+            assert read_to_eof(sock) == b""
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+    assert errors == [], [r.getMessage() for r in errors]
+    refused = [r for r in caplog.records if f"forward to guest port {port} refused" in r.getMessage()]
+    assert len(refused) == 3
+    # The forward still works for a port that listens: its channels open as before.
+    peer = Peer(send_then_drain(b"still here"))
+    try:
+        there = conn.forward(peer.port)
+        with socket.create_connection(("127.0.0.1", there), timeout=10) as sock:
+            assert read_to_eof(sock) == b"still here"
+    finally:
+        peer.close()
