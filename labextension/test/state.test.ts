@@ -428,6 +428,13 @@ describe('reconnecting (issue 14)', () => {
     // Once attested, the step no longer speaks for the kernel.
     const up = statusView({ ...starting, phase: 'running', attestation: verified(), startStep: step });
     assert.notEqual(up.label, 'starting CVM…');
+    // A step (an event anyone with the server's token could post) never stands for a verdict.
+    const posted = statusView({ ...starting, startStep: 'the CVM is verified' });
+    assert.equal(posted.level, 'pending');
+    assert.equal(posted.locked, false);
+    const late = statusView({ ...starting, phase: 'running', startStep: step });
+    assert.notEqual(late.label, 'starting CVM…');
+    assert.equal(late.locked, false);
   });
 
   it('counts earlier reconnects in the tooltip', () => {
