@@ -211,11 +211,11 @@ def on_connection_state(listener: Callable[[str, str], None]) -> Callable[[], No
 
 
 def on_start_step(listener: Callable[[str, str, str, str], None]) -> Callable[[], None]:
-    """Call ``listener(kernel_id, kernel_name, path, step)`` on the event loop at each step of
-    reaching a kernel's CVM before it attests (an Azure CVM started from deallocated takes
-    minutes); ``path`` is the notebook's (``JPY_SESSION_NAME``, "" without one), by which
-    JupyterLab, which learns the kernel id only once the start is over, finds its kernel.
-    Returns the undo.
+    """Call ``listener(kernel_id, kernel_name, session_name, step)`` on the event loop at each
+    step of reaching a kernel's CVM before it attests (an Azure CVM started from deallocated
+    takes minutes); ``session_name`` is the kernel's ``JPY_SESSION_NAME`` (the notebook's path on
+    disk, "" without one), by which JupyterLab, which learns the kernel id only once the start
+    is over, finds its kernel. Returns the undo.
     """
     return _start_listeners.add(listener)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from jupyter_cc.server.state import notebook_path
+
 __all__ = ["CONNECTION_SCHEMA", "CONNECTION_SCHEMA_ID", "START_SCHEMA", "START_SCHEMA_ID", "install"]
 
 CONNECTION_SCHEMA_ID = "https://events.jupyter-cc.org/kernel_connection/v1"
@@ -59,7 +61,10 @@ START_SCHEMA: dict[str, Any] = {
     "properties": {
         "kernel_id": _KERNEL_ID,
         "kernel_name": {"type": "string", "description": "The kernelspec's name."},
-        "path": {"type": "string", "description": "The notebook's path (JPY_SESSION_NAME), or ''."},
+        "path": {
+            "type": "string",
+            "description": "The notebook's path under the server's root, as JupyterLab names it, or ''.",
+        },
         "step": {"type": "string", "description": "One line saying what is under way."},
     },
     "additionalProperties": False,
@@ -80,7 +85,10 @@ def install(serverapp: Any) -> Callable[[], None]:
     def connection(kernel_id: str, state: str) -> None:
         logger.emit(schema_id=CONNECTION_SCHEMA_ID, data={"kernel_id": kernel_id, "state": state})
 
-    def start(kernel_id: str, kernel_name: str, path: str, step: str) -> None:
+    root = str(getattr(serverapp, "root_dir", "") or "")
+
+    def start(kernel_id: str, kernel_name: str, session_name: str, step: str) -> None:
+        path = notebook_path(session_name, root) or ""
         data = {"kernel_id": kernel_id, "kernel_name": kernel_name, "path": path, "step": step}
         logger.emit(schema_id=START_SCHEMA_ID, data=data)
 

@@ -61,6 +61,7 @@ __all__ = [
     "is_confidential",
     "kernel_state",
     "normalize",
+    "notebook_path",
     "parse_limit",
     "plain_state",
     "refusal_json",
@@ -195,14 +196,23 @@ def refusal_json(refusal: KeptRefusal, root_dir: str | None = None) -> dict[str,
     a filesystem path the contents API would not.
     """
     body = refusal.to_json()
-    path = None
-    if refusal.session_path and root_dir:
-        root = os.path.realpath(root_dir)
-        full = os.path.realpath(refusal.session_path)
-        if os.path.commonpath([root, full]) == root and full != root:
-            path = os.path.relpath(full, root).replace(os.sep, "/")
-    body["path"] = path
+    body["path"] = notebook_path(refusal.session_path, root_dir)
     return body
+
+
+def notebook_path(session_path: str | None, root_dir: str | None) -> str | None:
+    """The notebook as JupyterLab names it ("work/lab.ipynb"), from a kernel's
+    ``JPY_SESSION_NAME``, which jupyter_server sets to the file's path on disk: relative to
+    ``root_dir``, with "/"; None without either, for a relative one, or outside the root (the
+    API never shows a filesystem path the contents API would not).
+    """
+    if not session_path or not root_dir or not os.path.isabs(session_path):
+        return None
+    root = os.path.realpath(root_dir)
+    full = os.path.realpath(session_path)
+    if os.path.commonpath([root, full]) != root or full == root:
+        return None
+    return os.path.relpath(full, root).replace(os.sep, "/")
 
 
 def refusal_state(kernel_id: str, refusal: KeptRefusal, root_dir: str | None = None) -> dict[str, Any]:

@@ -172,26 +172,42 @@ async def test_start_steps_are_events_of_their_own_schema_and_nothing_else() -> 
     async def listen(logger: EventLogger, schema_id: str, data: dict[str, Any]) -> None:
         got.append((schema_id, data))
 
-    stop = cc_events.install(SimpleNamespace(event_logger=logger))
+    stop = cc_events.install(SimpleNamespace(event_logger=logger, root_dir="/srv/notes"))
     try:
         logger.add_listener(schema_id=cc_events.START_SCHEMA_ID, listener=listen)
-        _start_listeners.tell("k3", "cc-lab", "work/lab.ipynb", "starting the CVM lab (deallocated)")
+        # JPY_SESSION_NAME, as jupyter_server sets it: the notebook's path on disk.
+        _start_listeners.tell("k3", "cc-lab", "/srv/notes/work/lab.ipynb", "starting the CVM lab")
+        _start_listeners.tell("k3", "cc-lab", "/elsewhere/lab.ipynb", "outside the root")
+        _start_listeners.tell("k3", "cc-lab", "", "no notebook")
         await asyncio.sleep(0.05)
     finally:
         stop()
-    _start_listeners.tell("k3", "cc-lab", "work/lab.ipynb", "after the stop: not emitted")
+    _start_listeners.tell("k3", "cc-lab", "/srv/notes/work/lab.ipynb", "after the stop: not emitted")
     await asyncio.sleep(0.05)
+    expected = {"kernel_id": "k3", "kernel_name": "cc-lab"}
     assert got == [
-        (
-            cc_events.START_SCHEMA_ID,
-            {
-                "kernel_id": "k3",
-                "kernel_name": "cc-lab",
-                "path": "work/lab.ipynb",
-                "step": "starting the CVM lab (deallocated)",
-            },
-        )
+        (cc_events.START_SCHEMA_ID, {**expected, "path": "work/lab.ipynb", "step": "starting the CVM lab"}),
+        (cc_events.START_SCHEMA_ID, {**expected, "path": "", "step": "outside the root"}),
+        (cc_events.START_SCHEMA_ID, {**expected, "path": "", "step": "no notebook"}),
     ]
+
+
+@pytest.mark.parametrize(
+    ("session_name", "root", "path"),
+    [
+        ("/srv/notes/lab.ipynb", "/srv/notes", "lab.ipynb"),
+        ("/srv/notes/a/b/lab.ipynb", "/srv/notes/", "a/b/lab.ipynb"),
+        ("/srv/notes/../secrets/x.ipynb", "/srv/notes", ""),
+        ("/srv/notes-other/lab.ipynb", "/srv/notes", ""),
+        ("/srv/notes", "/srv/notes", ""),
+        ("lab.ipynb", "/srv/notes", ""),  # not a path on disk: nothing to match
+        ("/srv/notes/lab.ipynb", "", ""),
+    ],
+)
+def test_the_event_names_the_notebook_as_jupyterlab_does(session_name: str, root: str, path: str) -> None:
+    from jupyter_cc.server.state import notebook_path
+
+    assert (notebook_path(session_name, root) or "") == path
 
 
 def test_the_labextension_listens_for_the_start_schema_too() -> None:
