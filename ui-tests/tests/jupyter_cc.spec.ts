@@ -320,6 +320,24 @@ test.describe('jupyter-cc labextension', () => {
     expect(output?.join('').trim()).toBe('42');
   });
 
+  test("an Azure CVM's start: the status bar shows each step, then the attestation", async ({ page }) => {
+    // `cc-lab`'s CVM is deallocated: the kernel's start starts it first (jupyter_server_test_config.py).
+    const steps: string[] = [];
+    const item = page.locator('.jp-cc-StatusItem');
+    // Not renamed (galata renames a new notebook once its kernel starts): the start's steps
+    // name the notebook the kernel starts for.
+    await page.notebook.createNew('', { kernel: 'cc-lab' });
+    await expect(item).toContainText('starting CVM…', { timeout: 60 * 1000 });
+    steps.push((await item.getAttribute('title')) || '');
+    await item.screenshot({ path: path.join(SHOTS, 'status-bar-starting-cvm.png') });
+    await expect(item).toHaveAttribute('title', /the CVM lab is running at 127\.0\.0\.1/, { timeout: 60 * 1000 });
+    steps.push((await item.getAttribute('title')) || '');
+    console.log(`start steps seen: ${steps.join(' | ')}`);
+    expect(steps[0]).toMatch(/the confidential VM is being reached before the kernel attests: /);
+    await expect(item).toContainText('SIMULATED', { timeout: 120 * 1000 });
+    await expect(item).not.toContainText('starting CVM');
+  });
+
   test('a plain kernel is not confidential', async ({ page }) => {
     const specs = await page.evaluate(async () => {
       const m = window.jupyterapp.serviceManager.kernelspecs;
