@@ -27,10 +27,15 @@ def install() -> None:
         return
     init = socket.socket.__init__
     plain_repr = socket.socket.__repr__
+    real_close = socket.socket._real_close  # type: ignore[attr-defined]
 
     def __init__(self: socket.socket, *args: object, **kwargs: object) -> None:
         init(self, *args, **kwargs)  # type: ignore[arg-type]
         _ORIGINS[id(self)] = _origin()
+
+    def _real_close(self: socket.socket, *args: object) -> None:
+        _ORIGINS.pop(id(self), None)  # closed: nothing to name, and no entry grows the table
+        real_close(self, *args)
 
     def __repr__(self: socket.socket) -> str:
         text = plain_repr(self)
@@ -39,4 +44,5 @@ def install() -> None:
 
     socket.socket.__init__ = __init__  # type: ignore[method-assign]
     socket.socket.__repr__ = __repr__  # type: ignore[method-assign]
+    socket.socket._real_close = _real_close  # type: ignore[attr-defined]
     socket.socket._jupyter_cc_origins = True  # type: ignore[attr-defined]
