@@ -93,40 +93,21 @@ install(
 )
 
 # The Azure CVM for the start-step test.
-import dataclasses  # noqa: E402
-
 from jupyter_cc.azure.client import ArmEndpoint  # noqa: E402
 from jupyter_cc.azure.lifecycle import Cvm  # noqa: E402
-from jupyter_cc.azure.settings import AzureSettings  # noqa: E402
 from jupyter_cc.policy import Policy  # noqa: E402
 from jupyter_cc.profiles import save_profile  # noqa: E402
-from tests.support.fake_arm import FakeArm, TokenEndpoint  # noqa: E402
-from tests.support.sshd import sim_profile  # noqa: E402
+from tests.support.fake_arm import OTHER_CREDENTIALS, SUBSCRIPTION, FakeArm, TokenEndpoint, lab_profile  # noqa: E402
 
-_SUB = "11111111-2222-3333-4444-555555555555"
-_arm = _guest_stack.enter_context(FakeArm(_tmp, {_SUB}))
+_arm = _guest_stack.enter_context(FakeArm(_tmp, {SUBSCRIPTION}))
 _identity = _guest_stack.enter_context(TokenEndpoint(_arm.token))
-for _name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
+for _name in OTHER_CREDENTIALS:
     os.environ.pop(_name, None)
 os.environ.update(_identity.env)
 os.environ["JUPYTER_CC_ARM_ENDPOINT"] = _arm.base_url
 os.environ["REQUESTS_CA_BUNDLE"] = str(_arm.ca_file)
 os.environ["JUPYTER_CC_CONFIG"] = str(_tmp / "cc.toml")
-(_tmp / "id.pub").write_text(_guest.identity_file.with_suffix(".pub").read_text())
-_lab = dataclasses.replace(
-    sim_profile(_guest, "lab", policy=simulated_policy_path()),
-    host=None,  # looked up from the NIC
-    ssh_user=_guest.user,
-    known_hosts=str(_tmp / "lab.known_hosts"),
-    azure=AzureSettings(
-        subscription=_SUB,
-        resource_group="rg1",
-        location="westeurope",
-        size="Standard_DC4as_v5",
-        ssh_public_key=str(_tmp / "id.pub"),
-        admin_user="cvmadmin",
-    ),
-)
+_lab = lab_profile(_guest, _tmp)
 save_profile(_lab)
 _cvm = Cvm(_lab, endpoint=ArmEndpoint(base_url=_arm.base_url, connection_verify=str(_arm.ca_file)))
 _cvm.create(policy=Policy.load(simulated_policy_path()), attest_timeout=60)

@@ -9,7 +9,6 @@ start -> attest again -> delete runs the same code a real CVM does.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -23,30 +22,21 @@ from jupyter_cc.azure.client import ArmEndpoint
 from jupyter_cc.azure.errors import ArmError, ArmTimeoutError, CredentialError, NotAttestedError
 from jupyter_cc.azure.hostkey import known_hosts_path
 from jupyter_cc.azure.lifecycle import Cvm
-from jupyter_cc.azure.settings import AzureSettings
 from jupyter_cc.cli import main
 from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.policy import Policy
 from jupyter_cc.profiles import Profile, get_profile, save_profile
-from tests.support.fake_arm import FakeArm, TokenEndpoint
-from tests.support.sshd import Sshd, free_port, sim_profile
-
-SUB = "11111111-2222-3333-4444-555555555555"
+from tests.support.fake_arm import OTHER_CREDENTIALS, SUBSCRIPTION, FakeArm, TokenEndpoint, lab_profile
+from tests.support.sshd import Sshd, free_port
 
 
 @pytest.fixture
 def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeArm]:
     """The local ARM and the managed identity endpoint DefaultAzureCredential finds in the env."""
-    for name in (
-        "AZURE_CLIENT_ID",
-        "AZURE_TENANT_ID",
-        "AZURE_CLIENT_SECRET",
-        "MSI_ENDPOINT",
-        "IDENTITY_ENDPOINT",
-    ):
+    for name in OTHER_CREDENTIALS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no user's Azure CLI or token cache
-    with FakeArm(tmp_path, {SUB}) as fake, TokenEndpoint(fake.token) as token:
+    with FakeArm(tmp_path, {SUBSCRIPTION}) as fake, TokenEndpoint(fake.token) as token:
         for name, value in token.env.items():
             monkeypatch.setenv(name, value)
         yield fake
@@ -55,31 +45,6 @@ def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeArm]:
 def _endpoint(arm: FakeArm, **change: Any) -> ArmEndpoint:
     return ArmEndpoint(
         base_url=arm.base_url, connection_verify=str(arm.ca_file), polling_interval=0.02, **change
-    )
-
-
-def _profile(tmp_path: Path, sshd: Sshd, *, port: int | None = None, **azure: Any) -> Profile:
-    key = tmp_path / "id.pub"
-    key.write_text(sshd.identity_file.with_suffix(".pub").read_text())
-    settings = AzureSettings(
-        **{
-            "subscription": SUB,
-            "resource_group": "rg1",
-            "location": "westeurope",
-            "size": "Standard_DC4as_v5",
-            **azure,
-        },
-        ssh_public_key=str(key),
-        admin_user="cvmadmin",  # what Azure would create; the stand-in sshd lets in the test's user
-    )
-    base = sim_profile(sshd, "lab", policy=simulated_policy_path())
-    return dataclasses.replace(
-        base,
-        host=None,  # looked up from the NIC
-        port=port if port is not None else sshd.port,
-        ssh_user=sshd.user,
-        known_hosts=str(tmp_path / "lab.known_hosts"),  # empty: the key is not known beforehand
-        azure=settings,
     )
 
 
@@ -94,7 +59,7 @@ def _cvm(tmp_path: Path, arm: FakeArm, profile: Profile, **endpoint: Any) -> tup
 
 
 def test_create_attest_deallocate_start_delete(tmp_path: Path, arm: FakeArm, sshd: Sshd) -> None:
-    profile = _profile(tmp_path, sshd)
+    profile = lab_profile(sshd, tmp_path)
     cvm, progress = _cvm(tmp_path, arm, profile)
     policy = Policy.load(simulated_policy_path())
 
@@ -141,9 +106,9 @@ def test_create_attest_deallocate_start_delete(tmp_path: Path, arm: FakeArm, ssh
 
 
 def test_an_existing_subnet_and_a_public_ip(tmp_path: Path, arm: FakeArm, sshd: Sshd) -> None:
-    vnet = f"/subscriptions/{SUB}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/hub"
+    vnet = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/hub"
     subnet = f"{vnet}/subnets/cvms"
-    profile = _profile(tmp_path, sshd, subnet_id=subnet, public_ip=True, ssh_allowed_from="203.0.113.7/32")
+    profile = lab_profile(sshd, tmp_path, subnet_id=subnet, public_ip=True, ssh_allowed_from="203.0.113.7/32")
     cvm, _ = _cvm(tmp_path, arm, profile)
     info = cvm.create(policy=None)
     assert info.address == "127.0.0.1"  # the public IP's address
@@ -161,7 +126,7 @@ def test_no_credential_is_one_sentence_naming_what_to_do(
     monkeypatch.setenv("AZURE_TOKEN_CREDENTIALS", "ManagedIdentityCredential")
     monkeypatch.setenv("IMDS_ENDPOINT", "http://127.0.0.1:9")  # no IMDS here: fail fast
     monkeypatch.setenv("IDENTITY_ENDPOINT", f"http://127.0.0.1:{free_port()}/msi/token")
-    cvm, _ = _cvm(tmp_path, arm, _profile(tmp_path, sshd))
+    cvm, _ = _cvm(tmp_path, arm, lab_profile(sshd, tmp_path))
     with pytest.raises(CredentialError) as caught:
         cvm.show()
     text = str(caught.value)
@@ -174,7 +139,7 @@ def test_no_credential_is_one_sentence_naming_what_to_do(
 
 
 def test_an_unknown_subscription(tmp_path: Path, arm: FakeArm, sshd: Sshd) -> None:
-    profile = _profile(tmp_path, sshd, subscription="99999999-2222-3333-4444-555555555555")
+    profile = lab_profile(sshd, tmp_path, subscription="99999999-2222-3333-4444-555555555555")
     cvm, _ = _cvm(tmp_path, arm, profile)
     with pytest.raises(ArmError) as caught:
         cvm.create(policy=None)
@@ -186,7 +151,7 @@ def test_an_unknown_subscription(tmp_path: Path, arm: FakeArm, sshd: Sshd) -> No
 def test_a_size_not_offered_in_the_region_leaves_what_was_made_and_offers_delete(
     tmp_path: Path, arm: FakeArm, sshd: Sshd
 ) -> None:
-    cvm, _ = _cvm(tmp_path, arm, _profile(tmp_path, sshd, size="Standard_DC96as_v5"))
+    cvm, _ = _cvm(tmp_path, arm, lab_profile(sshd, tmp_path, size="Standard_DC96as_v5"))
     with pytest.raises(ArmError) as caught:
         cvm.create(policy=None)
     text = str(caught.value)
@@ -208,7 +173,7 @@ def test_quota_and_authorization_refusals(
     tmp_path: Path, arm: FakeArm, sshd: Sshd, kind: str, status: int, code: str, remedy: str
 ) -> None:
     arm.fail(kind, status, code, f"Operation could not be completed ({code}).")
-    cvm, _ = _cvm(tmp_path, arm, _profile(tmp_path, sshd))
+    cvm, _ = _cvm(tmp_path, arm, lab_profile(sshd, tmp_path))
     with pytest.raises(ArmError) as caught:
         cvm.create(policy=None)
     assert caught.value.code == code and remedy in str(caught.value)
@@ -217,7 +182,7 @@ def test_quota_and_authorization_refusals(
 
 def test_an_arm_operation_that_never_finishes_times_out(tmp_path: Path, arm: FakeArm, sshd: Sshd) -> None:
     arm.hang = True
-    cvm, _ = _cvm(tmp_path, arm, _profile(tmp_path, sshd), operation_timeout=0.5)
+    cvm, _ = _cvm(tmp_path, arm, lab_profile(sshd, tmp_path), operation_timeout=0.5)
     with pytest.raises(ArmTimeoutError) as caught:
         cvm.create(policy=None)
     text = str(caught.value)
@@ -227,7 +192,8 @@ def test_an_arm_operation_that_never_finishes_times_out(tmp_path: Path, arm: Fak
 
 
 def test_a_cvm_that_boots_but_never_attests(tmp_path: Path, arm: FakeArm, sshd: Sshd) -> None:
-    cvm, progress = _cvm(tmp_path, arm, _profile(tmp_path, sshd, port=free_port()))  # nothing listens there
+    unreached = lab_profile(sshd, tmp_path, port=free_port())  # nothing listens there
+    cvm, progress = _cvm(tmp_path, arm, unreached)
     with pytest.raises(NotAttestedError) as caught:
         cvm.create(policy=Policy.load(simulated_policy_path()), attest_timeout=1.0)
     assert any("waiting for 127.0.0.1 to attest" in line for line in progress)
@@ -238,7 +204,7 @@ def test_a_cvm_that_boots_but_never_attests(tmp_path: Path, arm: FakeArm, sshd: 
 
 def test_idle_culling_deallocates(tmp_path: Path, arm: FakeArm, sshd: Sshd) -> None:
     now = [1_000_000.0]
-    profile = _profile(tmp_path, sshd, idle_minutes=30)
+    profile = lab_profile(sshd, tmp_path, idle_minutes=30)
     cvm = Cvm(profile, endpoint=_endpoint(arm), audit_log=tmp_path / "audit.jsonl", clock=lambda: now[0])
     cvm.create(policy=None)
     now[0] += 10 * 60
@@ -264,7 +230,7 @@ def test_the_cli_creates_shows_lists_and_remembers_the_address(
     monkeypatch.setenv("JUPYTER_CC_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     monkeypatch.setenv("JUPYTER_CC_ARM_ENDPOINT", arm.base_url)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(arm.ca_file))
-    save_profile(_profile(tmp_path, sshd))
+    save_profile(lab_profile(sshd, tmp_path))
     assert main(["cvm", "create", "lab", "--no-attest", "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["power_state"] == "running"
@@ -310,7 +276,7 @@ def test_idle_cvm_is_deallocated_and_cc_connect_starts_it_again(
     monkeypatch.setenv("JUPYTER_CC_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     monkeypatch.setenv("JUPYTER_CC_ARM_ENDPOINT", arm.base_url)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(arm.ca_file))
-    profile = _profile(tmp_path, sshd)
+    profile = lab_profile(sshd, tmp_path)
     save_profile(profile)
     policy = Policy.load(simulated_policy_path())
     Cvm(profile, endpoint=_endpoint(arm)).create(policy=policy, attest_timeout=30)
@@ -356,7 +322,7 @@ async def test_a_kernelspec_for_the_profile_starts_the_deallocated_cvm_then_atte
     monkeypatch.setenv("JUPYTER_CC_ARM_ENDPOINT", arm.base_url)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(arm.ca_file))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "prefix" / "share" / "jupyter"))
-    profile = _profile(tmp_path, sshd)
+    profile = lab_profile(sshd, tmp_path)
     save_profile(profile)
     cvm = Cvm(profile, endpoint=_endpoint(arm))
     cvm.create(policy=Policy.load(simulated_policy_path()), attest_timeout=30)
@@ -413,7 +379,7 @@ async def test_the_hub_gives_each_user_a_cvm_of_their_own(
     monkeypatch.setenv("JUPYTER_CC_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     monkeypatch.setenv("JUPYTER_CC_ARM_ENDPOINT", arm.base_url)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(arm.ca_file))
-    save_profile(_profile(tmp_path, sshd))
+    save_profile(lab_profile(sshd, tmp_path))
     user = SimpleNamespace(name="Alice", url="/user/Alice/", id=1, escaped_name="Alice", admin=False)
     spawner = AttestedSSHSpawner(
         user=user, log=logging.getLogger("test"), ssh_user=sshd.user, **sim_guest_traits(sshd)

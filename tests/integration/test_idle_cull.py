@@ -26,9 +26,9 @@ from jupyter_cc.kernelspec import simulated_policy_path
 from jupyter_cc.paths import data_dir
 from jupyter_cc.policy import Policy
 from jupyter_cc.profiles import save_profile
-from tests.integration.test_azure_lifecycle import _endpoint, _profile, arm
+from tests.integration.test_azure_lifecycle import _endpoint, arm
 from tests.integration.test_remote_kernel import execute, install_spec, kernel_dir, provisioner_config
-from tests.support.fake_arm import FakeArm
+from tests.support.fake_arm import FakeArm, lab_profile
 from tests.support.sshd import Sshd
 
 __all__ = ["arm", "kernel_dir"]
@@ -62,7 +62,7 @@ async def test_cull_asks_the_guest_agent_and_deallocates_after_idle_minutes(
     monkeypatch.setenv("JUPYTER_CC_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     monkeypatch.setenv("JUPYTER_CC_ARM_ENDPOINT", arm.base_url)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(arm.ca_file))
-    profile = _profile(tmp_path, sshd, idle_minutes=30)
+    profile = lab_profile(sshd, tmp_path, idle_minutes=30)
     save_profile(profile)
     # Created and attested: the host key is pinned, so the guest's report is taken.
     Cvm(profile, endpoint=_endpoint(arm)).create(
@@ -127,7 +127,7 @@ def test_without_a_resident_agent_only_max_hours_applies(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    profile = _profile(tmp_path, sshd, idle_minutes=1)
+    profile = lab_profile(sshd, tmp_path, idle_minutes=1)
     cvm = Cvm(profile, endpoint=_endpoint(arm), audit_log=tmp_path / "audit.jsonl")
     info = cvm.create(policy=Policy.load(simulated_policy_path()), attest_timeout=30)
     target = cvm.connect_profile(info).to_guest_target()

@@ -24,11 +24,13 @@ The VM request is checked as Azure checks a confidential VM (security type, UEFI
 disk encryption type, a CVM image and a size the region offers); a refusal is the error Azure
 gives. :class:`TokenEndpoint` is the App Service managed identity endpoint
 (``IDENTITY_ENDPOINT`` / ``IDENTITY_HEADER``) that ``DefaultAzureCredential`` finds in the
-environment. Every request is recorded in :attr:`FakeArm.requests`.
+environment. Every request is recorded in :attr:`FakeArm.requests`. :func:`lab_profile` is the
+profile of the CVM "lab" these tests create, which an OpenSSH sshd on loopback stands in for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -42,7 +44,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from jupyter_cc.azure.settings import AzureSettings
+from jupyter_cc.kernelspec import simulated_policy_path
+from jupyter_cc.profiles import Profile
 from tests.support.fake_azure import Pki
+from tests.support.sshd import Sshd, sim_profile
+
+#: The subscription the lab's CVM lives in.
+SUBSCRIPTION = "11111111-2222-3333-4444-555555555555"
+
+#: Variables that would make ``DefaultAzureCredential`` take another credential than
+#: :class:`TokenEndpoint`'s: removed before its ``env`` is set.
+OTHER_CREDENTIALS = (
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_SECRET",
+    "MSI_ENDPOINT",
+    "IDENTITY_ENDPOINT",
+)
 
 CVM_SIZES = {
     "westeurope": {"Standard_DC2as_v5", "Standard_DC4as_v5", "Standard_DC4es_v5", "Standard_NCC40ads_H100_v5"}
@@ -433,3 +452,31 @@ class TokenEndpoint:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def lab_profile(sshd: Sshd, folder: Path, *, port: int | None = None, **azure: Any) -> Profile:
+    """The profile "lab": an Azure CVM in :data:`SUBSCRIPTION` (``azure`` changes its settings)
+    whose address the NIC gives, which ``sshd`` stands in for (``port``: another, where nothing
+    may listen); its public key and (empty) known_hosts are written in ``folder``."""
+    key = folder / "id.pub"
+    key.write_text(sshd.identity_file.with_suffix(".pub").read_text())
+    settings = AzureSettings(
+        **{
+            "subscription": SUBSCRIPTION,
+            "resource_group": "rg1",
+            "location": "westeurope",
+            "size": "Standard_DC4as_v5",
+            **azure,
+        },
+        ssh_public_key=str(key),
+        admin_user="cvmadmin",  # what Azure would create; the stand-in sshd lets in the test's user
+    )
+    base = sim_profile(sshd, "lab", policy=simulated_policy_path())
+    return dataclasses.replace(
+        base,
+        host=None,  # looked up from the NIC
+        port=port if port is not None else sshd.port,
+        ssh_user=sshd.user,
+        known_hosts=str(folder / "lab.known_hosts"),  # empty: the key is not known beforehand
+        azure=settings,
+    )
