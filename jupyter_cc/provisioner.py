@@ -398,11 +398,11 @@ class ConfidentialProvisioner(KernelProvisionerBase, CvmTargetTraits):  # type: 
         if self.azure_profile:  # outside launch_timeout: starting a deallocated CVM takes minutes
             loop = asyncio.get_running_loop()
             kernel_id, kernel_name = str(self.kernel_id), str(getattr(km, "kernel_name", "") or "")
-            path = str((kwargs.get("env") or {}).get("JPY_SESSION_NAME", ""))
+            session_name = str((kwargs.get("env") or {}).get("JPY_SESSION_NAME", ""))
 
             def step(line: str) -> None:  # on the worker thread; listeners run on the loop
                 self.log.info("confidential kernel %s: %s", kernel_id, line)
-                loop.call_soon_threadsafe(_start_listeners.tell, kernel_id, kernel_name, path, line)
+                loop.call_soon_threadsafe(_start_listeners.tell, kernel_id, kernel_name, session_name, line)
 
             await asyncio.to_thread(self._reach_azure_cvm, step)
         return kwargs
